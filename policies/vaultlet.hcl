@@ -1,0 +1,57 @@
+# Least-privilege policy for vaultlet's AppRole (test bed and demo).
+#
+# Mount and role names here match the test bed: database engine at
+# "database/" with role "api", KV v2 at "secret/", KV v1 at "kv/".
+# Adapt the paths to your own mounts and roles (see README.md).
+#
+# Not listed because no policy is needed or the built-in "default" policy
+# already grants it:
+#   POST auth/approle/login   - login is unauthenticated (role_id + secret_id)
+#   POST sys/wrapping/unwrap  - "default" policy; called with the wrapping
+#                               token itself when the secret_id is wrapped
+
+# GET database/creds/api - lease dynamic PostgreSQL credentials.
+path "database/creds/api" {
+  capabilities = ["read"]
+}
+
+# GET secret/data/api - read the KV v2 secret. Only the data path is read;
+# vaultlet never touches secret/metadata/*, so it is not granted.
+path "secret/data/api" {
+  capabilities = ["read"]
+}
+
+# GET kv/api - read the KV v1 secret.
+path "kv/api" {
+  capabilities = ["read"]
+}
+
+# PUT sys/leases/renew - renew database credential leases before they expire.
+path "sys/leases/renew" {
+  capabilities = ["update"]
+}
+
+# PUT sys/leases/revoke - revoke leases vaultlet no longer needs (on shutdown
+# with revoke_on_shutdown, or old leases after a credential rotation).
+path "sys/leases/revoke" {
+  capabilities = ["update"]
+}
+
+# Token self-management. The "default" policy already grants these three;
+# they are repeated so this policy still works if a role is created with
+# token_no_default_policy=true.
+
+# POST auth/token/renew-self - keep vaultlet's own token alive.
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+# GET auth/token/lookup-self - inspect its own token (TTL, renewable).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+# POST auth/token/revoke-self - give up its token on shutdown.
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
+}

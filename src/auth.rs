@@ -1,0 +1,258 @@
+//! AppRole login and token upkeep.
+//!
+//! One task owns the token. It logs in (reading the role_id and secret_id
+//! files on every login, unwrapping a response-wrapped secret_id first when
+//! configured), publishes the token on a `watch` channel, renews it at ⅔ of
+//! its TTL and logs in again *before* the token reaches the end renewals can
+//! no longer move (its max TTL, or the TTL of a non-renewable token).
+//!
+//! A new login does not disturb the secrets: lease tasks keep what they hold.
+//! They do read the token's hard end from this channel, because Vault revokes
+//! a token's leases with it; that is how they know to replace credentials
+//! issued under a token that is about to die.
+//!
+//! Other tasks report a 403 through [`AuthHandle::rejected`]; the task then
+//! checks the token with `lookup-self` and logs in again only if the token
+//! itself is dead (a 403 from a missing policy capability is not fixed by a
+//! new login).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AppRoleConfig;
+use crate::lease::schedule::{self, Backoff};
+use crate::secret::Token;
+use crate::vault::{Vault, VaultError};
+
+/// What lease tasks hold: the current token, if logged in.
+pub type TokenRx = watch::Receiver<Option<Arc<Token>>>;
+
+/// The other tasks' side of the auth task.
+#[derive(Clone)]
+pub struct AuthHandle {
+    /// The current token.
+    pub token: TokenRx,
+    rejected: mpsc::UnboundedSender<u64>,
+}
+
+impl AuthHandle {
+    /// Reports that Vault answered 403 to a request made with token `generation`.
+    pub fn rejected(&self, generation: u64) {
+        let _ = self.rejected.send(generation);
+    }
+}
+
+/// Why a login could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A credential file could not be read (its content is never shown).
+    #[error("cannot read {what} file {path}: {reason}")]
+    File {
+        /// role_id or secret_id.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O reason.
+        reason: String,
+    },
+    /// Vault refused or could not be reached.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl AuthError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AuthError::File { .. } => false,
+            AuthError::Vault(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Starts the auth task; returns the handle other tasks use.
+pub fn spawn(vault: Arc<Vault>, cfg: AppRoleConfig, shutdown: CancellationToken) -> (AuthHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let (rej_tx, rej_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(vault, cfg, tx, rej_rx, shutdown));
+    (AuthHandle { token: rx, rejected: rej_tx }, task)
+}
+
+/// Reads role_id / secret_id on every login, remembering an unwrapped or
+/// deleted secret_id so later logins still work.
+struct Credentials {
+    cfg: AppRoleConfig,
+    /// The secret_id last used, and the file content it came from.
+    cached: Option<(SecretString, SecretString)>,
+}
+
+impl Credentials {
+    async fn secret_id(&mut self, vault: &Vault) -> Result<SecretString, AuthError> {
+        let file = match read_secret_file(&self.cfg.secret_id_file, "secret_id").await {
+            Ok(v) => Some(v),
+            // The file was consumed (by us, or delivered once): reuse what we had.
+            Err(e) => match &self.cached {
+                Some(_) => None,
+                None => return Err(e),
+            },
+        };
+        let sid = match (file, &self.cached) {
+            (None, Some((sid, _))) => sid.clone(),
+            (Some(raw), Some((sid, from))) if raw.expose_secret() == from.expose_secret() => sid.clone(),
+            (Some(raw), _) => {
+                let sid = if self.cfg.secret_id_wrapped { vault.unwrap_secret_id(&raw).await? } else { raw.clone() };
+                self.cached = Some((sid.clone(), raw));
+                if self.cfg.remove_secret_id_file {
+                    if let Err(e) = tokio::fs::remove_file(&self.cfg.secret_id_file).await {
+                        tracing::warn!(path = %self.cfg.secret_id_file.display(), error = %e, "could not remove the secret_id file");
+                    }
+                }
+                sid
+            }
+            (None, None) => unreachable!("handled above"),
+        };
+        Ok(sid)
+    }
+
+    async fn login(&mut self, vault: &Vault) -> Result<crate::vault::Auth, AuthError> {
+        let role_id = read_secret_file(&self.cfg.role_id_file, "role_id").await?;
+        let secret_id = self.secret_id(vault).await?;
+        let res = vault.login_approle(&self.cfg.mount, &role_id, &secret_id).await;
+        if matches!(&res, Err(e) if !e.is_transient()) {
+            // A refused secret_id is not worth retrying from memory.
+            self.cached = None;
+        }
+        Ok(res?)
+    }
+}
+
+async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretString, AuthError> {
+    let err = |reason: String| AuthError::File { what, path: path.display().to_string(), reason };
+    let mut bytes = tokio::fs::read(path).await.map_err(|e| err(e.to_string()))?;
+    let s = std::str::from_utf8(&bytes).map(|s| s.trim().to_owned());
+    zeroize::Zeroize::zeroize(&mut bytes);
+    let s = s.map_err(|_| err("not UTF-8 text".into()))?;
+    if s.is_empty() {
+        return Err(err("file is empty".into()));
+    }
+    if s.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(err("contains spaces or control characters".into()));
+    }
+    Ok(SecretString::from(s))
+}
+
+async fn run(
+    vault: Arc<Vault>,
+    cfg: AppRoleConfig,
+    tx: watch::Sender<Option<Arc<Token>>>,
+    mut rejected: mpsc::UnboundedReceiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut creds = Credentials { cfg, cached: None };
+    let mut generation = 0u64;
+    let mut transient = Backoff::transient();
+    let mut permanent = Backoff::permanent();
+    loop {
+        // --- log in ---
+        let auth = match creds.login(&vault).await {
+            Ok(a) => a,
+            Err(e) => {
+                let wait = if e.is_transient() { transient.next(schedule::jitter()) } else { permanent.next(schedule::jitter()) };
+                tracing::error!(error = %e, retry_in = ?wait, "login failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        transient.reset();
+        permanent.reset();
+        generation += 1;
+        let now = Instant::now();
+        let initial_ttl = auth.ttl;
+        let mut token = Token {
+            secret: auth.token,
+            generation,
+            expires_at: now + auth.ttl,
+            hard_end: (!auth.renewable).then_some(now + auth.ttl),
+            renewable: auth.renewable,
+        };
+        tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
+        let issued_at = now;
+        tx.send_replace(Some(Arc::new(token.clone())));
+
+        // --- keep it alive until it must be replaced ---
+        loop {
+            let step = schedule::next_step(
+                Instant::now(),
+                schedule::LeaseTimes { issued_at, expires_at: token.expires_at, renewable: token.renewable, hard_end: token.hard_end },
+                None,
+                schedule::jitter(),
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(g) = rejected.recv() => {
+                    if g != generation {
+                        continue;
+                    }
+                    match vault.lookup_self(&token.secret).await {
+                        Err(e) if e.is_forbidden() => {
+                            tracing::warn!("token rejected by vault; logging in again");
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
+                _ = sleep_until(step.at()) => {}
+            }
+            if matches!(step, schedule::Step::Replace(_)) {
+                tracing::info!(generation, "token nears its end; logging in again");
+                break;
+            }
+            match vault.renew_self(&token.secret, initial_ttl).await {
+                Ok(a) => {
+                    let now = Instant::now();
+                    token.expires_at = now + a.ttl;
+                    token.renewable = a.renewable;
+                    if a.ttl + Duration::from_secs(1) < initial_ttl || !a.renewable {
+                        // Vault capped the renewal: this is the token's max TTL.
+                        token.hard_end = Some(token.expires_at);
+                    }
+                    transient.reset();
+                    tracing::debug!(generation, ttl = ?a.ttl, "token renewed");
+                    tx.send_replace(Some(Arc::new(token.clone())));
+                }
+                Err(e) if e.is_transient() && Instant::now() < token.expires_at => {
+                    let wait = transient.next(schedule::jitter());
+                    tracing::warn!(error = %e, retry_in = ?wait, "token renewal failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "token cannot be renewed; logging in again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until a token is available (or shutdown).
+pub async fn current_token(rx: &mut TokenRx, shutdown: &CancellationToken) -> Option<Arc<Token>> {
+    loop {
+        if let Some(t) = rx.borrow_and_update().clone() {
+            return Some(t);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = rx.changed() => if r.is_err() { return None },
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! A minimal client for the socket, used by `vaultlet get`.
+//!
+//! Speaks HTTP/1.0 so the server answers with a plain body (no chunking) and
+//! closes the connection; that keeps this side free of an HTTP stack.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// A failed `get`.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// The socket is missing or refused the connection.
+    #[error("cannot connect to {path}: {source} (is vaultlet running, and is the path right? set --socket or VAULTLET_SOCKET)")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing failed.
+    #[error("talking to vaultlet: {0}")]
+    Io(#[from] std::io::Error),
+    /// vaultlet answered with an error.
+    #[error("vaultlet answered {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The `error` field.
+        message: String,
+    },
+    /// The answer was not what we expect.
+    #[error("unexpected answer from vaultlet")]
+    Malformed,
+    /// The secret has no such key.
+    #[error("secret `{name}` has no key `{key}` (it has: {keys})")]
+    NoKey {
+        /// Secret.
+        name: String,
+        /// Requested key.
+        key: String,
+        /// Available keys.
+        keys: String,
+    },
+}
+
+/// Fetches `/v1/secrets/{name}` and returns the JSON document.
+pub fn get_secret(socket: &Path, name: &str) -> Result<serde_json::Value, GetError> {
+    let mut s = UnixStream::connect(socket).map_err(|e| GetError::Connect { path: socket.display().to_string(), source: e })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /v1/secrets/{name} HTTP/1.0\r\nHost: vaultlet\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8(buf).map_err(|_| GetError::Malformed)?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(GetError::Malformed)?;
+    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or(GetError::Malformed)?;
+    let doc: serde_json::Value = serde_json::from_str(body).map_err(|_| GetError::Malformed)?;
+    if status != 200 {
+        let message = doc.get("error").and_then(|m| m.as_str()).unwrap_or("no reason given").to_owned();
+        return Err(GetError::Status { status, message });
+    }
+    Ok(doc)
+}
+
+/// `NAME` → the whole secret as JSON; `NAME.KEY` → that value alone.
+pub fn get(socket: &Path, what: &str) -> Result<String, GetError> {
+    let (name, key) = match what.split_once('.') {
+        Some((n, k)) => (n, Some(k)),
+        None => (what, None),
+    };
+    if !crate::config::valid_name(name) {
+        return Err(GetError::Status { status: 400, message: format!("`{name}` is not a valid secret name") });
+    }
+    let doc = get_secret(socket, name)?;
+    match key {
+        None => Ok(serde_json::to_string_pretty(&doc).map_err(|_| GetError::Malformed)?),
+        Some(k) => {
+            let data = doc.get("data").and_then(|d| d.as_object()).ok_or(GetError::Malformed)?;
+            match data.get(k).and_then(|v| v.as_str()) {
+                Some(v) => Ok(v.to_owned()),
+                None => Err(GetError::NoKey {
+                    name: name.into(),
+                    key: k.into(),
+                    keys: data.keys().cloned().collect::<Vec<_>>().join(", "),
+                }),
+            }
+        }
+    }
+}

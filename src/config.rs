@@ -1,0 +1,726 @@
+//! The configuration file: raw TOML → validated [`Config`].
+//!
+//! Loading happens in two steps, the way ripgrep turns flags into arguments:
+//! serde reads the file into `Raw*` structs that reject unknown keys, then
+//! [`Config::from_toml`] checks what serde cannot (durations, modes, template
+//! references, paths) and builds the types the rest of the program uses.
+//! Nothing downstream re-validates.
+//!
+//! Every error names the file, the line and the dotted key. Messages never
+//! quote values from the file: the config holds no credentials itself (they
+//! live in the files it points to), but an error message is the wrong place
+//! to find out that someone pasted one in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default path of the socket.
+pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `secret.db.database.role`.
+    pub key: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to reach Vault.
+    pub vault: VaultConfig,
+    /// How to log in.
+    pub auth: AppRoleConfig,
+    /// The secrets to keep, sorted by name.
+    pub secrets: Vec<SecretSpec>,
+    /// The socket to serve them on, if any.
+    pub socket: Option<SocketConfig>,
+    /// Env files to render.
+    pub env_files: Vec<EnvFileSpec>,
+    /// Revoke leases and the token on SIGTERM/SIGINT.
+    pub revoke_on_shutdown: bool,
+}
+
+/// `[vault]`
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// One or more server addresses, tried in order on connection failure.
+    pub addresses: Vec<reqwest::Url>,
+    /// PEM bundle that replaces the system roots for TLS to Vault.
+    pub ca_cert: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace.
+    pub namespace: Option<String>,
+    /// Limit for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit for a whole request.
+    pub request_timeout: Duration,
+}
+
+/// `[auth.approle]`
+#[derive(Debug, Clone)]
+pub struct AppRoleConfig {
+    /// Auth mount, default `approle`.
+    pub mount: String,
+    /// File holding the role_id (re-read on every login).
+    pub role_id_file: PathBuf,
+    /// File holding the secret_id, or a wrapping token for it.
+    pub secret_id_file: PathBuf,
+    /// The secret_id file holds a response-wrapping token.
+    pub secret_id_wrapped: bool,
+    /// Delete the secret_id file after reading it.
+    pub remove_secret_id_file: bool,
+}
+
+/// What to do with the lease a replacement took over from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOld {
+    /// Revoke it once `drain` has passed (or let it expire if sooner).
+    Drain,
+    /// Never revoke it; it expires on its own.
+    Never,
+}
+
+/// One `[secret.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    /// The name clients and templates use.
+    pub name: String,
+    /// Where it comes from.
+    pub source: SecretSource,
+    /// KV: how often to re-read.
+    pub refresh: Duration,
+    /// Database: issue a replacement when the lease has less than this left.
+    /// `None` means the default (see `lease::schedule::rotate_before`).
+    pub rotate_before: Option<Duration>,
+    /// How long a replaced lease stays valid before it is revoked.
+    pub drain: Duration,
+    /// Whether replaced leases are revoked.
+    pub revoke_old: RevokeOld,
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `GET <mount>/creds/<role>`: a leased username/password.
+    Database {
+        /// Secrets engine mount.
+        mount: String,
+        /// Role name.
+        role: String,
+    },
+    /// A KV secret.
+    Kv {
+        /// Secrets engine mount.
+        mount: String,
+        /// Path under the mount.
+        path: String,
+        /// 1 or 2.
+        version: u8,
+    },
+}
+
+/// `[socket]`
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Where to create the socket.
+    pub path: PathBuf,
+    /// File mode of the socket.
+    pub mode: u32,
+    /// Who may connect.
+    pub allow: Vec<Allow>,
+}
+
+/// One allow-list entry: a caller matches when every given field matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    /// Peer uid.
+    pub uid: Option<u32>,
+    /// Peer primary gid.
+    pub gid: Option<u32>,
+}
+
+/// One `[[env_file]]`.
+#[derive(Debug, Clone)]
+pub struct EnvFileSpec {
+    /// Destination.
+    pub path: PathBuf,
+    /// minijinja template producing `KEY=VALUE` lines.
+    pub template: String,
+    /// File mode.
+    pub mode: u32,
+    /// Secrets the template refers to.
+    pub uses: BTreeSet<String>,
+}
+
+// === raw structs (serde) ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    vault: Spanned<RawVault>,
+    auth: Spanned<RawAuth>,
+    #[serde(default)]
+    secret: BTreeMap<String, Spanned<RawSecret>>,
+    socket: Option<Spanned<RawSocket>>,
+    #[serde(default)]
+    env_file: Vec<Spanned<RawEnvFile>>,
+    #[serde(default)]
+    revoke_on_shutdown: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: Spanned<OneOrMany>,
+    ca_cert: Option<Spanned<PathBuf>>,
+    namespace: Option<String>,
+    connect_timeout: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    approle: Spanned<RawAppRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppRole {
+    mount: Option<String>,
+    role_id_file: Spanned<PathBuf>,
+    secret_id_file: Spanned<PathBuf>,
+    #[serde(default)]
+    secret_id_wrapped: bool,
+    #[serde(default)]
+    remove_secret_id_file: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    database: Option<RawDatabase>,
+    kv: Option<RawKv>,
+    refresh: Option<Spanned<String>>,
+    rotate_before: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+    revoke_old_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default = "default_db_mount")]
+    mount: String,
+    role: String,
+}
+
+fn default_db_mount() -> String {
+    "database".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKv {
+    #[serde(default = "default_kv_mount")]
+    mount: String,
+    path: String,
+    #[serde(default = "default_kv_version")]
+    version: Spanned<u8>,
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+fn default_kv_version() -> Spanned<u8> {
+    Spanned::new(0..0, 2)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocket {
+    path: Option<PathBuf>,
+    mode: Option<Spanned<String>>,
+    allow: Option<Vec<Spanned<RawAllow>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvFile {
+    path: PathBuf,
+    template: Spanned<String>,
+    mode: Option<Spanned<String>>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a config file. No network I/O.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::from_toml(path, &src, current_uid())
+    }
+
+    /// Validates config text. `uid` is the default socket allow-list entry.
+    pub fn from_toml(file: &Path, src: &str, uid: u32) -> Result<Config, ConfigError> {
+        let cx = Cx { file, src };
+        let de = toml::de::Deserializer::parse(src).map_err(|e| cx.toml_err(&e, ""))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            cx.toml_err(e.inner(), if key == "." { "" } else { &key })
+        })?;
+        cx.validate(raw, uid)
+    }
+}
+
+fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    src: &'a str,
+}
+
+impl Cx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.src[..offset.min(self.src.len())].matches('\n').count() + 1
+    }
+
+    fn err<T>(&self, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: self.file.to_owned(),
+            line: (span != (0..0)).then(|| self.line(span.start)),
+            key: key.to_owned(),
+            message: msg.into(),
+        })
+    }
+
+    /// Keeps toml's message (it names the problem, e.g. "unknown field `x`,
+    /// expected one of …") but not its excerpt of the offending line.
+    fn toml_err(&self, e: &toml::de::Error, key: &str) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: e.span().map(|s| self.line(s.start)),
+            key: key.to_owned(),
+            message: e.message().trim().replace('\n', " "),
+        }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match parse_duration(s.get_ref()) {
+                Some(d) if !d.is_zero() => Ok(d),
+                Some(_) => self.err(s.span(), key, "must be greater than zero"),
+                None => self.err(s.span(), key, "not a duration; write e.g. \"30s\", \"5m\", \"1h30m\""),
+            },
+        }
+    }
+
+    fn mode(&self, v: &Option<Spanned<String>>, key: &str, default: u32) -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match u32::from_str_radix(s.get_ref().trim_start_matches("0o"), 8) {
+                Ok(m) if m <= 0o777 && m & 0o7 == 0 => Ok(m),
+                Ok(m) if m <= 0o777 => self.err(s.span(), key, "must not grant access to others (last digit must be 0)"),
+                _ => self.err(s.span(), key, "not an octal file mode; write e.g. \"0600\""),
+            },
+        }
+    }
+
+    fn validate(&self, raw: RawConfig, uid: u32) -> Result<Config, ConfigError> {
+        let vault = self.vault(raw.vault)?;
+        let auth = self.auth(raw.auth)?;
+
+        let mut secrets = Vec::new();
+        for (name, s) in raw.secret {
+            secrets.push(self.secret(name, s)?);
+        }
+
+        let socket = match raw.socket {
+            None => None,
+            Some(s) => {
+                let span = s.span();
+                let s = s.into_inner();
+                let path = s.path.unwrap_or_else(|| DEFAULT_SOCKET.into());
+                if !path.is_absolute() {
+                    return self.err(span, "socket.path", "must be an absolute path");
+                }
+                let mode = self.mode(&s.mode, "socket.mode", 0o600)?;
+                let allow = match s.allow {
+                    None => vec![Allow { uid: Some(uid), gid: None }],
+                    Some(list) => {
+                        let mut out = Vec::new();
+                        for (i, a) in list.into_iter().enumerate() {
+                            let span = a.span();
+                            let a = a.into_inner();
+                            if a.uid.is_none() && a.gid.is_none() {
+                                return self.err(span, &format!("socket.allow[{i}]"), "needs `uid`, `gid` or both");
+                            }
+                            out.push(Allow { uid: a.uid, gid: a.gid });
+                        }
+                        out
+                    }
+                };
+                Some(SocketConfig { path, mode, allow })
+            }
+        };
+
+        let kinds: BTreeMap<&str, &SecretSource> = secrets.iter().map(|s| (s.name.as_str(), &s.source)).collect();
+        let mut env_files = Vec::new();
+        for (i, e) in raw.env_file.into_iter().enumerate() {
+            let span = e.span();
+            let e = e.into_inner();
+            let key = format!("env_file[{i}]");
+            if !e.path.is_absolute() {
+                return self.err(span, &format!("{key}.path"), "must be an absolute path");
+            }
+            let mode = self.mode(&e.mode, &format!("{key}.mode"), 0o600)?;
+            let tspan = e.template.span();
+            let template = e.template.into_inner();
+            let uses = crate::render::check_template(&template, &kinds)
+                .or_else(|msg| self.err(tspan, &format!("{key}.template"), msg))?;
+            env_files.push(EnvFileSpec { path: e.path, template, mode, uses });
+        }
+
+        if secrets.is_empty() {
+            return self.err(0..0, "secret", "no secrets configured; add a [secret.NAME] table");
+        }
+        if socket.is_none() && env_files.is_empty() {
+            return self.err(0..0, "socket", "nothing to serve secrets with; add [socket] or [[env_file]]");
+        }
+
+        Ok(Config { vault, auth, secrets, socket, env_files, revoke_on_shutdown: raw.revoke_on_shutdown })
+    }
+
+    fn vault(&self, v: Spanned<RawVault>) -> Result<VaultConfig, ConfigError> {
+        let v = v.into_inner();
+        let aspan = v.address.span();
+        let list = match v.address.into_inner() {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(l) => l,
+        };
+        if list.is_empty() {
+            return self.err(aspan, "vault.address", "needs at least one address");
+        }
+        let mut addresses = Vec::new();
+        for a in list {
+            match reqwest::Url::parse(&a) {
+                Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {
+                    if u.scheme() == "http" && !is_loopback(&u) {
+                        return self.err(
+                            aspan,
+                            "vault.address",
+                            "plain http to a non-loopback Vault would send tokens in clear; use https",
+                        );
+                    }
+                    addresses.push(u)
+                }
+                _ => return self.err(aspan, "vault.address", "not an http(s) URL like \"https://vault.internal:8200\""),
+            }
+        }
+        let ca_cert = match v.ca_cert {
+            None => None,
+            Some(p) => {
+                if !p.get_ref().is_file() {
+                    return self.err(p.span(), "vault.ca_cert", "file not found");
+                }
+                Some(p.into_inner())
+            }
+        };
+        Ok(VaultConfig {
+            addresses,
+            ca_cert,
+            namespace: v.namespace,
+            connect_timeout: self.duration(&v.connect_timeout, "vault.connect_timeout", Duration::from_secs(5))?,
+            request_timeout: self.duration(&v.request_timeout, "vault.request_timeout", Duration::from_secs(15))?,
+        })
+    }
+
+    fn auth(&self, a: Spanned<RawAuth>) -> Result<AppRoleConfig, ConfigError> {
+        let a = a.into_inner().approle.into_inner();
+        for (key, p) in [("auth.approle.role_id_file", &a.role_id_file), ("auth.approle.secret_id_file", &a.secret_id_file)] {
+            if !p.get_ref().is_absolute() {
+                return self.err(p.span(), key, "must be an absolute path");
+            }
+        }
+        // The secret_id file may legitimately be missing at start when it is
+        // delivered later (and it is removed after use with
+        // remove_secret_id_file); the role_id file must be there.
+        if !a.role_id_file.get_ref().is_file() {
+            return self.err(a.role_id_file.span(), "auth.approle.role_id_file", "file not found");
+        }
+        Ok(AppRoleConfig {
+            mount: a.mount.unwrap_or_else(|| "approle".into()),
+            role_id_file: a.role_id_file.into_inner(),
+            secret_id_file: a.secret_id_file.into_inner(),
+            secret_id_wrapped: a.secret_id_wrapped,
+            remove_secret_id_file: a.remove_secret_id_file,
+        })
+    }
+
+    fn secret(&self, name: String, s: Spanned<RawSecret>) -> Result<SecretSpec, ConfigError> {
+        let span = s.span();
+        let s = s.into_inner();
+        let key = format!("secret.{name}");
+        if !valid_name(&name) {
+            return self.err(span, &key, "secret names are letters, digits and `_`, starting with a letter");
+        }
+        let source = match (s.database, s.kv) {
+            (Some(d), None) => SecretSource::Database { mount: d.mount, role: d.role },
+            (None, Some(k)) => {
+                let version = *k.version.get_ref();
+                if version != 1 && version != 2 {
+                    return self.err(k.version.span(), &format!("{key}.kv.version"), "must be 1 or 2");
+                }
+                SecretSource::Kv { mount: k.mount, path: k.path, version }
+            }
+            _ => return self.err(span, &key, "needs exactly one of `database = {…}` or `kv = {…}`"),
+        };
+        let is_db = matches!(source, SecretSource::Database { .. });
+        let refresh = self.duration(&s.refresh, &format!("{key}.refresh"), Duration::from_secs(300))?;
+        let rotate_before = match &s.rotate_before {
+            None => None,
+            Some(_) => Some(self.duration(&s.rotate_before, &format!("{key}.rotate_before"), Duration::ZERO)?),
+        };
+        let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
+        let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+            None | Some((_, "drain")) => RevokeOld::Drain,
+            Some((_, "never")) => RevokeOld::Never,
+            Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
+        };
+        for (k, v) in [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)] {
+            if let (false, Some(v)) = (is_db, v) {
+                return self.err(v.span(), &format!("{key}.{k}"), "only applies to database secrets");
+            }
+        }
+        if let (true, Some(v)) = (is_db, &s.refresh) {
+            return self.err(v.span(), &format!("{key}.refresh"), "only applies to kv secrets; database secrets follow their lease");
+        }
+        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old })
+    }
+}
+
+fn is_loopback(u: &reqwest::Url) -> bool {
+    match u.host_str() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Secret names become template variables and URL segments.
+pub fn valid_name(name: &str) -> bool {
+    let mut c = name.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic()) && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2d"`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86400)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("vaultlet.toml"), src, 1000)
+    }
+
+    const GOOD: &str = r#"
+[vault]
+address = "http://127.0.0.1:8200"
+[auth.approle]
+role_id_file = "/etc/hostname"
+secret_id_file = "/run/vaultlet/secret_id"
+[secret.db]
+database = { mount = "database", role = "api" }
+[secret.api]
+kv = { mount = "secret", path = "api" }
+[socket]
+path = "/run/vaultlet/vaultlet.sock"
+[[env_file]]
+path = "/run/vaultlet/app.env"
+template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saas\nSTRIPE={{ api.stripe_key }}\n"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.secrets.len(), 2);
+        assert_eq!(c.secrets[0].name, "api");
+        assert_eq!(c.secrets[0].refresh, Duration::from_secs(300));
+        let s = c.socket.unwrap();
+        assert_eq!(s.mode, 0o600);
+        assert_eq!(s.allow, vec![Allow { uid: Some(1000), gid: None }]);
+        assert_eq!(c.env_files[0].mode, 0o600);
+        assert_eq!(c.env_files[0].uses.iter().collect::<Vec<_>>(), ["api", "db"]);
+        assert_eq!(c.vault.request_timeout, Duration::from_secs(15));
+    }
+
+    fn expect_err(src: &str, key: &str, line: usize) -> ConfigError {
+        let e = load(src).expect_err("config should be rejected");
+        assert_eq!(e.key, key, "{e}");
+        assert_eq!(e.line, Some(line), "{e}");
+        e
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let src = GOOD.replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n");
+        let e = expect_err(&src, "secret.db.ttl", 8);
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_line() {
+        let src = GOOD.replace("[socket]\n", "[socket]\nallow = [{ uid = \"root\" }]\n");
+        expect_err(&src, "socket.allow[0].uid", 12);
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let src = GOOD.replace("path = \"api\" }\n", "path = \"api\" }\nrefresh = \"5 parsecs\"\n");
+        let e = expect_err(&src, "secret.api.refresh", 11);
+        assert!(e.message.contains("duration"));
+        assert!(!e.to_string().contains("parsecs"), "values are not echoed: {e}");
+    }
+
+    #[test]
+    fn template_with_unknown_secret_is_named() {
+        let src = GOOD.replace("{{ api.stripe_key }}", "{{ stripe.key }}");
+        let e = expect_err(&src, "env_file[0].template", 15);
+        assert!(e.message.contains("stripe"), "{e}");
+    }
+
+    #[test]
+    fn template_with_unknown_db_field_is_named() {
+        let src = GOOD.replace("{{ db.password }}", "{{ db.pasword }}");
+        let e = expect_err(&src, "env_file[0].template", 15);
+        assert!(e.message.contains("pasword"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let src = GOOD.replace("role_id_file = \"/etc/hostname\"\n", "");
+        let e = load(&src).unwrap_err();
+        assert!(e.message.contains("role_id_file"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_to_remote_vault_is_refused() {
+        let src = GOOD.replace("http://127.0.0.1:8200", "http://vault.example.com:8200");
+        expect_err(&src, "vault.address", 3);
+    }
+
+    #[test]
+    fn world_readable_mode_is_refused() {
+        let src = GOOD.replace("path = \"/run/vaultlet/app.env\"", "path = \"/run/vaultlet/app.env\"\nmode = \"0644\"");
+        expect_err(&src, "env_file[0].mode", 15);
+    }
+
+    #[test]
+    fn missing_role_id_file_is_named() {
+        let src = GOOD.replace("/etc/hostname", "/nonexistent/role_id");
+        expect_err(&src, "auth.approle.role_id_file", 5);
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = load("[vault\naddress = 1").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5 m"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("3x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,334 @@
+//! One task per configured secret: fetch → publish → renew → replace.
+//!
+//! A database secret's task holds the current credential and its lease. It
+//! sleeps until [`schedule::next_step`] says, then renews (learning the
+//! lease's hard end when Vault caps the renewal) or issues a replacement.
+//! A replacement is published at once; the lease it replaces is handed to a
+//! drain task that keeps it renewed until `drain` has passed and then revokes
+//! it (or just lets it run out with `revoke_old_after = "never"`).
+//!
+//! A KV secret's task re-reads it every `refresh`; the store bumps the
+//! version only when the content changed.
+//!
+//! Errors never revoke or drop anything that is still valid. Each loop turn
+//! makes one attempt; a failure is logged once, recorded as the secret's
+//! `problem` (shown by `/v1/ready`) and retried with capped backoff: fast for
+//! transient failures (connection refused, 5xx, sealed), slow for refusals a
+//! human must fix (403, unknown role). A held value stays served until its
+//! lease ends; then it is withdrawn.
+
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{current_token, AuthHandle};
+use crate::config::{RevokeOld, SecretSource, SecretSpec};
+use crate::secret::{Lease, LeaseId, SecretData};
+use crate::store::{LeaseView, Store};
+use crate::vault::{Vault, VaultError};
+use schedule::{Backoff, LeaseTimes, Step};
+
+/// Every lease vaultlet holds, for revocation at shutdown.
+#[derive(Clone, Default)]
+pub struct Leases(Arc<Mutex<HashMap<LeaseId, Instant>>>);
+
+impl Leases {
+    fn add(&self, id: &LeaseId, expires_at: Instant) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), expires_at);
+    }
+
+    fn remove(&self, id: &LeaseId) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Takes every lease that has not ended yet.
+    pub fn take_live(&self) -> Vec<LeaseId> {
+        let now = Instant::now();
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.drain().filter(|(_, end)| *end > now).map(|(id, _)| id).collect()
+    }
+}
+
+/// What every secret task needs.
+#[derive(Clone)]
+pub struct Cx {
+    /// Vault.
+    pub vault: Arc<Vault>,
+    /// Where values go.
+    pub store: Store,
+    /// The token.
+    pub auth: AuthHandle,
+    /// Held leases.
+    pub leases: Leases,
+    /// Stops the task.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the task for one secret until shutdown.
+pub async fn run(cx: Cx, spec: SecretSpec) {
+    match spec.source.clone() {
+        SecretSource::Database { mount, role } => Database::new(cx, spec).run(&mount, &role).await,
+        SecretSource::Kv { mount, path, version } => run_kv(cx, spec, &mount, &path, version).await,
+    }
+}
+
+/// A held credential.
+struct Held {
+    lease: Lease,
+    /// Learned cap (from a capped renewal) or predicted one.
+    cap: Option<Instant>,
+    /// Token generation that issued the lease, and that token's hard end.
+    token_generation: u64,
+    token_end: Option<Instant>,
+}
+
+impl Held {
+    fn times(&self) -> LeaseTimes {
+        let hard_end = match (self.cap, self.token_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        LeaseTimes { issued_at: self.lease.issued_at, expires_at: self.lease.expires_at, renewable: self.lease.renewable, hard_end }
+    }
+
+    fn view(&self) -> LeaseView {
+        LeaseView { expires_at: self.lease.expires_at, renewable: self.lease.renewable }
+    }
+}
+
+struct Database {
+    cx: Cx,
+    spec: SecretSpec,
+    cur: Option<Held>,
+    /// Lifetime (issue → cap) learned from an earlier lease of this secret.
+    learned: Option<Duration>,
+    transient: Backoff,
+    permanent: Backoff,
+}
+
+impl Database {
+    fn new(cx: Cx, spec: SecretSpec) -> Self {
+        Database { cx, spec, cur: None, learned: None, transient: Backoff::transient(), permanent: Backoff::permanent() }
+    }
+
+    async fn run(mut self, mount: &str, role: &str) {
+        let name = self.spec.name.clone();
+        let mut token_rx = self.cx.auth.token.clone();
+        loop {
+            let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
+            // Follow the hard end of the token our lease was issued under.
+            if let Some(h) = self.cur.as_mut() {
+                if h.token_generation == token.generation {
+                    h.token_end = token.hard_end;
+                }
+            }
+            let now = Instant::now();
+            let step = match &self.cur {
+                None => Step::Replace(now),
+                Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+            };
+            let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
+            tokio::select! {
+                _ = self.cx.shutdown.cancelled() => return,
+                _ = token_rx.changed() => continue,
+                _ = sleep_until(step.at()) => {}
+                _ = sleep_until(expiry.unwrap_or(step.at())), if expiry.is_some_and(|e| e < step.at()) => {
+                    self.expired("lease ended before it could be renewed or replaced");
+                    continue;
+                }
+            }
+            let res = match step {
+                Step::Replace(_) => self.issue(&token, mount, role).await,
+                Step::Renew(_) => self.renew(&token).await,
+            };
+            match res {
+                Ok(()) => {
+                    self.transient.reset();
+                    self.permanent.reset();
+                }
+                Err(e) => {
+                    if e.is_forbidden() {
+                        self.cx.auth.rejected(token.generation);
+                    }
+                    let wait = if e.is_transient() {
+                        self.transient.next(schedule::jitter())
+                    } else {
+                        self.permanent.next(schedule::jitter())
+                    };
+                    tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "database secret");
+                    self.cx.store.set_problem(&name, e.to_string());
+                    let until = Instant::now() + wait;
+                    let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
+                    tokio::select! {
+                        _ = self.cx.shutdown.cancelled() => return,
+                        _ = sleep_until(until) => {}
+                        _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
+                    }
+                    if self.cur.as_ref().is_some_and(|h| h.lease.expires_at <= Instant::now()) {
+                        self.expired("lease ended while vault could not be reached");
+                    }
+                }
+            }
+        }
+    }
+
+    fn expired(&mut self, why: &str) {
+        if let Some(h) = self.cur.take() {
+            self.cx.leases.remove(&h.lease.id);
+            tracing::error!(secret = %self.spec.name, lease = ?h.lease.id, "{why}; credential withdrawn");
+        }
+        self.cx.store.withdraw(&self.spec.name, why.to_owned());
+    }
+
+    async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
+        let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
+        let now = Instant::now();
+        let lease = Lease {
+            id: creds.lease_id,
+            issued_at: now,
+            expires_at: now + creds.ttl,
+            ttl: creds.ttl,
+            renewable: creds.renewable,
+        };
+        self.cx.leases.add(&lease.id, lease.expires_at);
+        let held = Held {
+            cap: self.learned.map(|l| now + l),
+            lease,
+            token_generation: token.generation,
+            token_end: token.hard_end,
+        };
+        let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
+        tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
+        if let Some(old) = self.cur.replace(held) {
+            tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
+        }
+        Ok(())
+    }
+
+    async fn renew(&mut self, token: &crate::secret::Token) -> Result<(), VaultError> {
+        let Some(h) = self.cur.as_mut() else { return Ok(()) };
+        match self.cx.vault.renew_lease(&token.secret, &h.lease.id, h.lease.ttl).await {
+            Ok(r) => {
+                let now = Instant::now();
+                h.lease.expires_at = now + r.ttl;
+                h.lease.renewable = r.renewable;
+                if r.ttl + Duration::from_secs(1) < h.lease.ttl {
+                    // Capped: this is the role's max_ttl. Remember the lifetime
+                    // so the next lease is replaced in good time from the start.
+                    h.cap = Some(h.lease.expires_at);
+                    self.learned = Some(h.lease.expires_at - h.lease.issued_at);
+                }
+                self.cx.leases.add(&h.lease.id, h.lease.expires_at);
+                self.cx.store.update_lease(&self.spec.name, h.view());
+                tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
+                Ok(())
+            }
+            Err(e) if e.is_lease_gone() => {
+                // Revoked behind our back (or its token died): replace now.
+                self.expired("lease was revoked");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Keeps a replaced lease usable for `drain`, then revokes it (or lets it run out).
+async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
+    let drain_end = Instant::now() + spec.drain;
+    let mut token_rx = cx.auth.token.clone();
+    loop {
+        let now = Instant::now();
+        if old.lease.expires_at <= now {
+            cx.leases.remove(&old.lease.id);
+            return;
+        }
+        if now >= drain_end {
+            if spec.revoke_old == RevokeOld::Drain {
+                let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+                match cx.vault.revoke_lease(&token.secret, &old.lease.id).await {
+                    Ok(()) => tracing::info!(secret = %spec.name, lease = ?old.lease.id, "revoked replaced credential"),
+                    Err(e) => tracing::warn!(secret = %spec.name, error = %e, "could not revoke replaced credential; it will expire"),
+                }
+            }
+            cx.leases.remove(&old.lease.id);
+            return;
+        }
+        let times = old.times();
+        let can_extend = times.renewable && times.hard_end.is_none_or(|h| old.lease.expires_at < h);
+        let wake = if can_extend && old.lease.expires_at < drain_end {
+            schedule::renew_at(now, old.lease.expires_at, schedule::jitter()).min(drain_end)
+        } else {
+            drain_end.min(old.lease.expires_at)
+        };
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            _ = sleep_until(wake) => {}
+        }
+        if Instant::now() >= drain_end || !can_extend {
+            continue;
+        }
+        let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+        match cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl).await {
+            Ok(r) => {
+                let now = Instant::now();
+                old.lease.expires_at = now + r.ttl;
+                if r.ttl + Duration::from_secs(1) < old.lease.ttl {
+                    old.cap = Some(old.lease.expires_at);
+                }
+                cx.leases.add(&old.lease.id, old.lease.expires_at);
+            }
+            Err(e) if e.is_lease_gone() => {
+                cx.leases.remove(&old.lease.id);
+                return;
+            }
+            Err(e) => tracing::debug!(secret = %spec.name, error = %e, "renewing a draining lease failed"),
+        }
+    }
+}
+
+async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) {
+    let mut token_rx = cx.auth.token.clone();
+    let mut transient = Backoff::transient();
+    let mut permanent = Backoff::permanent();
+    loop {
+        let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+        let wait = match cx.vault.kv(&token.secret, mount, path, version).await {
+            Ok(data) => {
+                transient.reset();
+                permanent.reset();
+                let keys: Vec<&str> = data.keys().collect();
+                tracing::debug!(secret = %spec.name, ?keys, "read kv secret");
+                publish_kv(&cx.store, &spec.name, data);
+                // Up to 10 % early so many sidecars spread their reads.
+                spec.refresh.mul_f64(1.0 - 0.1 * schedule::jitter())
+            }
+            Err(e) => {
+                if e.is_forbidden() {
+                    cx.auth.rejected(token.generation);
+                }
+                let wait = if e.is_transient() { transient.next(schedule::jitter()) } else { permanent.next(schedule::jitter()) };
+                tracing::warn!(secret = %spec.name, error = %e, retry_in = ?wait, "kv secret");
+                cx.store.set_problem(&spec.name, e.to_string());
+                wait
+            }
+        };
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn publish_kv(store: &Store, name: &str, data: SecretData) {
+    let before = store.snapshot().get(name).map_or(0, |e| e.version);
+    let v = store.publish(name, data, None);
+    if v != before {
+        tracing::info!(secret = %name, version = v, "kv secret changed");
+    }
+}

@@ -1,0 +1,157 @@
+//! The `vaultlet` binary: command line, logging, exit codes. Nothing else.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use vaultlet::Config;
+
+/// Exit code for a bad configuration or usage (BSD `EX_USAGE`).
+const EX_CONFIG: u8 = 64;
+
+/// A secrets sidecar for HashiCorp Vault and OpenBao.
+///
+/// vaultlet logs in with AppRole, leases database credentials and reads KV
+/// secrets, keeps them renewed and replaced in time, and hands them to your
+/// app over a Unix socket and as env files written with mode 0600.
+#[derive(Parser)]
+#[command(version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VAULTLET_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "info,vaultlet::lease=debug".
+    #[arg(long, global = true, default_value = "info", env = "VAULTLET_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: log in, fetch and renew secrets, serve the socket,
+    /// write env files. Stops cleanly on SIGTERM or SIGINT.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, env = "VAULTLET_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without touching the network. Exits 0
+    /// when it is valid, 64 otherwise, naming the key and line at fault.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, env = "VAULTLET_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print a secret from a running vaultlet: `NAME` prints it as JSON,
+    /// `NAME.KEY` prints one value (for shell scripts).
+    Get {
+        /// `NAME` or `NAME.KEY`.
+        what: String,
+        /// The socket of the running vaultlet.
+        #[arg(long, env = "VAULTLET_SOCKET", default_value = vaultlet::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} secrets, {} env files, socket {})",
+                    config.display(),
+                    c.secrets.len(),
+                    c.env_files.len(),
+                    c.socket.as_ref().map_or("off".to_string(), |s| s.path.display().to_string())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vaultlet: {e}");
+                ExitCode::from(EX_CONFIG)
+            }
+        },
+        Command::Get { what, socket } => match vaultlet::client::get(&socket, &what) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vaultlet: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            // Validate everything before any network I/O.
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vaultlet: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            init_logging(cli.log_format, &cli.log);
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vaultlet: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                match vaultlet::run(config, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "vaultlet failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Logging goes to stderr. vaultrs, rustify and the HTTP stack are silenced
+/// whatever the filter says: they log request details and whole error
+/// bodies, which may hold secrets.
+fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let quiet = ",vaultrs=off,rustify=off,rustify_derive=off,reqwest=off,hyper=off,hyper_util=off,rustls=off,h2=off";
+    let filter = EnvFilter::try_new(format!("{filter}{quiet}")).unwrap_or_else(|e| {
+        eprintln!("vaultlet: ignoring bad log filter ({e}); using info");
+        EnvFilter::new(format!("info{quiet}"))
+    });
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,415 @@
+//! Env files: render, quote, write atomically — only when the content changed.
+//!
+//! Templates are minijinja with strict undefined behaviour and debug output
+//! off (so an error never carries template context). Every `{{ … }}` output
+//! goes through our formatter, which writes a placeholder and keeps the real
+//! value aside; the rendered text is then read line by line as `KEY=VALUE`
+//! and each value is re-assembled and quoted as a whole. That way a password
+//! holding quotes, `$`, `#`, spaces or newlines survives both `set -a; .
+//! file` in a POSIX shell and dotenv parsers, and the template author need
+//! not think about quoting:
+//!
+//! * no `'` in the value → `'value'` (literal in sh, dotenv and Node's parser);
+//! * `'` but none of `"` `\` `$` `` ` `` → `"value"` (literal in all three);
+//! * otherwise sh-style `'it'"'"'s'`, exact for sh; dotenv parsers cannot
+//!   represent such a value, so a warning names the key.
+//!
+//! Files are written to a temporary file in the same directory, created with
+//! the final mode, fsynced, renamed over the destination, and the directory
+//! is fsynced: a reader sees the old file or the new one, never half of one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minijinja::value::{Object, Value};
+use minijinja::{Environment, UndefinedBehavior};
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::config::{EnvFileSpec, SecretSource};
+use crate::secret::SecretData;
+use crate::store::Snapshot;
+
+/// Placeholder delimiters; templates may not contain them.
+const OPEN: char = '\u{1}';
+const CLOSE: char = '\u{2}';
+
+/// How long to wait for more changes before writing, so that secrets that
+/// change together cause one write.
+const BATCH: Duration = Duration::from_millis(50);
+
+/// A rendering failure. Never holds a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The template failed (unknown key in a KV secret, …).
+    #[error("template error: {0}")]
+    Template(String),
+    /// A line is not `KEY=VALUE`.
+    #[error("line {0} of the rendered template is not KEY=VALUE (or a # comment)")]
+    Line(usize),
+    /// A value cannot go into an environment.
+    #[error("value of {0} contains a NUL byte, which an environment cannot hold")]
+    Nul(String),
+    /// Writing failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The destination.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Config-time check of a template: it parses, refers only to configured
+/// secrets, and only to `username`/`password` of database secrets. Returns
+/// the secrets it uses.
+pub fn check_template(template: &str, kinds: &BTreeMap<&str, &SecretSource>) -> Result<BTreeSet<String>, String> {
+    if template.contains([OPEN, CLOSE, '\0']) {
+        return Err("contains control characters \\x00-\\x02".into());
+    }
+    let env = environment();
+    let t = env.template_from_str(template).map_err(|e| describe(&e))?;
+    let mut uses = BTreeSet::new();
+    for var in t.undeclared_variables(true) {
+        let mut parts = var.splitn(3, '.');
+        let name = parts.next().unwrap_or_default();
+        let field = parts.next();
+        match kinds.get(name) {
+            None => {
+                let known: Vec<&str> = kinds.keys().copied().collect();
+                return Err(format!("refers to `{name}`, which is not a configured secret (known: {})", known.join(", ")));
+            }
+            Some(SecretSource::Database { .. }) => {
+                if let Some(f) = field {
+                    if f != "username" && f != "password" {
+                        return Err(format!("refers to `{name}.{f}`; database secrets have `username` and `password`"));
+                    }
+                }
+            }
+            Some(SecretSource::Kv { .. }) => {}
+        }
+        uses.insert(name.to_owned());
+    }
+    if uses.is_empty() {
+        return Err("uses no secret".into());
+    }
+    Ok(uses)
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = format!("{:?}", e.kind());
+    if let Some(d) = e.detail() {
+        s.push_str(": ");
+        s.push_str(d);
+    }
+    if let Some(l) = e.line() {
+        s.push_str(&format!(" (template line {l})"));
+    }
+    s
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_debug(false);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+/// A secret's fields as the template sees them; values are handed out one
+/// lookup at a time.
+struct Fields(Arc<SecretData>);
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Object for Fields {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let v = self.0.get(key.as_str()?)?;
+        Some(Value::from(v.expose_secret()))
+    }
+}
+
+/// Renders an env file from the given secrets.
+pub fn render_env(template: &str, secrets: &BTreeMap<String, Arc<SecretData>>) -> Result<Zeroizing<String>, RenderError> {
+    let values: Arc<Mutex<Vec<Zeroizing<String>>>> = Arc::default();
+    let mut env = environment();
+    let sink = values.clone();
+    env.set_formatter(move |out, _state, value| {
+        let mut v = sink.lock().unwrap_or_else(|p| p.into_inner());
+        let idx = v.len();
+        v.push(Zeroizing::new(value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())));
+        write!(out, "{OPEN}{idx}{CLOSE}").map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write"))
+    });
+    let ctx: BTreeMap<&str, Value> = secrets.iter().map(|(n, d)| (n.as_str(), Value::from_object(Fields(d.clone())))).collect();
+    let rendered = Zeroizing::new(env.render_str(template, ctx).map_err(|e| RenderError::Template(describe(&e)))?);
+    drop(env);
+    let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
+
+    let mut out = Zeroizing::new(String::with_capacity(rendered.len() + 64));
+    let mut lines: Vec<&str> = rendered.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    for (i, line) in lines.into_iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            if line.contains(OPEN) {
+                return Err(RenderError::Line(i + 1));
+            }
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let (export, rest) = match trimmed.strip_prefix("export ") {
+            Some(r) => ("export ", r.trim_start()),
+            None => ("", trimmed),
+        };
+        let Some((key, raw)) = rest.split_once('=') else { return Err(RenderError::Line(i + 1)) };
+        let key = key.trim_end();
+        if !is_env_key(key) {
+            return Err(RenderError::Line(i + 1));
+        }
+        let raw = strip_quotes(raw.trim());
+        let value = expand(raw, &values);
+        if value.contains('\0') {
+            return Err(RenderError::Nul(key.to_owned()));
+        }
+        let (quoted, portable) = quote(&value);
+        if !portable {
+            tracing::warn!(key, "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly");
+        }
+        out.push_str(export);
+        out.push_str(key);
+        out.push('=');
+        out.push_str(&quoted);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn is_env_key(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn strip_quotes(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+fn expand(raw: &str, values: &[Zeroizing<String>]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(raw.len()));
+    let mut rest = raw;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after.find(CLOSE).unwrap_or(after.len());
+        if let Some(v) = after[..end].parse::<usize>().ok().and_then(|i| values.get(i)) {
+            out.push_str(v);
+        }
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Quotes a value for sh and dotenv; the bool says whether dotenv parsers
+/// read it back exactly.
+pub fn quote(v: &str) -> (Zeroizing<String>, bool) {
+    let mut q = Zeroizing::new(String::with_capacity(v.len() + 2));
+    if !v.contains('\'') {
+        q.push('\'');
+        q.push_str(v);
+        q.push('\'');
+        return (q, true);
+    }
+    if !v.contains(['"', '\\', '$', '`']) {
+        q.push('"');
+        q.push_str(v);
+        q.push('"');
+        return (q, true);
+    }
+    q.push('\'');
+    for c in v.chars() {
+        if c == '\'' {
+            q.push_str("'\"'\"'");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push('\'');
+    (q, false)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.vaultlet-{}", std::process::id()));
+    let result = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The umask may have narrowed the mode; set exactly what was asked.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Keeps one env file up to date until shutdown.
+pub async fn run_env_file(spec: EnvFileSpec, mut rx: watch::Receiver<Snapshot>, shutdown: CancellationToken) {
+    let mut written: Option<u64> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        let now = Instant::now();
+        let mut secrets = BTreeMap::new();
+        let mut versions = Vec::new();
+        for name in &spec.uses {
+            if let Some(v) = snap.get(name).and_then(|e| e.live(now).map(|v| (v.clone(), e.version))) {
+                secrets.insert(name.clone(), v.0);
+                versions.push(format!("{name}@{}", v.1));
+            }
+        }
+        if secrets.len() == spec.uses.len() {
+            match render_and_write(&spec, &secrets, &mut written).await {
+                Ok(true) => {
+                    tracing::info!(path = %spec.path.display(), versions = %versions.join(","), "wrote env file");
+                    last_error = None;
+                }
+                Ok(false) => last_error = None,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_ref() != Some(&msg) {
+                        tracing::error!(path = %spec.path.display(), error = %msg, "env file not written");
+                    }
+                    last_error = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        // Batch: secrets that change together are written once.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(BATCH) => {}
+        }
+    }
+}
+
+async fn render_and_write(spec: &EnvFileSpec, secrets: &BTreeMap<String, Arc<SecretData>>, written: &mut Option<u64>) -> Result<bool, RenderError> {
+    let text = render_env(&spec.template, secrets)?;
+    // Compare by a keyed hash so we do not keep a second copy of the content.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let digest = h.finish();
+    if *written == Some(digest) {
+        return Ok(false);
+    }
+    let (path, mode) = (spec.path.clone(), spec.mode);
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || write_atomic(&p, text.as_bytes(), mode))
+        .await
+        .map_err(|e| RenderError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })?
+        .map_err(|e| RenderError::Io { path: path.display().to_string(), source: e })?;
+    *written = Some(digest);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn secrets(pairs: &[(&str, &str, &str)]) -> BTreeMap<String, Arc<SecretData>> {
+        let mut m: BTreeMap<String, SecretData> = BTreeMap::new();
+        for (n, k, v) in pairs {
+            m.entry(n.to_string()).or_default().insert(*k, SecretString::from(v.to_string()));
+        }
+        m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+    }
+
+    #[test]
+    fn composes_and_quotes_whole_values() {
+        let s = secrets(&[("db", "username", "v-api-1"), ("db", "password", "p@ss word$`\\"), ("api", "k", "it's")]);
+        let out = render_env("# comment\nURL=postgresql://{{ db.username }}:{{ db.password }}@db/x\nexport K=\"{{ api.k }}\"\n", &s).unwrap();
+        assert_eq!(
+            out.as_str(),
+            "# comment\nURL='postgresql://v-api-1:p@ss word$`\\@db/x'\nexport K=\"it's\"\n"
+        );
+    }
+
+    #[test]
+    fn unknown_kv_key_is_an_error_without_values() {
+        let s = secrets(&[("api", "k", "topsecret")]);
+        let e = render_env("A={{ api.missing }}\n", &s).unwrap_err().to_string();
+        assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn bad_lines_are_rejected() {
+        let s = secrets(&[("api", "k", "v")]);
+        assert!(matches!(render_env("just text {{ api.k }}\n", &s), Err(RenderError::Line(1))));
+        assert!(matches!(render_env("# {{ api.k }}\n", &s), Err(RenderError::Line(1))));
+        assert!(matches!(render_env("1A={{ api.k }}\n", &s), Err(RenderError::Line(1))));
+    }
+
+    /// Every printable and whitespace character survives `set -a; . file` in sh.
+    #[test]
+    fn every_character_survives_sh() {
+        let mut nasty: String = (1u8..=127).map(char::from).filter(|c| *c != '\r').collect();
+        nasty.push_str("é€😀");
+        for v in [nasty.clone(), nasty.replace('\'', ""), nasty.replace(['"', '\\', '$', '`'], ""), "plain".to_string()] {
+            let (q, _) = quote(&v);
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("env");
+            std::fs::write(&file, format!("X={}\n", q.as_str())).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("set -a; . \"$1\"; printf %s \"$X\"")
+                .arg("sh")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn atomic_write_sets_exact_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.env");
+        write_atomic(&p, b"A='1'\n", 0o640).unwrap();
+        write_atomic(&p, b"A='2'\n", 0o600).unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "A='2'\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+}

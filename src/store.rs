@@ -1,0 +1,206 @@
+//! The current snapshot of every secret.
+//!
+//! Lease and KV tasks publish into the store; the socket API and the
+//! renderers read it. A snapshot is an immutable map behind an `Arc`, handed
+//! out through a `watch` channel, so readers never block writers and a
+//! renderer sees every change as one new value.
+//!
+//! Each secret carries a version that moves only when its *content* changes
+//! (a renewal does not bump it), and a `problem` string saying why it is not
+//! available or not fresh. Expiry is checked by readers against the clock:
+//! a secret whose lease has ended is never served, even if its task has not
+//! got round to withdrawing it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::secret::SecretData;
+
+/// One secret as readers see it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Bumped on every content change; 0 until the first value arrives.
+    pub version: u64,
+    /// The current value, if any.
+    pub value: Option<Arc<SecretData>>,
+    /// Lease end and renewability (database secrets).
+    pub lease: Option<LeaseView>,
+    /// Why the secret is missing, stale or at risk; `None` when all is well.
+    pub problem: Option<String>,
+}
+
+/// The parts of a lease a reader needs.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseView {
+    /// When the served credential stops working.
+    pub expires_at: Instant,
+    /// Whether it can still be renewed.
+    pub renewable: bool,
+}
+
+// === impl Entry ===
+
+impl Entry {
+    /// The value, if it exists and its lease has not ended at `now`.
+    pub fn live(&self, now: Instant) -> Option<&Arc<SecretData>> {
+        match (&self.value, &self.lease) {
+            (Some(_), Some(l)) if l.expires_at <= now => None,
+            (v, _) => v.as_ref(),
+        }
+    }
+
+    /// Why this secret cannot be served at `now`, if it cannot.
+    pub fn unavailable(&self, now: Instant) -> Option<String> {
+        if self.live(now).is_some() {
+            return None;
+        }
+        Some(match (&self.value, &self.problem) {
+            (Some(_), Some(p)) => format!("lease expired ({p})"),
+            (Some(_), None) => "lease expired".into(),
+            (None, Some(p)) => format!("not fetched yet: {p}"),
+            (None, None) => "not fetched yet".into(),
+        })
+    }
+}
+
+/// All secrets, by name.
+pub type Snapshot = Arc<BTreeMap<String, Entry>>;
+
+/// The writer side; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: Arc<watch::Sender<Snapshot>>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// A store that knows every configured name from the start, so readiness
+    /// can report what is missing.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Store {
+        let map = names
+            .into_iter()
+            .map(|n| (n.to_owned(), Entry { version: 0, value: None, lease: None, problem: None }))
+            .collect();
+        let (tx, _) = watch::channel(Arc::new(map));
+        Store { tx: Arc::new(tx) }
+    }
+
+    /// A receiver of snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.tx.borrow().clone()
+    }
+
+    fn modify(&self, name: &str, f: impl FnOnce(&mut Entry) -> bool) {
+        self.tx.send_if_modified(|snap| {
+            let mut map = (**snap).clone();
+            let Some(e) = map.get_mut(name) else { return false };
+            if !f(e) {
+                return false;
+            }
+            *snap = Arc::new(map);
+            true
+        });
+    }
+
+    /// Publishes a new value. The version moves only if the content differs
+    /// from what is held (or the held one has expired). Returns the version.
+    pub fn publish(&self, name: &str, data: SecretData, lease: Option<LeaseView>) -> u64 {
+        let mut version = 0;
+        let now = Instant::now();
+        self.modify(name, |e| {
+            let same = e.live(now).is_some_and(|cur| cur.same_as(&data));
+            if !same {
+                e.version += 1;
+                e.value = Some(Arc::new(data));
+            }
+            e.lease = lease;
+            e.problem = None;
+            version = e.version;
+            true
+        });
+        version
+    }
+
+    /// Records a renewal: new end, same content, same version.
+    pub fn update_lease(&self, name: &str, lease: LeaseView) {
+        self.modify(name, |e| {
+            e.lease = Some(lease);
+            e.problem = None;
+            true
+        });
+    }
+
+    /// Records why the secret is not fresh; the held value stays served while
+    /// its lease lasts.
+    pub fn set_problem(&self, name: &str, problem: String) {
+        self.modify(name, |e| {
+            if e.problem.as_deref() == Some(problem.as_str()) {
+                return false;
+            }
+            e.problem = Some(problem);
+            true
+        });
+    }
+
+    /// Removes the value (its lease has ended or was revoked).
+    pub fn withdraw(&self, name: &str, reason: String) {
+        self.modify(name, |e| {
+            if e.value.is_none() && e.problem.as_deref() == Some(reason.as_str()) {
+                return false;
+            }
+            e.value = None;
+            e.lease = None;
+            e.problem = Some(reason);
+            true
+        });
+    }
+}
+
+/// Readiness: every secret held and unexpired. Returns the reasons otherwise.
+pub fn not_ready(snap: &Snapshot, now: Instant) -> Vec<(String, String)> {
+    snap.iter().filter_map(|(n, e)| e.unavailable(now).map(|r| (n.clone(), r))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+    use std::time::Duration;
+
+    fn data(v: &str) -> SecretData {
+        let mut d = SecretData::default();
+        d.insert("k", SecretString::from(v.to_string()));
+        d
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn version_moves_only_on_change() {
+        let s = Store::new(["a"]);
+        assert_eq!(s.publish("a", data("1"), None), 1);
+        assert_eq!(s.publish("a", data("1"), None), 1);
+        assert_eq!(s.publish("a", data("2"), None), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_lease_is_not_served_and_not_ready() {
+        let s = Store::new(["db"]);
+        assert_eq!(not_ready(&s.snapshot(), Instant::now()).len(), 1);
+        let end = Instant::now() + Duration::from_secs(10);
+        s.publish("db", data("x"), Some(LeaseView { expires_at: end, renewable: true }));
+        assert!(not_ready(&s.snapshot(), Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let snap = s.snapshot();
+        assert!(snap["db"].live(Instant::now()).is_none());
+        let r = not_ready(&snap, Instant::now());
+        assert_eq!(r[0].1, "lease expired");
+    }
+}
