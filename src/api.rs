@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{valid_name, Allow, SocketConfig};
+use crate::config::{Allow, SocketConfig, valid_name};
 use crate::secret::SecretData;
 use crate::store::{self, Entry, Store};
 
@@ -97,7 +97,8 @@ pub fn bind(cfg: &SocketConfig) -> Result<Bound, BindError> {
     ));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(io)?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode)).and_then(|()| std::fs::rename(&tmp, path));
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
@@ -192,12 +193,11 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
-async fn check_peer(Extension(peer): Extension<Peer>, req: axum::extract::Request) -> Result<axum::extract::Request, Response> {
-    if peer.allowed {
-        Ok(req)
-    } else {
-        Err(error(StatusCode::FORBIDDEN, "caller is not allowed to use this socket"))
-    }
+async fn check_peer(
+    Extension(peer): Extension<Peer>,
+    req: axum::extract::Request,
+) -> Result<axum::extract::Request, Response> {
+    if peer.allowed { Ok(req) } else { Err(error(StatusCode::FORBIDDEN, "caller is not allowed to use this socket")) }
 }
 
 async fn no_store(mut res: Response) -> Response {
@@ -272,7 +272,7 @@ async fn list(State(store): State<Store>) -> Response {
         }
     }
     let unavailable: serde_json::Map<String, serde_json::Value> =
-        snap.iter().filter_map(|(n, e)| e.unavailable(now).map(|r| (n.clone(), r.into()))).collect();
+        snap.iter().filter_map(|(n, e)| store.unavailable(e, now).map(|r| (n.clone(), r.into()))).collect();
     #[derive(serde::Serialize)]
     struct Body<'a> {
         secrets: All<'a>,
@@ -292,7 +292,7 @@ async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>) -> Resp
     let now = Instant::now();
     match entry.live(now) {
         Some(data) => json(&SecretJson { name: &name, entry, data }),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, entry.unavailable(now).unwrap_or_default()),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default()),
     }
 }
 
@@ -301,7 +301,7 @@ async fn health() -> Response {
 }
 
 async fn ready(State(store): State<Store>) -> Response {
-    let reasons = store::not_ready(&store.snapshot(), Instant::now());
+    let reasons = store.not_ready(Instant::now());
     if reasons.is_empty() {
         return json(&serde_json::json!({ "ready": true }));
     }

@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AppRoleConfig;
 use crate::lease::schedule::{self, Backoff};
 use crate::secret::Token;
+use crate::store::Store;
 use crate::vault::{Vault, VaultError};
 
 /// What lease tasks hold: the current token, if logged in.
@@ -76,10 +77,15 @@ impl AuthError {
 }
 
 /// Starts the auth task; returns the handle other tasks use.
-pub fn spawn(vault: Arc<Vault>, cfg: AppRoleConfig, shutdown: CancellationToken) -> (AuthHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    vault: Arc<Vault>,
+    cfg: AppRoleConfig,
+    store: Store,
+    shutdown: CancellationToken,
+) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (rej_tx, rej_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(vault, cfg, tx, rej_rx, shutdown));
+    let task = tokio::spawn(run(vault, cfg, store, tx, rej_rx, shutdown));
     (AuthHandle { token: rx, rejected: rej_tx }, task)
 }
 
@@ -149,6 +155,7 @@ async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretStrin
 async fn run(
     vault: Arc<Vault>,
     cfg: AppRoleConfig,
+    store: Store,
     tx: watch::Sender<Option<Arc<Token>>>,
     mut rejected: mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
@@ -162,8 +169,13 @@ async fn run(
         let auth = match creds.login(&vault).await {
             Ok(a) => a,
             Err(e) => {
-                let wait = if e.is_transient() { transient.next(schedule::jitter()) } else { permanent.next(schedule::jitter()) };
+                let wait = if e.is_transient() {
+                    transient.next(schedule::jitter())
+                } else {
+                    permanent.next(schedule::jitter())
+                };
                 tracing::error!(error = %e, retry_in = ?wait, "login failed");
+                store.set_login_problem(Some(e.to_string()));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => continue,
@@ -172,6 +184,7 @@ async fn run(
         };
         transient.reset();
         permanent.reset();
+        store.set_login_problem(None);
         generation += 1;
         let now = Instant::now();
         let initial_ttl = auth.ttl;
@@ -190,7 +203,12 @@ async fn run(
         loop {
             let step = schedule::next_step(
                 Instant::now(),
-                schedule::LeaseTimes { issued_at, expires_at: token.expires_at, renewable: token.renewable, hard_end: token.hard_end },
+                schedule::LeaseTimes {
+                    issued_at,
+                    expires_at: token.expires_at,
+                    renewable: token.renewable,
+                    hard_end: token.hard_end,
+                },
                 None,
                 schedule::jitter(),
             );

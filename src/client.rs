@@ -12,7 +12,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum GetError {
     /// The socket is missing or refused the connection.
-    #[error("cannot connect to {path}: {source} (is vaultlet running, and is the path right? set --socket or VAULTLET_SOCKET)")]
+    #[error(
+        "cannot connect to {path}: {source} (is vaultlet running, and is the path right? set --socket or VAULTLET_SOCKET)"
+    )]
     Connect {
         /// The socket path.
         path: String,
@@ -48,7 +50,8 @@ pub enum GetError {
 
 /// Fetches `/v1/secrets/{name}` and returns the JSON document.
 pub fn get_secret(socket: &Path, name: &str) -> Result<serde_json::Value, GetError> {
-    let mut s = UnixStream::connect(socket).map_err(|e| GetError::Connect { path: socket.display().to_string(), source: e })?;
+    let mut s =
+        UnixStream::connect(socket).map_err(|e| GetError::Connect { path: socket.display().to_string(), source: e })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET /v1/secrets/{name} HTTP/1.0\r\nHost: vaultlet\r\n\r\n")?;

@@ -370,7 +370,9 @@ impl Cx<'_> {
             None => Ok(default),
             Some(s) => match u32::from_str_radix(s.get_ref().trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 && m & 0o7 == 0 => Ok(m),
-                Ok(m) if m <= 0o777 => self.err(s.span(), key, "must not grant access to others (last digit must be 0)"),
+                Ok(m) if m <= 0o777 => {
+                    self.err(s.span(), key, "must not grant access to others (last digit must be 0)")
+                }
                 _ => self.err(s.span(), key, "not an octal file mode; write e.g. \"0600\""),
             },
         }
@@ -464,7 +466,9 @@ impl Cx<'_> {
                     }
                     addresses.push(u)
                 }
-                _ => return self.err(aspan, "vault.address", "not an http(s) URL like \"https://vault.internal:8200\""),
+                _ => {
+                    return self.err(aspan, "vault.address", "not an http(s) URL like \"https://vault.internal:8200\"");
+                }
             }
         }
         let ca_cert = match v.ca_cert {
@@ -487,7 +491,9 @@ impl Cx<'_> {
 
     fn auth(&self, a: Spanned<RawAuth>) -> Result<AppRoleConfig, ConfigError> {
         let a = a.into_inner().approle.into_inner();
-        for (key, p) in [("auth.approle.role_id_file", &a.role_id_file), ("auth.approle.secret_id_file", &a.secret_id_file)] {
+        for (key, p) in
+            [("auth.approle.role_id_file", &a.role_id_file), ("auth.approle.secret_id_file", &a.secret_id_file)]
+        {
             if !p.get_ref().is_absolute() {
                 return self.err(p.span(), key, "must be an absolute path");
             }
@@ -537,13 +543,19 @@ impl Cx<'_> {
             Some((_, "never")) => RevokeOld::Never,
             Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
         };
-        for (k, v) in [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)] {
+        for (k, v) in
+            [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)]
+        {
             if let (false, Some(v)) = (is_db, v) {
                 return self.err(v.span(), &format!("{key}.{k}"), "only applies to database secrets");
             }
         }
         if let (true, Some(v)) = (is_db, &s.refresh) {
-            return self.err(v.span(), &format!("{key}.refresh"), "only applies to kv secrets; database secrets follow their lease");
+            return self.err(
+                v.span(),
+                &format!("{key}.refresh"),
+                "only applies to kv secrets; database secrets follow their lease",
+            );
         }
         Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old })
     }
@@ -552,11 +564,9 @@ impl Cx<'_> {
 fn is_loopback(u: &reqwest::Url) -> bool {
     match u.host_str() {
         Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
+        Some(h) => {
+            h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
         None => false,
     }
 }
@@ -710,6 +720,14 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     fn syntax_error_has_line() {
         let e = load("[vault\naddress = 1").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let src = include_str!("../examples/vaultlet.toml").replace("/run/vaultlet/role_id", "/etc/hostname");
+        let c = load(&src).unwrap_or_else(|e| panic!("examples/vaultlet.toml: {e}"));
+        assert_eq!(c.secrets.len(), 2);
+        assert_eq!(c.socket.unwrap().allow.len(), 2);
     }
 
     #[test]

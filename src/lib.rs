@@ -65,9 +65,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let bound = config.socket.as_ref().map(api::bind).transpose()?;
 
     let tasks = shutdown.child_token();
-    let (auth, auth_task) = auth::spawn(vault.clone(), config.auth.clone(), tasks.clone());
+    let (auth, auth_task) = auth::spawn(vault.clone(), config.auth.clone(), store.clone(), tasks.clone());
     let leases = lease::Leases::default();
-    let cx = lease::Cx { vault: vault.clone(), store: store.clone(), auth: auth.clone(), leases: leases.clone(), shutdown: tasks.clone() };
+    let cx = lease::Cx {
+        vault: vault.clone(),
+        store: store.clone(),
+        auth: auth.clone(),
+        leases: leases.clone(),
+        shutdown: tasks.clone(),
+    };
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {

@@ -87,7 +87,10 @@ pub fn check_template(template: &str, kinds: &BTreeMap<&str, &SecretSource>) -> 
         match kinds.get(name) {
             None => {
                 let known: Vec<&str> = kinds.keys().copied().collect();
-                return Err(format!("refers to `{name}`, which is not a configured secret (known: {})", known.join(", ")));
+                return Err(format!(
+                    "refers to `{name}`, which is not a configured secret (known: {})",
+                    known.join(", ")
+                ));
             }
             Some(SecretSource::Database { .. }) => {
                 if let Some(f) = field {
@@ -143,7 +146,10 @@ impl Object for Fields {
 }
 
 /// Renders an env file from the given secrets.
-pub fn render_env(template: &str, secrets: &BTreeMap<String, Arc<SecretData>>) -> Result<Zeroizing<String>, RenderError> {
+pub fn render_env(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Zeroizing<String>, RenderError> {
     let values: Arc<Mutex<Vec<Zeroizing<String>>>> = Arc::default();
     let mut env = environment();
     let sink = values.clone();
@@ -151,9 +157,11 @@ pub fn render_env(template: &str, secrets: &BTreeMap<String, Arc<SecretData>>) -
         let mut v = sink.lock().unwrap_or_else(|p| p.into_inner());
         let idx = v.len();
         v.push(Zeroizing::new(value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())));
-        write!(out, "{OPEN}{idx}{CLOSE}").map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write"))
+        write!(out, "{OPEN}{idx}{CLOSE}")
+            .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write"))
     });
-    let ctx: BTreeMap<&str, Value> = secrets.iter().map(|(n, d)| (n.as_str(), Value::from_object(Fields(d.clone())))).collect();
+    let ctx: BTreeMap<&str, Value> =
+        secrets.iter().map(|(n, d)| (n.as_str(), Value::from_object(Fields(d.clone())))).collect();
     let rendered = Zeroizing::new(env.render_str(template, ctx).map_err(|e| RenderError::Template(describe(&e)))?);
     drop(env);
     let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
@@ -189,7 +197,10 @@ pub fn render_env(template: &str, secrets: &BTreeMap<String, Arc<SecretData>>) -
         }
         let (quoted, portable) = quote(&value);
         if !portable {
-            tracing::warn!(key, "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly");
+            tracing::warn!(
+                key,
+                "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly"
+            );
         }
         out.push_str(export);
         out.push_str(key);
@@ -322,7 +333,11 @@ pub async fn run_env_file(spec: EnvFileSpec, mut rx: watch::Receiver<Snapshot>, 
     }
 }
 
-async fn render_and_write(spec: &EnvFileSpec, secrets: &BTreeMap<String, Arc<SecretData>>, written: &mut Option<u64>) -> Result<bool, RenderError> {
+async fn render_and_write(
+    spec: &EnvFileSpec,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+    written: &mut Option<u64>,
+) -> Result<bool, RenderError> {
     let text = render_env(&spec.template, secrets)?;
     // Compare by a keyed hash so we do not keep a second copy of the content.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -357,11 +372,12 @@ mod tests {
     #[test]
     fn composes_and_quotes_whole_values() {
         let s = secrets(&[("db", "username", "v-api-1"), ("db", "password", "p@ss word$`\\"), ("api", "k", "it's")]);
-        let out = render_env("# comment\nURL=postgresql://{{ db.username }}:{{ db.password }}@db/x\nexport K=\"{{ api.k }}\"\n", &s).unwrap();
-        assert_eq!(
-            out.as_str(),
-            "# comment\nURL='postgresql://v-api-1:p@ss word$`\\@db/x'\nexport K=\"it's\"\n"
-        );
+        let out = render_env(
+            "# comment\nURL=postgresql://{{ db.username }}:{{ db.password }}@db/x\nexport K=\"{{ api.k }}\"\n",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(out.as_str(), "# comment\nURL='postgresql://v-api-1:p@ss word$`\\@db/x'\nexport K=\"it's\"\n");
     }
 
     #[test]
@@ -384,7 +400,8 @@ mod tests {
     fn every_character_survives_sh() {
         let mut nasty: String = (1u8..=127).map(char::from).filter(|c| *c != '\r').collect();
         nasty.push_str("é€😀");
-        for v in [nasty.clone(), nasty.replace('\'', ""), nasty.replace(['"', '\\', '$', '`'], ""), "plain".to_string()] {
+        for v in [nasty.clone(), nasty.replace('\'', ""), nasty.replace(['"', '\\', '$', '`'], ""), "plain".to_string()]
+        {
             let (q, _) = quote(&v);
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("env");

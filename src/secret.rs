@@ -52,9 +52,11 @@ impl SecretData {
     /// function.
     pub fn same_as(&self, other: &SecretData) -> bool {
         self.values.len() == other.values.len()
-            && self.values.iter().zip(other.values.iter()).all(|(a, b)| {
-                a.0 == b.0 && a.1.expose_secret().as_bytes() == b.1.expose_secret().as_bytes()
-            })
+            && self
+                .values
+                .iter()
+                .zip(other.values.iter())
+                .all(|(a, b)| a.0 == b.0 && a.1.expose_secret().as_bytes() == b.1.expose_secret().as_bytes())
     }
 }
 

@@ -73,6 +73,9 @@ pub type Snapshot = Arc<BTreeMap<String, Entry>>;
 #[derive(Clone)]
 pub struct Store {
     tx: Arc<watch::Sender<Snapshot>>,
+    /// Why vaultlet cannot log in, if it cannot: the reason a secret that was
+    /// never fetched is missing.
+    login_problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 // === impl Store ===
@@ -86,7 +89,7 @@ impl Store {
             .map(|n| (n.to_owned(), Entry { version: 0, value: None, lease: None, problem: None }))
             .collect();
         let (tx, _) = watch::channel(Arc::new(map));
-        Store { tx: Arc::new(tx) }
+        Store { tx: Arc::new(tx), login_problem: Arc::default() }
     }
 
     /// A receiver of snapshots.
@@ -151,6 +154,29 @@ impl Store {
         });
     }
 
+    /// Records (or clears) a login failure.
+    pub fn set_login_problem(&self, problem: Option<String>) {
+        *self.login_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Why `entry` cannot be served at `now`, if it cannot, including a login
+    /// failure for secrets never fetched.
+    pub fn unavailable(&self, entry: &Entry, now: Instant) -> Option<String> {
+        let reason = entry.unavailable(now)?;
+        if entry.value.is_none() && entry.problem.is_none() {
+            if let Some(p) = self.login_problem.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                return Some(format!("{reason}: login failed: {p}"));
+            }
+        }
+        Some(reason)
+    }
+
+    /// Readiness: every secret held and unexpired. Returns the reasons otherwise.
+    pub fn not_ready(&self, now: Instant) -> Vec<(String, String)> {
+        let snap = self.snapshot();
+        snap.iter().filter_map(|(n, e)| self.unavailable(e, now).map(|r| (n.clone(), r))).collect()
+    }
+
     /// Removes the value (its lease has ended or was revoked).
     pub fn withdraw(&self, name: &str, reason: String) {
         self.modify(name, |e| {
@@ -163,11 +189,6 @@ impl Store {
             true
         });
     }
-}
-
-/// Readiness: every secret held and unexpired. Returns the reasons otherwise.
-pub fn not_ready(snap: &Snapshot, now: Instant) -> Vec<(String, String)> {
-    snap.iter().filter_map(|(n, e)| e.unavailable(now).map(|r| (n.clone(), r))).collect()
 }
 
 #[cfg(test)]
@@ -193,14 +214,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expired_lease_is_not_served_and_not_ready() {
         let s = Store::new(["db"]);
-        assert_eq!(not_ready(&s.snapshot(), Instant::now()).len(), 1);
+        assert_eq!(s.not_ready(Instant::now()).len(), 1);
+        s.set_login_problem(Some("vault refused AppRole login".into()));
+        assert!(s.not_ready(Instant::now())[0].1.contains("login failed: vault refused"));
         let end = Instant::now() + Duration::from_secs(10);
         s.publish("db", data("x"), Some(LeaseView { expires_at: end, renewable: true }));
-        assert!(not_ready(&s.snapshot(), Instant::now()).is_empty());
+        assert!(s.not_ready(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_secs(11)).await;
         let snap = s.snapshot();
         assert!(snap["db"].live(Instant::now()).is_none());
-        let r = not_ready(&snap, Instant::now());
+        let r = s.not_ready(Instant::now());
         assert_eq!(r[0].1, "lease expired");
     }
 }

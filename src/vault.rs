@@ -25,8 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustify::endpoint::Endpoint;
@@ -317,8 +317,17 @@ impl Vault {
     }
 
     /// `POST auth/<mount>/login`.
-    pub async fn login_approle(&self, mount: &str, role_id: &SecretString, secret_id: &SecretString) -> Result<Auth, VaultError> {
-        let op = Op { what: "AppRole login".into(), capability: "none (check role_id and secret_id)", path: format!("auth/{mount}/login") };
+    pub async fn login_approle(
+        &self,
+        mount: &str,
+        role_id: &SecretString,
+        secret_id: &SecretString,
+    ) -> Result<Auth, VaultError> {
+        let op = Op {
+            what: "AppRole login".into(),
+            capability: "none (check role_id and secret_id)",
+            path: format!("auth/{mount}/login"),
+        };
         let info = self
             .call(&op, None, |c| async move {
                 vaultrs::auth::approle::login(&c.0, mount, role_id.expose_secret(), secret_id.expose_secret()).await
@@ -341,7 +350,9 @@ impl Vault {
             return Err(VaultError::Refused {
                 op: op.what,
                 status: 400,
-                message: format!("wrapping token was created by `{path}`, not an AppRole secret-id endpoint; refusing it"),
+                message: format!(
+                    "wrapping token was created by `{path}`, not an AppRole secret-id endpoint; refusing it"
+                ),
                 hint: String::new(),
             });
         }
@@ -358,7 +369,8 @@ impl Vault {
         let op = Op { what: "token renewal".into(), capability: "update", path: "auth/token/renew-self".into() };
         let inc = format!("{}s", increment.as_secs().max(1));
         let inc = inc.as_str();
-        let info = self.call(&op, Some(token), |c| async move { vaultrs::token::renew_self(&c.0, Some(inc)).await }).await?;
+        let info =
+            self.call(&op, Some(token), |c| async move { vaultrs::token::renew_self(&c.0, Some(inc)).await }).await?;
         Ok(auth_from(info))
     }
 
@@ -376,7 +388,11 @@ impl Vault {
 
     /// `GET <mount>/creds/<role>`, keeping the lease.
     pub async fn db_creds(&self, token: &SecretString, mount: &str, role: &str) -> Result<DbCreds, VaultError> {
-        let op = Op { what: format!("database credentials {mount}/creds/{role}"), capability: "read", path: format!("{mount}/creds/{role}") };
+        let op = Op {
+            what: format!("database credentials {mount}/creds/{role}"),
+            capability: "read",
+            path: format!("{mount}/creds/{role}"),
+        };
         let body = self
             .call(&op, Some(token), |c| async move {
                 raw(&c, DbCredsRequest { mount: mount.to_owned(), role: role.to_owned() }).await
@@ -399,11 +415,24 @@ impl Vault {
     }
 
     /// `PUT sys/leases/renew`.
-    pub async fn renew_lease(&self, token: &SecretString, lease: &LeaseId, increment: Duration) -> Result<Renewed, VaultError> {
-        let op = Op { what: format!("lease renewal of {}", lease.path()), capability: "update", path: "sys/leases/renew".into() };
+    pub async fn renew_lease(
+        &self,
+        token: &SecretString,
+        lease: &LeaseId,
+        increment: Duration,
+    ) -> Result<Renewed, VaultError> {
+        let op = Op {
+            what: format!("lease renewal of {}", lease.path()),
+            capability: "update",
+            path: "sys/leases/renew".into(),
+        };
         let body = self
             .call(&op, Some(token), |c| async move {
-                raw(&c, RenewLeaseRequest { lease_id: lease.as_str().to_owned(), increment: increment.as_secs().max(1) }).await
+                raw(
+                    &c,
+                    RenewLeaseRequest { lease_id: lease.as_str().to_owned(), increment: increment.as_secs().max(1) },
+                )
+                .await
             })
             .await?;
         let env: Envelope<serde::de::IgnoredAny> = parse(&op, &body)?;
@@ -412,7 +441,11 @@ impl Vault {
 
     /// `PUT sys/leases/revoke`.
     pub async fn revoke_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
-        let op = Op { what: format!("lease revocation of {}", lease.path()), capability: "update", path: "sys/leases/revoke".into() };
+        let op = Op {
+            what: format!("lease revocation of {}", lease.path()),
+            capability: "update",
+            path: "sys/leases/revoke".into(),
+        };
         self.call(&op, Some(token), |c| async move {
             raw(&c, RevokeLeaseRequest { lease_id: lease.as_str().to_owned() }).await
         })
@@ -422,7 +455,13 @@ impl Vault {
 
     /// Reads a KV secret (v1 or v2) as a map of strings; non-string values
     /// are kept as their JSON text.
-    pub async fn kv(&self, token: &SecretString, mount: &str, path: &str, version: u8) -> Result<SecretData, VaultError> {
+    pub async fn kv(
+        &self,
+        token: &SecretString,
+        mount: &str,
+        path: &str,
+        version: u8,
+    ) -> Result<SecretData, VaultError> {
         let (api_path, what) = if version == 2 {
             (format!("{mount}/data/{path}"), format!("kv secret {mount}/{path}"))
         } else {
@@ -484,10 +523,9 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
             message = "no reason given".into();
         }
         let hint = match status {
-            403 if op.capability != "none (check role_id and secret_id)" => format!(
-                " — the token's policy needs `{}` on `{}` (or the token has expired)",
-                op.capability, op.path
-            ),
+            403 if op.capability != "none (check role_id and secret_id)" => {
+                format!(" — the token's policy needs `{}` on `{}` (or the token has expired)", op.capability, op.path)
+            }
             400 | 403 if op.path.starts_with("auth/") && op.path.ends_with("/login") => {
                 " — check the role_id and secret_id files and that the secret_id has not expired or been used up".into()
             }
@@ -498,7 +536,9 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
     };
     let rest = match e {
         ClientError::APIError { code, errors } => return status_err(code, errors),
-        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => return malformed(op, "empty response"),
+        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
+            return malformed(op, "empty response");
+        }
         ClientError::JsonParseError { .. } | ClientError::ResponseWrapError => return malformed(op, "unexpected JSON"),
         ClientError::RestClientError { source } => source,
         _ => return VaultError::Setup(format!("{} failed before sending", op.what)),
@@ -543,7 +583,11 @@ mod tests {
     use super::*;
 
     fn op() -> Op {
-        Op { what: "database credentials database/creds/api".into(), capability: "read", path: "database/creds/api".into() }
+        Op {
+            what: "database credentials database/creds/api".into(),
+            capability: "read",
+            path: "database/creds/api".into(),
+        }
     }
 
     #[test]

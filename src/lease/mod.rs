@@ -23,10 +23,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{current_token, AuthHandle};
+use crate::auth::{AuthHandle, current_token};
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
 use crate::secret::{Lease, LeaseId, SecretData};
 use crate::store::{LeaseView, Store};
@@ -93,7 +93,12 @@ impl Held {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        LeaseTimes { issued_at: self.lease.issued_at, expires_at: self.lease.expires_at, renewable: self.lease.renewable, hard_end }
+        LeaseTimes {
+            issued_at: self.lease.issued_at,
+            expires_at: self.lease.expires_at,
+            renewable: self.lease.renewable,
+            hard_end,
+        }
     }
 
     fn view(&self) -> LeaseView {
@@ -113,7 +118,14 @@ struct Database {
 
 impl Database {
     fn new(cx: Cx, spec: SecretSpec) -> Self {
-        Database { cx, spec, cur: None, learned: None, transient: Backoff::transient(), permanent: Backoff::permanent() }
+        Database {
+            cx,
+            spec,
+            cur: None,
+            learned: None,
+            transient: Backoff::transient(),
+            permanent: Backoff::permanent(),
+        }
     }
 
     async fn run(mut self, mount: &str, role: &str) {
@@ -253,7 +265,9 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
                 let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
                 match cx.vault.revoke_lease(&token.secret, &old.lease.id).await {
                     Ok(()) => tracing::info!(secret = %spec.name, lease = ?old.lease.id, "revoked replaced credential"),
-                    Err(e) => tracing::warn!(secret = %spec.name, error = %e, "could not revoke replaced credential; it will expire"),
+                    Err(e) => {
+                        tracing::warn!(secret = %spec.name, error = %e, "could not revoke replaced credential; it will expire")
+                    }
                 }
             }
             cx.leases.remove(&old.lease.id);
@@ -312,7 +326,11 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
                 if e.is_forbidden() {
                     cx.auth.rejected(token.generation);
                 }
-                let wait = if e.is_transient() { transient.next(schedule::jitter()) } else { permanent.next(schedule::jitter()) };
+                let wait = if e.is_transient() {
+                    transient.next(schedule::jitter())
+                } else {
+                    permanent.next(schedule::jitter())
+                };
                 tracing::warn!(secret = %spec.name, error = %e, retry_in = ?wait, "kv secret");
                 cx.store.set_problem(&spec.name, e.to_string());
                 wait

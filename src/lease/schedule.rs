@@ -147,13 +147,20 @@ mod tests {
     async fn replaces_before_the_cap_once_known() {
         let now = Instant::now();
         // Issued 60 s ago, capped at 100 s lifetime: rotate_before = 33.3 s (a third).
-        let l = LeaseTimes { issued_at: now - s(60), expires_at: now + s(20), renewable: true, hard_end: Some(now + s(40)) };
+        let l = LeaseTimes {
+            issued_at: now - s(60),
+            expires_at: now + s(20),
+            renewable: true,
+            hard_end: Some(now + s(40)),
+        };
         assert_eq!(next_step(now, l, None, 0.0), Step::Replace(now + s(40) - s(100) / 3));
         // Capped at 10 s: half the lifetime, 5 s; already inside it → now.
-        let l = LeaseTimes { issued_at: now - s(8), expires_at: now + s(2), renewable: true, hard_end: Some(now + s(2)) };
+        let l =
+            LeaseTimes { issued_at: now - s(8), expires_at: now + s(2), renewable: true, hard_end: Some(now + s(2)) };
         assert_eq!(next_step(now, l, None, 0.0), Step::Replace(now));
         // Long lease: 24 h lifetime → rotate 8 h before the end; renew until then.
-        let l = LeaseTimes { issued_at: now, expires_at: now + s(3600), renewable: true, hard_end: Some(now + s(86400)) };
+        let l =
+            LeaseTimes { issued_at: now, expires_at: now + s(3600), renewable: true, hard_end: Some(now + s(86400)) };
         assert_eq!(next_step(now, l, None, 0.0), Step::Renew(now + s(2400)));
         let later = now + s(86400 - 8 * 3600 - 100);
         let l = LeaseTimes { expires_at: later + s(3600), ..l };

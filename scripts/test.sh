@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, unit tests, and the end-to-end tests against a
+# real OpenBao and a real PostgreSQL (started and stopped by the test bed).
+# Installs what it needs on first use (OpenBao into the user's cache folder;
+# PostgreSQL from Debian packages when missing).
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh rotation   # only e2e tests whose name contains "rotation"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test: cargo not found; install Rust from https://rustup.rs" >&2
+    exit 1
+fi
+
+step "test bed prerequisites (OpenBao, PostgreSQL)"
+scripts/testbed.sh install >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "unit tests"
+cargo test --locked --lib --bins
+
+step "end-to-end tests (real OpenBao + PostgreSQL)"
+cargo test --locked --test e2e -- "$@"
+
+if [ $# -eq 0 ]; then
+    step "demo smoke run"
+    scripts/demo.sh --for 8 >/dev/null
+    echo "demo ran"
+fi

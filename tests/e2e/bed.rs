@@ -1,0 +1,278 @@
+//! The shared test bed (real OpenBao + real PostgreSQL, from
+//! `scripts/testbed.sh`) and a vaultlet daemon run as a child process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+pub struct Bed {
+    pub dir: PathBuf,
+    pub env: HashMap<String, String>,
+    http: reqwest::Client,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Bed {
+    /// Starts the bed in a fresh temporary directory.
+    pub fn up() -> Result<Bed> {
+        let dir = std::env::temp_dir().join(format!("vaultlet-e2e-{}", std::process::id()));
+        let out = std::process::Command::new(repo().join("scripts/testbed.sh"))
+            .arg("up")
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/testbed.sh")?;
+        if !out.status.success() {
+            bail!("scripts/testbed.sh up failed: {}", out.status);
+        }
+        let env = String::from_utf8(out.stdout)?
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        Ok(Bed { dir, env, http: reqwest::Client::new() })
+    }
+
+    pub fn down(&self) {
+        let _ = std::process::Command::new(repo().join("scripts/testbed.sh")).arg("down").arg(&self.dir).status();
+    }
+
+    pub fn get(&self, k: &str) -> &str {
+        self.env.get(k).map(String::as_str).unwrap_or_else(|| panic!("bed env lacks {k}"))
+    }
+
+    pub fn addr(&self) -> &str {
+        self.get("BAO_ADDR")
+    }
+
+    /// A request with the root token.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        wrap: Option<&str>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr()))
+            .header("X-Vault-Token", self.get("BAO_TOKEN"));
+        if let Some(w) = wrap {
+            req = req.header("X-Vault-Wrap-TTL", w);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let text = res.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    }
+
+    pub async fn write(&self, path: &str, body: Value) -> Result<Value> {
+        self.api(reqwest::Method::POST, path, Some(body), None).await
+    }
+
+    /// A database role with the given TTLs.
+    pub async fn db_role(&self, name: &str, ttl: &str, max_ttl: &str) -> Result<()> {
+        self.write(
+            &format!("database/roles/{name}"),
+            json!({
+                "db_name": "pg",
+                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT CONNECT ON DATABASE app TO \"{{name}}\";"],
+                "revocation_statements": ["REVOKE ALL ON DATABASE app FROM \"{{name}}\"; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS \"{{name}}\";"],
+                "default_ttl": ttl,
+                "max_ttl": max_ttl,
+            }),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// An AppRole with the given policy and token TTLs; writes role_id and
+    /// secret_id files into `dir`. With `wrap`, the secret_id file holds a
+    /// response-wrapping token.
+    pub async fn approle(
+        &self,
+        name: &str,
+        policy: &str,
+        token_ttl: &str,
+        token_max_ttl: &str,
+        dir: &Path,
+        wrap: bool,
+    ) -> Result<()> {
+        self.write(
+            &format!("auth/approle/role/{name}"),
+            json!({ "token_policies": policy, "token_ttl": token_ttl, "token_max_ttl": token_max_ttl }),
+        )
+        .await?;
+        let rid = self.api(reqwest::Method::GET, &format!("auth/approle/role/{name}/role-id"), None, None).await?;
+        std::fs::write(dir.join("role_id"), rid["data"]["role_id"].as_str().context("role_id")?)?;
+        let sid = self
+            .api(
+                reqwest::Method::POST,
+                &format!("auth/approle/role/{name}/secret-id"),
+                Some(json!({})),
+                wrap.then_some("120s"),
+            )
+            .await?;
+        let v = if wrap { sid["wrap_info"]["token"].as_str() } else { sid["data"]["secret_id"].as_str() };
+        std::fs::write(dir.join("secret_id"), v.context("secret_id")?)?;
+        Ok(())
+    }
+
+    /// Logs in to PostgreSQL with the given credentials and runs a query.
+    pub async fn pg_login(&self, user: &str, password: &str) -> Result<()> {
+        let conn = format!(
+            "host={} port={} dbname={} user={user} password={password} connect_timeout=5",
+            self.get("PGHOST"),
+            self.get("PGPORT"),
+            self.get("PGDATABASE")
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let rows = client.simple_query("SELECT current_user").await?;
+        drop(client);
+        let _ = driver.await;
+        let who = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .context("no row")?;
+        if who != user {
+            bail!("logged in as {who}, expected {user}");
+        }
+        Ok(())
+    }
+}
+
+/// A vaultlet process.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vaultlet")
+}
+
+/// A per-test directory the `nobody` user can traverse.
+pub fn test_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vaultlet-t-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
+
+impl Daemon {
+    /// Writes `config` to `dir/vaultlet.toml` and starts `vaultlet run`.
+    pub fn start(dir: &Path, config: &str) -> Result<Daemon> {
+        let cfg = dir.join("vaultlet.toml");
+        std::fs::write(&cfg, config)?;
+        let log = dir.join("vaultlet.log");
+        let child = tokio::process::Command::new(bin())
+            .args(["--log", "debug", "run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Daemon { child, socket: dir.join("vaultlet.sock"), log })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One HTTP/1.0 request on the socket.
+    pub async fn request(&self, raw: &str) -> Result<(u16, String)> {
+        let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
+        s.write_all(raw.as_bytes()).await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        let text = String::from_utf8(buf)?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let status = head.split(' ').nth(1).context("no status")?.parse()?;
+        Ok((status, body.to_owned()))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let (status, body) = self.request(&format!("GET {path} HTTP/1.0\r\n\r\n")).await?;
+        Ok((status, serde_json::from_str(&body).with_context(|| format!("body of {path}: {body}"))?))
+    }
+
+    /// Waits until `/v1/ready` answers 200.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.get("/v1/ready").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, v)) => last = v.to_string(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("not ready within {within:?}: {last}\n--- log ---\n{}", self.log_text())
+    }
+
+    /// Credentials of a database secret as served now.
+    pub async fn creds(&self, name: &str) -> Result<(String, String, u64)> {
+        let (status, v) = self.get(&format!("/v1/secrets/{name}")).await?;
+        if status != 200 {
+            bail!("GET {name}: {status} {v}");
+        }
+        Ok((
+            v["data"]["username"].as_str().context("username")?.to_owned(),
+            v["data"]["password"].as_str().context("password")?.to_owned(),
+            v["version"].as_u64().context("version")?,
+        ))
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub async fn stop(mut self) -> Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).context("pid")?,
+                rustix::process::Signal::TERM,
+            );
+        }
+        let st = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??;
+        Ok(st)
+    }
+}
+
+/// Polls `f` until it returns `Ok(Some(_))`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last = String::from("never checked");
+    while Instant::now() < deadline {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition not met".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what}: not within {within:?} (last: {last})")
+}

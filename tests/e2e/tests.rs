@@ -1,0 +1,403 @@
+//! The end-to-end tests themselves.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::json;
+
+use crate::TestFn;
+use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
+
+macro_rules! t {
+    ($f:ident) => {
+        (stringify!($f), (|b| Box::pin($f(b))) as TestFn)
+    };
+}
+
+pub fn all() -> Vec<(&'static str, TestFn)> {
+    vec![
+        t!(core_slice_with_shipped_policy),
+        t!(kv_change_bumps_version_and_rewrites_env_file),
+        t!(renewal_and_replacement_keep_credentials_working),
+        t!(revoke_on_shutdown_kills_credentials),
+        t!(caller_not_on_allow_list_gets_403),
+        t!(check_rejects_broken_configs_with_exit_64),
+        t!(wrapped_secret_id_is_unwrapped_and_removed),
+        t!(refused_login_is_reported_by_ready),
+    ]
+}
+
+/// Broad policy for the per-test AppRoles (the shipped least-privilege policy
+/// is exercised by `core_slice_with_shipped_policy`).
+const TEST_POLICY: &str = r#"
+path "database/creds/*" { capabilities = ["read"] }
+path "secret/data/*" { capabilities = ["read"] }
+path "kv/*" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+"#;
+
+pub async fn prepare(bed: &Bed) -> Result<()> {
+    bed.write("sys/policies/acl/vaultlet-test", json!({ "policy": TEST_POLICY })).await?;
+    Ok(())
+}
+
+fn config(bed: &Bed, dir: &Path, body: &str) -> String {
+    format!(
+        r#"
+[vault]
+address = "{addr}"
+request_timeout = "3s"
+connect_timeout = "1s"
+
+[auth.approle]
+role_id_file = "{dir}/role_id"
+secret_id_file = "{dir}/secret_id"
+
+[socket]
+path = "{dir}/vaultlet.sock"
+
+{body}
+"#,
+        addr = bed.addr(),
+        dir = dir.display()
+    )
+}
+
+fn sh_env(file: &Path, vars: &[&str]) -> Result<Vec<String>> {
+    let script =
+        format!("set -a; . \"$1\"; {}", vars.iter().map(|v| format!("printf '%s\\0' \"${v}\";")).collect::<String>());
+    let out = std::process::Command::new("sh").arg("-c").arg(script).arg("sh").arg(file).output()?;
+    ensure!(out.status.success(), "sh could not source {}", file.display());
+    Ok(String::from_utf8(out.stdout)?.split('\0').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
+/// The slice a user sees first: the bed's AppRole with the shipped policy,
+/// a leased PostgreSQL credential that logs in, KV v2 and v1 values on the
+/// socket and in the env file, `vaultlet get`, error answers, clean stop.
+async fn core_slice_with_shipped_policy(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("core")?;
+    std::fs::copy(bed.get("ROLE_ID_FILE"), dir.join("role_id"))?;
+    std::fs::copy(bed.get("SECRET_ID_FILE"), dir.join("secret_id"))?;
+    let env_path = dir.join("app.env");
+    let d = Daemon::start(
+        &dir,
+        &config(
+            &bed,
+            &dir,
+            &format!(
+                r#"
+[secret.db]
+database = {{ mount = "database", role = "api" }}
+[secret.api]
+kv = {{ mount = "secret", path = "api" }}
+[secret.legacy]
+kv = {{ mount = "kv", path = "api", version = 1 }}
+
+[[env_file]]
+path = "{}"
+template = """
+DATABASE_URL=postgresql://{{{{ db.username }}}}:{{{{ db.password }}}}@127.0.0.1:{}/app
+STRIPE_KEY={{{{ api.stripe_key }}}}
+SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
+"""
+"#,
+                env_path.display(),
+                bed.get("PGPORT")
+            ),
+        ),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+
+    // Leased credentials log in to PostgreSQL.
+    let (user, pass, _) = d.creds("db").await?;
+    bed.pg_login(&user, &pass).await.context("served database credentials must log in")?;
+    let (_, doc) = d.get("/v1/secrets/db").await?;
+    ensure!(doc["lease"]["renewable"] == json!(true), "lease shown: {}", doc["lease"]);
+    ensure!(doc["lease"]["expires_at"].as_str().is_some_and(|s| s.ends_with('Z')), "expires_at: {}", doc["lease"]);
+
+    // KV v2 and v1 reach the socket, without a lease.
+    let (st, api) = d.get("/v1/secrets/api").await?;
+    ensure!(st == 200 && api["data"]["stripe_key"] == "sk_test_demo123" && api["version"] == 1, "{api}");
+    ensure!(api.get("lease").is_none(), "kv has no lease: {api}");
+    let (_, legacy) = d.get("/v1/secrets/legacy").await?;
+    ensure!(legacy["data"]["smtp_password"] == "smtp_demo456", "{legacy}");
+    let (_, all) = d.get("/v1/secrets").await?;
+    let names: Vec<_> = all["secrets"].as_object().context("secrets map")?.keys().cloned().collect();
+    ensure!(names == ["api", "db", "legacy"], "{names:?}");
+
+    // The env file: mode 0600, and sh reads back exactly what the socket serves.
+    let file = eventually(Duration::from_secs(10), "env file", || async { Ok(env_path.exists().then_some(())) }).await;
+    file?;
+    let mode = std::fs::metadata(&env_path)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "env file mode {mode:o}");
+    let vals = sh_env(&env_path, &["DATABASE_URL", "STRIPE_KEY", "SMTP_PASSWORD"])?;
+    ensure!(
+        vals == [
+            format!("postgresql://{user}:{pass}@127.0.0.1:{}/app", bed.get("PGPORT")),
+            "sk_test_demo123".into(),
+            "smtp_demo456".into()
+        ],
+        "env file values differ from the socket"
+    );
+
+    // `vaultlet get` for shell scripts.
+    let out =
+        tokio::process::Command::new(bin()).args(["get", "api.stripe_key", "--socket"]).arg(&d.socket).output().await?;
+    ensure!(out.status.success() && out.stdout == b"sk_test_demo123\n", "get: {:?}", out);
+    let out = tokio::process::Command::new(bin()).args(["get", "nope", "--socket"]).arg(&d.socket).output().await?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"), "get nope: {:?}", out);
+
+    // Error answers: JSON, right status, no-store everywhere.
+    let (st, body) = d.request("GET /v1/secrets/nope HTTP/1.0\r\n\r\n").await?;
+    ensure!(st == 404 && body.contains("\"error\""), "{st} {body}");
+    let (st, _) = d.request("GET /v1/secrets/..%2Fetc HTTP/1.0\r\n\r\n").await?;
+    ensure!(st == 400, "bad name: {st}");
+    let (st, _) = d.request("POST /v1/secrets/db HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await?;
+    ensure!(st == 405, "POST: {st}");
+    let (st, _) = d.request("GET /v2/whatever HTTP/1.0\r\n\r\n").await?;
+    ensure!(st == 404, "unknown route: {st}");
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /v1/secrets/db HTTP/1.0\r\n\r\n").await?;
+    let mut raw = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut raw).await?;
+    ensure!(raw.to_ascii_lowercase().contains("cache-control: no-store"), "no-store header missing");
+    let (st, _) = d.request("THIS IS NOT HTTP\r\n\r\n").await.unwrap_or((400, String::new()));
+    ensure!(st == 400, "garbage: {st}");
+    let huge = format!("GET /v1/health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let st = d.request(&huge).await.map(|r| r.0).unwrap_or(431);
+    ensure!(st == 431 || st == 400, "huge header: {st}");
+    let (st, _) = d.get("/v1/health").await?;
+    ensure!(st == 200, "still healthy after bad input");
+
+    let log = d.log_text();
+    ensure!(!log.contains(&pass), "password in the log");
+    ensure!(!log.contains("sk_test_demo123"), "kv value in the log");
+    let socket = d.socket.clone();
+    let st = d.stop().await?;
+    ensure!(st.success(), "exit status {st}");
+    ensure!(!socket.exists(), "socket removed on exit");
+    Ok(())
+}
+
+async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("kv")?;
+    bed.approle("t_kv", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    bed.write("secret/data/t_kv", json!({ "data": { "token": "first-value" } })).await?;
+    let env_path = dir.join("kv.env");
+    let d = Daemon::start(
+        &dir,
+        &config(
+            &bed,
+            &dir,
+            &format!(
+                "[secret.app]\nkv = {{ path = \"t_kv\" }}\nrefresh = \"1s\"\n[[env_file]]\npath = \"{}\"\ntemplate = \"TOKEN={{{{ app.token }}}}\\n\"\n",
+                env_path.display()
+            ),
+        ),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    // Several re-reads of unchanged content keep version 1.
+    eventually(Duration::from_secs(15), "three kv reads", || async {
+        Ok((d.log_text().matches("read kv secret").count() >= 3).then_some(()))
+    })
+    .await?;
+    let (_, v) = d.get("/v1/secrets/app").await?;
+    ensure!(v["version"] == 1, "unchanged content must not bump the version: {v}");
+    let written = std::fs::metadata(&env_path)?.modified()?;
+
+    bed.write("secret/data/t_kv", json!({ "data": { "token": "second 'value' $x" } })).await?;
+    eventually(Duration::from_secs(15), "version 2", || async {
+        let (_, v) = d.get("/v1/secrets/app").await?;
+        Ok((v["version"] == 2 && v["data"]["token"] == "second 'value' $x").then_some(()))
+    })
+    .await?;
+    eventually(Duration::from_secs(5), "env file rewritten", || async {
+        let vals = sh_env(&env_path, &["TOKEN"])?;
+        Ok((vals == ["second 'value' $x"]).then_some(()))
+    })
+    .await?;
+    ensure!(std::fs::metadata(&env_path)?.modified()? >= written);
+    ensure!(d.log_text().matches("wrote env file").count() == 2, "env file written once per change");
+    d.stop().await?;
+    Ok(())
+}
+
+/// A short-lived role (TTL 3 s, max 10 s): the lease is renewed (same
+/// version, later end), replaced before max_ttl, and the credential served at
+/// every moment logs in. The replaced credential still works right after the
+/// switch.
+async fn renewal_and_replacement_keep_credentials_working(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("rotation")?;
+    bed.db_role("t_rot", "3s", "10s").await?;
+    bed.approle("t_rot", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_rot\" }\n"))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+
+    let (mut user, mut pass, mut version) = d.creds("db").await?;
+    let first_version = version;
+    let (mut logins, mut failures, mut rotations) = (0u32, Vec::new(), 0u32);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while rotations < 3 {
+        ensure!(tokio::time::Instant::now() < deadline, "only {rotations} rotations in 60 s\n{}", d.log_text());
+        let (u, p, v) = d.creds("db").await?;
+        if v != version {
+            // The previous credential keeps working after the switch.
+            if let Err(e) = bed.pg_login(&user, &pass).await {
+                failures.push(format!("old credential v{version} failed right after rotation: {e:#}"));
+            }
+            rotations += 1;
+            (user, pass, version) = (u.clone(), p.clone(), v);
+        }
+        logins += 1;
+        if let Err(e) = bed.pg_login(&u, &p).await {
+            failures.push(format!("v{v}: {e:#}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(failures.is_empty(), "{} of {logins} logins failed: {failures:?}\n{}", failures.len(), d.log_text());
+    ensure!(version >= first_version + 3);
+    let log = d.log_text();
+    ensure!(log.contains("renewed lease"), "no renewal happened:\n{log}");
+    ensure!(log.contains("revoked replaced credential") || log.contains("issued database credential"), "{log}");
+    println!("  rotation: {rotations} rotations, {logins} logins, 0 failures");
+    d.stop().await?;
+    Ok(())
+}
+
+async fn revoke_on_shutdown_kills_credentials(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("revoke")?;
+    bed.db_role("t_revoke", "1h", "2h").await?;
+    bed.approle("t_revoke", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(
+        &dir,
+        &format!(
+            "revoke_on_shutdown = true\n{}",
+            config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_revoke\" }\n")
+        ),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let (user, pass, _) = d.creds("db").await?;
+    bed.pg_login(&user, &pass).await?;
+    let log = d.log.clone();
+    let st = d.stop().await?;
+    ensure!(st.success(), "exit {st}");
+    match bed.pg_login(&user, &pass).await {
+        Ok(()) => bail!("credentials still work after revoke_on_shutdown:\n{}", std::fs::read_to_string(log)?),
+        Err(_) => Ok(()),
+    }
+}
+
+async fn caller_not_on_allow_list_gets_403(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("peer")?;
+    bed.approle("t_peer", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n")
+        .replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    // uid nobody, gid root: the 0660 root:root socket lets it connect; the
+    // allow list (default: vaultlet's own uid, root) does not let it read.
+    let out = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups", bin(), "get", "api", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("403"), "nobody must get 403: {out:?}");
+    ensure!(!String::from_utf8_lossy(&out.stdout).contains("sk_test"), "no secret for nobody");
+    eventually(Duration::from_secs(5), "denial logged with uid", || async {
+        Ok(d.log_text().contains("uid=65534").then_some(()))
+    })
+    .await?;
+    // The allowed caller (root) still reads it.
+    let out =
+        tokio::process::Command::new(bin()).args(["get", "api.stripe_key", "--socket"]).arg(&d.socket).output().await?;
+    ensure!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&d.socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o660, "socket mode {mode:o}");
+    d.stop().await?;
+    Ok(())
+}
+
+async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("check")?;
+    std::fs::write(dir.join("role_id"), "x")?;
+    let good =
+        config(&bed, &dir, "[secret.db]\ndatabase = { role = \"api\" }\n[secret.api]\nkv = { path = \"api\" }\n");
+    let cases: Vec<(String, &str)> = vec![
+        (good.replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n"), "secret.db.ttl"),
+        (good.replace("request_timeout = \"3s\"", "request_timeout = \"soon\""), "vault.request_timeout"),
+        (good.replace("request_timeout = \"3s\"", "request_timeout = 3"), "vault.request_timeout"),
+        (
+            format!("{good}[[env_file]]\npath = \"/tmp/x.env\"\ntemplate = \"A={{{{ nosuch.key }}}}\"\n"),
+            "env_file[0].template",
+        ),
+        (good.replace("role_id\"", "missing_role_id\""), "auth.approle.role_id_file"),
+        (good.replace("[socket]\n", "[socket]\nmode = \"0666\"\n"), "socket.mode"),
+        (good.replace("[vault]\n", "[vault]\nadress = \"x\"\n"), "vault.adress"),
+    ];
+    let out = tokio::process::Command::new(bin())
+        .args(["check", "-c"])
+        .arg({
+            std::fs::write(dir.join("good.toml"), &good)?;
+            dir.join("good.toml")
+        })
+        .output()
+        .await?;
+    ensure!(out.status.success(), "good config must pass: {out:?}");
+    for (i, (cfg, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, cfg)?;
+        for cmd in ["check", "run"] {
+            let out = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::process::Command::new(bin()).args([cmd, "-c"]).arg(&path).output(),
+            )
+            .await??;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(out.status.code() == Some(64), "{cmd} bad{i}: exit {:?}: {err}", out.status.code());
+            ensure!(err.contains(&format!("`{key}`")), "{cmd} bad{i}: message must name `{key}`: {err}");
+            ensure!(err.contains(&format!("bad{i}.toml:")), "{cmd} bad{i}: message must name file and line: {err}");
+        }
+    }
+    ensure!(!dir.join("vaultlet.sock").exists(), "a bad config must not create the socket");
+    Ok(())
+}
+
+async fn wrapped_secret_id_is_unwrapped_and_removed(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("wrap")?;
+    bed.approle("t_wrap", "vaultlet-test", "1h", "4h", &dir, true).await?;
+    let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n").replace("[socket]\n", "[socket]\n");
+    let cfg =
+        cfg.replace("secret_id_file = ", "secret_id_wrapped = true\nremove_secret_id_file = true\nsecret_id_file = ");
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    ensure!(!dir.join("secret_id").exists(), "secret_id file must be removed after use");
+    let log = d.log_text();
+    let wrapping = std::fs::read_to_string(dir.join("role_id"))?;
+    ensure!(!log.contains(wrapping.trim()), "role_id in log");
+    d.stop().await?;
+    Ok(())
+}
+
+async fn refused_login_is_reported_by_ready(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("badlogin")?;
+    bed.approle("t_badlogin", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    std::fs::write(dir.join("secret_id"), "00000000-0000-0000-0000-000000000000")?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n"))?;
+    let reason = eventually(Duration::from_secs(20), "ready names the login failure", || async {
+        let (st, v) = d.get("/v1/ready").await?;
+        let r = v["reasons"][0]["reason"].as_str().unwrap_or_default().to_owned();
+        Ok((st == 503 && r.contains("login failed")).then_some(r))
+    })
+    .await?;
+    ensure!(reason.contains("AppRole login"), "{reason}");
+    ensure!(!reason.contains("00000000-0000"), "secret_id must not be echoed: {reason}");
+    ensure!(d.log_text().contains("login failed"), "log line for the refused login");
+    ensure!(!d.log_text().contains("00000000-0000"), "secret_id in the log");
+    d.stop().await?;
+    Ok(())
+}
