@@ -5,7 +5,9 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/secrets` | `{"secrets": {name: secret}, "unavailable": {name: reason}}` |
-//! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "renewable"}}` (no `lease` for KV) |
+//! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "ttl_seconds", "renewable"}}` (no `lease` for KV) |
+//! | `GET /v1/secrets/{name}?wait=30s&after=N` | long-poll: answers once a version newer than `N` is available, or when the wait (at most 5 min) is over |
+//! | `GET /v1/events` | server-sent events: `secret` `{"name", "version"}` per available secret and per change, `unavailable` `{"name", "reason"}` |
 //! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
 //!
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -184,6 +186,7 @@ pub fn router(store: Store) -> Router {
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
+        .route("/v1/events", get(events))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /v1/secrets, /v1/health, /v1/ready") })
@@ -281,19 +284,115 @@ async fn list(State(store): State<Store>) -> Response {
     json(&Body { secrets: All(&snap, now), unavailable })
 }
 
-async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>) -> Response {
+/// Longest a long-poll may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// `?wait=30s&after=N`.
+struct Poll {
+    wait: Option<Duration>,
+    after: Option<u64>,
+}
+
+fn parse_poll(q: Option<&str>) -> Result<Poll, &'static str> {
+    let mut p = Poll { wait: None, after: None };
+    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "wait" => {
+                p.wait =
+                    Some(crate::config::parse_duration(v).ok_or("`wait` must be a duration like 30s")?.min(MAX_WAIT))
+            }
+            "after" => p.after = Some(v.parse().map_err(|_| "`after` must be a version number")?),
+            _ => return Err("unknown query parameter; use `wait` and `after`"),
+        }
+    }
+    Ok(p)
+}
+
+async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>, RawQuery(q): RawQuery) -> Response {
     if !valid_name(&name) {
         return error(StatusCode::BAD_REQUEST, "invalid secret name");
     }
-    let snap = store.snapshot();
-    let Some(entry) = snap.get(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
+    let poll = match parse_poll(q.as_deref()) {
+        Ok(p) => p,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    if !store.snapshot().contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
+    }
+    if let Some(wait) = poll.wait {
+        // Long-poll: answer once a version newer than `after` is available
+        // (any version without `after`), or when the wait is over.
+        let deadline = Instant::now() + wait;
+        let mut rx = store.subscribe();
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            let entry = &snap[&name];
+            if entry.live(Instant::now()).is_some() && poll.after.is_none_or(|a| entry.version > a) {
+                break;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+    let snap = store.snapshot();
+    let entry = &snap[&name];
     let now = Instant::now();
     match entry.live(now) {
-        Some(data) => json(&SecretJson { name: &name, entry, data }),
+        Some(data) => {
+            let mut res = json(&SecretJson { name: &name, entry, data });
+            res.headers_mut().insert("x-vaultlet-version", HeaderValue::from(entry.version));
+            res
+        }
         None => error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default()),
     }
+}
+
+/// `GET /v1/events`: server-sent events, one per version change.
+async fn events(State(store): State<Store>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    /// What each subscriber last told its client, per secret.
+    struct St {
+        rx: tokio::sync::watch::Receiver<store::Snapshot>,
+        told: std::collections::BTreeMap<String, Option<u64>>,
+        queue: std::collections::VecDeque<Event>,
+    }
+    let st = St { rx: store.subscribe(), told: Default::default(), queue: Default::default() };
+    let stream = futures_util::stream::unfold((st, store), |(mut st, store)| async move {
+        loop {
+            if let Some(ev) = st.queue.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(ev), (st, store)));
+            }
+            let snap = st.rx.borrow_and_update().clone();
+            let now = Instant::now();
+            for (name, entry) in snap.iter() {
+                let now_v = entry.live(now).map(|_| entry.version);
+                let before = st.told.get(name).copied().flatten();
+                if now_v == before && st.told.contains_key(name) {
+                    continue;
+                }
+                let ev = match now_v {
+                    Some(v) => Event::default().event("secret").data(serde_json::json!({ "name": name, "version": v }).to_string()),
+                    None if before.is_some() => Event::default().event("unavailable").data(
+                        serde_json::json!({ "name": name, "reason": store.unavailable(entry, now).unwrap_or_default() })
+                            .to_string(),
+                    ),
+                    None => {
+                        st.told.insert(name.clone(), None);
+                        continue;
+                    }
+                };
+                st.told.insert(name.clone(), now_v);
+                st.queue.push_back(ev);
+            }
+            if st.queue.is_empty() && st.rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")).into_response()
 }
 
 async fn health() -> Response {

@@ -21,6 +21,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         t!(core_slice_with_shipped_policy),
         t!(kv_change_bumps_version_and_rewrites_env_file),
+        t!(long_poll_and_events_announce_new_versions),
         t!(renewal_and_replacement_keep_credentials_working),
         t!(revoke_on_shutdown_kills_credentials),
         t!(caller_not_on_allow_list_gets_403),
@@ -222,6 +223,67 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
     .await?;
     ensure!(std::fs::metadata(&env_path)?.modified()? >= written);
     ensure!(d.log_text().matches("wrote env file").count() == 2, "env file written once per change");
+    d.stop().await?;
+    Ok(())
+}
+
+async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("poll")?;
+    bed.approle("t_poll", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    bed.write("secret/data/t_poll", json!({ "data": { "v": "one" } })).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.app]\nkv = { path = \"t_poll\" }\nrefresh = \"1s\"\n"))?;
+    eventually(Duration::from_secs(10), "socket", || async { Ok(d.socket.exists().then_some(())) }).await?;
+    // Without `after`, `wait` waits for the secret to become available.
+    let (st, v) = d.get("/v1/secrets/app?wait=30s").await?;
+    ensure!(st == 200 && v["version"] == 1, "{st} {v}");
+    // A newer version than `after` exists: immediate answer.
+    let (st, v) = d.get("/v1/secrets/app?wait=30s&after=0").await?;
+    ensure!(st == 200 && v["version"] == 1, "{st} {v}");
+    // Nothing newer: the wait runs out and the current version comes back.
+    let t = tokio::time::Instant::now();
+    let (st, v) = d.get("/v1/secrets/app?wait=1s&after=1").await?;
+    ensure!(st == 200 && v["version"] == 1 && t.elapsed() >= Duration::from_millis(900), "{st} {v} {:?}", t.elapsed());
+    let (st, _) = d.get("/v1/secrets/app?wait=soon").await?;
+    ensure!(st == 400, "bad wait: {st}");
+
+    // Events: the current version at once, then the change.
+    let mut ev = tokio::net::UnixStream::connect(&d.socket).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut ev, b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(r#"{"name":"app","version":1}"#) {
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut ev, &mut buf)).await??;
+        ensure!(n > 0, "event stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    ensure!(seen.contains("text/event-stream"), "{seen}");
+
+    // A long-poll parked on version 1 wakes up when the value changes.
+    let socket = d.socket.clone();
+    let poll = tokio::spawn(async move {
+        let mut s = tokio::net::UnixStream::connect(&socket).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /v1/secrets/app?wait=60s&after=1 HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await?;
+        anyhow::Ok((tokio::time::Instant::now(), out))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let changed_at = tokio::time::Instant::now();
+    bed.write("secret/data/t_poll", json!({ "data": { "v": "two" } })).await?;
+    let (answered, out) = tokio::time::timeout(Duration::from_secs(15), poll).await???;
+    ensure!(out.contains(r#""version":2"#) && out.contains("x-vaultlet-version: 2"), "{out}");
+    ensure!(
+        answered - changed_at < Duration::from_secs(5),
+        "long-poll answered {:?} after the change",
+        answered - changed_at
+    );
+    while !seen.contains(r#"{"name":"app","version":2}"#) {
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut ev, &mut buf)).await??;
+        ensure!(n > 0, "event stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
     d.stop().await?;
     Ok(())
 }
