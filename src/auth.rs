@@ -40,9 +40,28 @@ pub struct AuthHandle {
     /// The current token.
     pub token: TokenRx,
     rejected: mpsc::UnboundedSender<u64>,
+    /// The hard end of each token generation once known. A lease outlives
+    /// the token that created it only until that token's end, and the watch
+    /// channel alone would let a lease task miss the end of a generation
+    /// that was replaced before the task looked.
+    ends: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>>,
 }
 
 impl AuthHandle {
+    /// The hard end of token `generation`, if known.
+    pub fn token_end(&self, generation: u64) -> Option<Instant> {
+        self.ends.lock().unwrap_or_else(|p| p.into_inner()).get(&generation).copied()
+    }
+
+    fn set_token_end(&self, generation: u64, end: Instant) {
+        let mut m = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(generation, end);
+        // Keep the last few generations; older ones have ended long ago.
+        while m.len() > 8 {
+            m.pop_first();
+        }
+    }
+
     /// Reports that Vault answered 403 to a request made with token `generation`.
     pub fn rejected(&self, generation: u64) {
         let _ = self.rejected.send(generation);
@@ -85,8 +104,9 @@ pub fn spawn(
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (rej_tx, rej_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(vault, cfg, store, tx, rej_rx, shutdown));
-    (AuthHandle { token: rx, rejected: rej_tx }, task)
+    let handle = AuthHandle { token: rx, rejected: rej_tx, ends: Arc::default() };
+    let task = tokio::spawn(run(vault, cfg, store, handle.clone(), tx, rej_rx, shutdown));
+    (handle, task)
 }
 
 /// Reads role_id / secret_id on every login, remembering an unwrapped or
@@ -156,12 +176,16 @@ async fn run(
     vault: Arc<Vault>,
     cfg: AppRoleConfig,
     store: Store,
+    handle: AuthHandle,
     tx: watch::Sender<Option<Arc<Token>>>,
     mut rejected: mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
 ) {
     let mut creds = Credentials { cfg, cached: None };
     let mut generation = 0u64;
+    // A token's life from login to the end renew-self cannot pass, learned
+    // from the previous token (Vault only reveals it by capping a renewal).
+    let mut learned_life: Option<Duration> = None;
     let mut transient = Backoff::transient();
     let mut permanent = Backoff::permanent();
     loop {
@@ -192,11 +216,14 @@ async fn run(
             secret: auth.token,
             generation,
             expires_at: now + auth.ttl,
-            hard_end: (!auth.renewable).then_some(now + auth.ttl),
+            hard_end: if auth.renewable { learned_life.map(|l| now + l) } else { Some(now + auth.ttl) },
             renewable: auth.renewable,
         };
         tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
         let issued_at = now;
+        if let Some(end) = token.hard_end {
+            handle.set_token_end(generation, end);
+        }
         tx.send_replace(Some(Arc::new(token.clone())));
 
         // --- keep it alive until it must be replaced ---
@@ -237,9 +264,11 @@ async fn run(
                     let now = Instant::now();
                     token.expires_at = now + a.ttl;
                     token.renewable = a.renewable;
-                    if a.ttl + Duration::from_secs(1) < initial_ttl || !a.renewable {
+                    if a.ttl < initial_ttl || !a.renewable {
                         // Vault capped the renewal: this is the token's max TTL.
                         token.hard_end = Some(token.expires_at);
+                        learned_life = Some(token.expires_at - issued_at);
+                        handle.set_token_end(generation, token.expires_at);
                     }
                     transient.reset();
                     tracing::debug!(generation, ttl = ?a.ttl, "token renewed");

@@ -44,8 +44,10 @@ const OPEN: char = '\u{1}';
 const CLOSE: char = '\u{2}';
 
 /// How long to wait for more changes before writing, so that secrets that
-/// change together cause one write.
-const BATCH: Duration = Duration::from_millis(50);
+/// change together (a re-read of several KV secrets, a burst of replacements)
+/// cause one write. Short next to any lease: credentials reach the file well
+/// before the old ones are revoked.
+const BATCH: Duration = Duration::from_millis(250);
 
 /// A rendering failure. Never holds a value.
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +418,45 @@ mod tests {
             assert!(out.status.success());
             assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_close_together_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.env");
+        let store = crate::store::Store::new(["a", "b"]);
+        let data = |v: &str| {
+            let mut d = SecretData::default();
+            d.insert("k", SecretString::from(v.to_string()));
+            d
+        };
+        store.publish("a", data("1"), None);
+        store.publish("b", data("1"), None);
+        let spec = EnvFileSpec {
+            path: path.clone(),
+            template: "A={{ a.k }}\nB={{ b.k }}\n".into(),
+            mode: 0o600,
+            uses: ["a".to_string(), "b".to_string()].into(),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_env_file(spec, store.subscribe(), shutdown.clone()));
+        let read = || std::fs::read_to_string(&path).unwrap_or_default();
+        while read().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Two changes 100 ms apart: one write with both.
+        store.publish("a", data("2"), None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(read(), "A='1'\nB='1'\n", "nothing written inside the batch window");
+        store.publish("b", data("2"), None);
+        while read() != "A='2'\nB='2'\n" {
+            assert!(read() != "A='2'\nB='1'\n", "half-batched write");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= first);
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[test]

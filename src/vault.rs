@@ -140,6 +140,8 @@ pub struct Renewed {
     pub ttl: Duration,
     /// Whether it can be renewed again.
     pub renewable: bool,
+    /// Vault gave less than asked: the lease has reached its max TTL.
+    pub capped: bool,
 }
 
 /// One operation, for error messages and policy hints.
@@ -183,6 +185,8 @@ struct Envelope<T> {
     #[serde(default)]
     renewable: bool,
     data: Option<T>,
+    #[serde(default)]
+    warnings: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -436,7 +440,11 @@ impl Vault {
             })
             .await?;
         let env: Envelope<serde::de::IgnoredAny> = parse(&op, &body)?;
-        Ok(Renewed { ttl: Duration::from_secs(env.lease_duration), renewable: env.renewable })
+        let ttl = Duration::from_secs(env.lease_duration);
+        // OpenBao grants exactly the increment unless max_ttl is in the way,
+        // and then also says so in a warning.
+        let warned = env.warnings.iter().flatten().any(|w| w.contains("max_ttl") || w.contains("capped"));
+        Ok(Renewed { ttl, renewable: env.renewable, capped: ttl < increment || warned })
     }
 
     /// `PUT sys/leases/revoke`.

@@ -135,8 +135,8 @@ impl Database {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
             // Follow the hard end of the token our lease was issued under.
             if let Some(h) = self.cur.as_mut() {
-                if h.token_generation == token.generation {
-                    h.token_end = token.hard_end;
+                if let Some(end) = self.cx.auth.token_end(h.token_generation) {
+                    h.token_end = Some(end);
                 }
             }
             let now = Instant::now();
@@ -229,7 +229,7 @@ impl Database {
                 let now = Instant::now();
                 h.lease.expires_at = now + r.ttl;
                 h.lease.renewable = r.renewable;
-                if r.ttl + Duration::from_secs(1) < h.lease.ttl {
+                if r.capped {
                     // Capped: this is the role's max_ttl. Remember the lifetime
                     // so the next lease is replaced in good time from the start.
                     h.cap = Some(h.lease.expires_at);
@@ -292,7 +292,7 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
             Ok(r) => {
                 let now = Instant::now();
                 old.lease.expires_at = now + r.ttl;
-                if r.ttl + Duration::from_secs(1) < old.lease.ttl {
+                if r.capped {
                     old.cap = Some(old.lease.expires_at);
                 }
                 cx.leases.add(&old.lease.id, old.lease.expires_at);

@@ -22,12 +22,14 @@ fn repo() -> PathBuf {
 }
 
 impl Bed {
-    /// Starts the bed in a fresh temporary directory.
-    pub fn up() -> Result<Bed> {
-        let dir = std::env::temp_dir().join(format!("vaultlet-e2e-{}", std::process::id()));
+    /// Starts a bed in a fresh temporary directory. `extra` goes to
+    /// `testbed.sh up` (e.g. `--cluster`).
+    pub fn up(label: &str, extra: &[&str]) -> Result<Bed> {
+        let dir = std::env::temp_dir().join(format!("vaultlet-e2e-{}-{label}", std::process::id()));
         let out = std::process::Command::new(repo().join("scripts/testbed.sh"))
             .arg("up")
             .arg(&dir)
+            .args(extra)
             .stderr(Stdio::inherit())
             .output()
             .context("running scripts/testbed.sh")?;
@@ -41,8 +43,39 @@ impl Bed {
         Ok(Bed { dir, env, http: reqwest::Client::new() })
     }
 
+    /// Starts a private bed (for tests that break the server) off the async runtime.
+    pub async fn private(label: &str, extra: &[&str]) -> Result<PrivateBed> {
+        let (label, extra) = (label.to_owned(), extra.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let bed =
+            tokio::task::spawn_blocking(move || Bed::up(&label, &extra.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await??;
+        Ok(PrivateBed(bed))
+    }
+
     pub fn down(&self) {
         let _ = std::process::Command::new(repo().join("scripts/testbed.sh")).arg("down").arg(&self.dir).status();
+    }
+
+    /// Runs a `testbed.sh` sub-command on this bed (bao-stop, bao-start, node-kill N, …).
+    pub async fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(repo().join("scripts/testbed.sh"))
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .stderr(Stdio::inherit())
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("testbed.sh {args:?} failed: {}", out.status);
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Re-reads DIR/env (bao-start changes BAO_PID).
+    pub fn reload_env(&mut self) -> Result<()> {
+        let text = std::fs::read_to_string(self.dir.join("env"))?;
+        self.env = text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect();
+        Ok(())
     }
 
     pub fn get(&self, k: &str) -> &str {
@@ -134,12 +167,21 @@ impl Bed {
 
     /// Logs in to PostgreSQL with the given credentials and runs a query.
     pub async fn pg_login(&self, user: &str, password: &str) -> Result<()> {
-        let conn = format!(
-            "host={} port={} dbname={} user={user} password={password} connect_timeout=5",
-            self.get("PGHOST"),
-            self.get("PGPORT"),
-            self.get("PGDATABASE")
-        );
+        self.pg().login(user, password).await
+    }
+
+    pub fn pg(&self) -> Pg {
+        Pg(format!("host={} port={} dbname={}", self.get("PGHOST"), self.get("PGPORT"), self.get("PGDATABASE")))
+    }
+}
+
+/// Where PostgreSQL listens (cheap to clone into background tasks).
+#[derive(Clone)]
+pub struct Pg(String);
+
+impl Pg {
+    pub async fn login(&self, user: &str, password: &str) -> Result<()> {
+        let conn = format!("{} user={user} password={password} connect_timeout=5", self.0);
         let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
         let driver = tokio::spawn(connection);
         let rows = client.simple_query("SELECT current_user").await?;
@@ -156,6 +198,28 @@ impl Bed {
             bail!("logged in as {who}, expected {user}");
         }
         Ok(())
+    }
+}
+
+/// A bed of a test's own, torn down on drop.
+pub struct PrivateBed(pub Bed);
+
+impl Drop for PrivateBed {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
+impl std::ops::Deref for PrivateBed {
+    type Target = Bed;
+    fn deref(&self) -> &Bed {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PrivateBed {
+    fn deref_mut(&mut self) -> &mut Bed {
+        &mut self.0
     }
 }
 
@@ -256,6 +320,73 @@ impl Daemon {
         let st = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??;
         Ok(st)
     }
+}
+
+/// Reads a database secret from the socket every 100 ms and logs in with it,
+/// like an app that reconnects all the time.
+pub struct Prober {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Probe>,
+}
+
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub logins: u32,
+    pub failures: Vec<String>,
+    /// (version, username, password), in the order first seen.
+    pub versions: Vec<(u64, String, String)>,
+}
+
+impl Prober {
+    pub fn start(socket: PathBuf, name: &str, pg: Pg) -> Prober {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (stop2, name) = (stop.clone(), name.to_owned());
+        let task = tokio::spawn(async move {
+            let mut p = Probe::default();
+            while !stop2.is_cancelled() {
+                let t = Instant::now();
+                match get_creds(&socket, &name).await {
+                    Ok((u, pw, v)) => {
+                        if p.versions.last().is_none_or(|l| l.0 != v) {
+                            p.versions.push((v, u.clone(), pw.clone()));
+                        }
+                        p.logins += 1;
+                        if let Err(e) = pg.login(&u, &pw).await {
+                            p.failures.push(format!("{:?} v{v} {u}: {e:#}", std::time::SystemTime::now()));
+                        }
+                    }
+                    Err(e) => p.failures.push(format!("{:?} socket: {e:#}", std::time::SystemTime::now())),
+                }
+                tokio::time::sleep_until(t + Duration::from_millis(100)).await;
+            }
+            p
+        });
+        Prober { stop, task }
+    }
+
+    /// Versions seen so far is not shared; callers poll the daemon instead.
+    pub async fn finish(self) -> Result<Probe> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
+
+async fn get_creds(socket: &Path, name: &str) -> Result<(String, String, u64)> {
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(format!("GET /v1/secrets/{name} HTTP/1.0\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8(buf)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("{}: {body}", head.lines().next().unwrap_or_default());
+    }
+    let v: Value = serde_json::from_str(body)?;
+    Ok((
+        v["data"]["username"].as_str().context("username")?.to_owned(),
+        v["data"]["password"].as_str().context("password")?.to_owned(),
+        v["version"].as_u64().context("version")?,
+    ))
 }
 
 /// Polls `f` until it returns `Ok(Some(_))`.

@@ -6,6 +6,7 @@
 //! substring to run only matching tests: `cargo test --test e2e -- rotation`.
 
 mod bed;
+mod rotation;
 mod tests;
 
 use std::future::Future;
@@ -33,7 +34,7 @@ fn main() {
         return;
     }
 
-    let bed = match Bed::up() {
+    let bed = match Bed::up("shared", &[]) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             eprintln!("e2e: cannot start the test bed: {e:#}");

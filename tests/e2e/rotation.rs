@@ -1,0 +1,249 @@
+//! Rotation, token death, outages and request economy, against the real
+//! servers. Tests that break the server get a bed of their own.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use crate::bed::{Bed, Daemon, Prober, eventually, test_dir};
+use crate::tests::config;
+
+/// TTL 3 s, max 10 s: for at least 10 rotations, the credential read from
+/// the socket every 100 ms always logs in; each replaced credential still
+/// works right after the switch, and stops working once its drain (2 s) has
+/// passed and it was revoked — before its own end.
+pub async fn prober_sees_no_failed_login_across_ten_rotations(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("rotation")?;
+    bed.db_role("t_rot", "3s", "10s").await?;
+    bed.approle("t_rot", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_rot\" }\ndrain = \"2s\"\n"))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let prober = Prober::start(d.socket.clone(), "db", bed.pg());
+
+    let (mut user, mut pass, first) = d.creds("db").await?;
+    let mut last = first;
+    let mut old_still_good = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while last < first + 10 {
+        ensure!(tokio::time::Instant::now() < deadline, "only {} rotations in 120 s\n{}", last - first, d.log_text());
+        let (u, p, v) = d.creds("db").await?;
+        if v != last {
+            // The replaced credential keeps working after the switch.
+            bed.pg_login(&user, &pass).await.with_context(|| format!("v{last} right after its replacement"))?;
+            old_still_good += 1;
+            (user, pass, last) = (u, p, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(old_still_good >= 10);
+    let probe = prober.finish().await?;
+    ensure!(
+        probe.failures.is_empty(),
+        "{} of {} logins failed: {:#?}\n{}",
+        probe.failures.len(),
+        probe.logins,
+        probe.failures,
+        d.log_text()
+    );
+    // Old credentials: each worked when it was replaced (the prober used it
+    // up to the switch) and is revoked after the drain, before its lease end.
+    let (old_v, old_u, old_p) = probe.versions.first().context("no version seen")?.clone();
+    ensure!(old_v < last, "rotation happened");
+    eventually(Duration::from_secs(10), "replaced credential revoked after its drain", || {
+        let (pg, u, p) = (bed.pg(), old_u.clone(), old_p.clone());
+        async move { Ok(pg.login(&u, &p).await.is_err().then_some(())) }
+    })
+    .await?;
+    let log = d.log_text();
+    ensure!(log.contains("renewed lease"), "no renewal happened");
+    ensure!(log.contains("revoked replaced credential"), "replaced credentials are revoked after drain:\n{log}");
+    println!(
+        "  prober: {} rotations, {} logins, {} failures",
+        probe.versions.len() - 1,
+        probe.logins,
+        probe.failures.len()
+    );
+    d.stop().await?;
+    Ok(())
+}
+
+/// The token dies every 12 s (token_max_ttl) while the database role allows
+/// 60 s: vaultlet logs in again before each death, replaces the credentials
+/// issued under the dying token in time, and does not re-read the KV secret.
+pub async fn token_death_and_relogin_lose_no_login(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("tokendeath")?;
+    bed.db_role("t_tok", "5s", "60s").await?;
+    bed.approle("t_tok", "vaultlet-test", "4s", "12s", &dir, false).await?;
+    let d = Daemon::start(
+        &dir,
+        &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_tok\" }\n[secret.api]\nkv = { path = \"api\" }\n"),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let prober = Prober::start(d.socket.clone(), "db", bed.pg());
+    // Three token lifetimes.
+    eventually(Duration::from_secs(60), "three logins", || async {
+        Ok((d.log_text().matches("logged in").count() >= 4).then_some(()))
+    })
+    .await?;
+    let probe = prober.finish().await?;
+    ensure!(
+        probe.failures.is_empty(),
+        "{} of {} logins failed: {:#?}\n{}",
+        probe.failures.len(),
+        probe.logins,
+        probe.failures,
+        d.log_text()
+    );
+    let log = d.log_text();
+    ensure!(log.matches("read kv secret").count() == 1, "a re-login must not re-read KV:\n{log}");
+    ensure!(probe.versions.len() >= 2, "credentials under a dying token must be replaced:\n{log}");
+    println!("  token death: {} logins, {} credentials, 0 failures", probe.logins, probe.versions.len());
+    d.stop().await?;
+    Ok(())
+}
+
+/// Freeze OpenBao (SIGSTOP) for longer than the request timeout, then stop
+/// and restart it on the same storage: vaultlet serves the same, unexpired
+/// credential throughout (every login works), recovers within seconds, and
+/// keeps renewing the same lease afterwards.
+pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result<()> {
+    let mut bed = Bed::private("outage", &[]).await?;
+    bed.write("sys/policies/acl/vaultlet-test", json!({ "policy": crate::tests::TEST_POLICY })).await?;
+    let dir = test_dir("outage")?;
+    bed.db_role("t_out", "20s", "10m").await?;
+    bed.approle("t_out", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(
+        &dir,
+        &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_out\" }\n[secret.api]\nkv = { path = \"api\" }\n")
+            .replace("request_timeout = \"3s\"", "request_timeout = \"2s\""),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let (_, _, version) = d.creds("db").await?;
+    let prober = Prober::start(d.socket.clone(), "db", bed.pg());
+
+    // Each outage starts right after a renewal and lasts past the next
+    // renewal's due time (⅔ of 20 s), but not past the lease's end.
+    let renewed = |n: usize| {
+        let d = &d;
+        async move {
+            eventually(Duration::from_secs(40), "a renewal", || async {
+                Ok((d.log_text().matches("renewed lease").count() > n).then_some(tokio::time::Instant::now()))
+            })
+            .await
+        }
+    };
+
+    // 1. Frozen server: requests hang until the request timeout.
+    let pid = bed.get("BAO_PID").parse::<i32>()?;
+    let signal =
+        |sig| rustix::process::kill_process(rustix::process::Pid::from_raw(pid).context("pid")?, sig).context("kill");
+    renewed(0).await?;
+    let n = d.log_text().matches("renewed lease").count();
+    signal(rustix::process::Signal::STOP)?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    ensure!(d.get("/v1/ready").await?.0 == 200, "still ready while the server is frozen");
+    signal(rustix::process::Signal::CONT)?;
+    let thawed = tokio::time::Instant::now();
+    let recovered = renewed(n).await?;
+    let freeze_recovery = recovered - thawed;
+
+    // 2. Stopped server, restarted on the same storage and unsealed.
+    let n = d.log_text().matches("renewed lease").count();
+    bed.ctl(&["bao-stop"]).await?;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    ensure!(d.get("/v1/ready").await?.0 == 200, "still ready while the server is down");
+    bed.ctl(&["bao-start"]).await?;
+    bed.reload_env()?;
+    let back = tokio::time::Instant::now();
+    let recovered = renewed(n).await?;
+    let restart_recovery = recovered - back;
+    println!("  outage: renewed {freeze_recovery:.1?} after the thaw, {restart_recovery:.1?} after the restart");
+    ensure!(freeze_recovery < Duration::from_secs(8) && restart_recovery < Duration::from_secs(8), "slow recovery");
+
+    let probe = prober.finish().await?;
+    ensure!(probe.failures.is_empty(), "{} failed logins: {:#?}", probe.failures.len(), probe.failures);
+    let (_, _, after) = d.creds("db").await?;
+    ensure!(after == version, "the lease survived the outages (version {version} → {after})");
+    let log = d.log_text();
+    ensure!(log.contains("timed out"), "the freeze was noticed as timeouts:\n{log}");
+    ensure!(log.contains("Connection refused"), "the stop was noticed as refused connections:\n{log}");
+    ensure!(!log.contains("revoked"), "nothing revoked because of an outage:\n{log}");
+    d.stop().await?;
+    Ok(())
+}
+
+/// Requests counted from the server's audit log over 60 s with 1 KV + 1
+/// database secret (TTL 10 s, max 40 s): one login, one KV read, no renewal
+/// right after an issue, and no more renewals than the ⅔ rhythm needs.
+pub async fn vault_load_has_no_wasted_requests(_shared: Arc<Bed>) -> Result<()> {
+    let bed = Bed::private("load", &[]).await?;
+    bed.write("sys/policies/acl/vaultlet-test", json!({ "policy": crate::tests::TEST_POLICY })).await?;
+    let audit = bed.dir.join("audit.log");
+    bed.write("sys/audit/file", json!({ "type": "file", "options": { "file_path": audit.display().to_string() } }))
+        .await?;
+    let dir = test_dir("load")?;
+    bed.db_role("t_load", "10s", "40s").await?;
+    bed.approle("t_load", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let skip = std::fs::read_to_string(&audit)?.lines().count();
+    let window = Duration::from_secs(60);
+    let d = Daemon::start(
+        &dir,
+        &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_load\" }\n[secret.api]\nkv = { path = \"api\" }\n"),
+    )?;
+    tokio::time::sleep(window).await;
+    let reqs = vaultlet_requests(&audit, skip)?;
+    d.stop().await?;
+
+    let count = |p: &str| reqs.iter().filter(|(path, _)| path == p).count();
+    let mut by_path = std::collections::BTreeMap::new();
+    for (p, _) in &reqs {
+        *by_path.entry(p.as_str()).or_insert(0) += 1;
+    }
+    println!("  vault load over {window:?}: {} requests {by_path:?}", reqs.len());
+    ensure!(count("auth/approle/login") == 1, "one login: {by_path:?}");
+    ensure!(count("secret/data/api") == 1, "KV read once (refresh 5m): {by_path:?}");
+    let issues = count("database/creds/t_load");
+    ensure!((2..=3).contains(&issues), "a replacement before max_ttl 40 s, no more: {by_path:?}");
+    // Renewals every ~⅔ of 10 s (jitter up to 10 % earlier): at most one per 5.5 s.
+    ensure!(count("sys/leases/renew") <= 60 / 5 + 1, "renewals: {by_path:?}");
+    // No renewal in the 2 s after an issue.
+    for (i, (p, t)) in reqs.iter().enumerate() {
+        if p == "database/creds/t_load" {
+            let early =
+                reqs[i + 1..].iter().take_while(|r| r.1 - t < 2.0).filter(|r| r.0 == "sys/leases/renew").count();
+            ensure!(early == 0, "a renewal right after an issue: {reqs:?}");
+        }
+    }
+    ensure!(reqs.len() == by_path.values().sum::<usize>());
+    ensure!(reqs.len() <= 2 + issues + 13, "total {}: {by_path:?}", reqs.len());
+    Ok(())
+}
+
+/// (path, seconds since epoch) of the requests vaultlet made (not the root
+/// token's set-up calls).
+fn vaultlet_requests(audit: &Path, skip: usize) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(audit)?.lines().skip(skip) {
+        let v: Value = serde_json::from_str(line)?;
+        if v["type"] != "request" {
+            continue;
+        }
+        let path = v["request"]["path"].as_str().unwrap_or_default().to_owned();
+        let who = v["auth"]["display_name"].as_str().unwrap_or_default();
+        if who == "root" || (who.is_empty() && path != "auth/approle/login") {
+            continue;
+        }
+        let t = v["time"].as_str().unwrap_or_default();
+        out.push((path, parse_time(t)));
+    }
+    Ok(out)
+}
+
+/// `2026-11-26T10:41:42.123456Z` → seconds (of the day is enough to order and diff).
+fn parse_time(t: &str) -> f64 {
+    let hms = t.split('T').nth(1).unwrap_or("0:0:0").trim_end_matches('Z');
+    hms.split(':').fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0))
+}
