@@ -62,8 +62,10 @@ pub struct Config {
     pub secrets: Vec<SecretSpec>,
     /// The socket to serve them on, if any.
     pub socket: Option<SocketConfig>,
-    /// Env files to render.
-    pub env_files: Vec<EnvFileSpec>,
+    /// Env files (`[[env_file]]`) and file templates (`[[template]]`) to render.
+    pub files: Vec<FileSpec>,
+    /// `vaultlet exec`: how to run the app.
+    pub exec: Option<ExecSpec>,
     /// Revoke leases and the token on SIGTERM/SIGINT.
     pub revoke_on_shutdown: bool,
 }
@@ -166,16 +168,67 @@ pub struct Allow {
     pub gid: Option<u32>,
 }
 
-/// One `[[env_file]]`.
+/// How a rendered file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `[[env_file]]`: `KEY=VALUE` lines, each value quoted by vaultlet.
+    Env,
+    /// `[[template]]`: the template's output as it is.
+    Raw,
+}
+
+/// One `[[env_file]]` or `[[template]]`.
 #[derive(Debug, Clone)]
-pub struct EnvFileSpec {
+pub struct FileSpec {
     /// Destination.
     pub path: PathBuf,
-    /// minijinja template producing `KEY=VALUE` lines.
+    /// minijinja template.
     pub template: String,
+    /// Env lines or raw text.
+    pub format: FileFormat,
     /// File mode.
     pub mode: u32,
+    /// Owner uid to set (needs privileges).
+    pub owner: Option<u32>,
+    /// Group gid to set.
+    pub group: Option<u32>,
+    /// Command run (without a shell) after each change.
+    pub command: Option<Vec<String>>,
+    /// Limit for `command`.
+    pub command_timeout: Duration,
     /// Secrets the template refers to.
+    pub uses: BTreeSet<String>,
+}
+
+/// What `vaultlet exec` does when the app's environment changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// Stop the child gracefully and start it again with the new environment.
+    Restart,
+    /// Send it a signal (the app re-reads its secrets itself).
+    Signal,
+    /// Leave it alone.
+    None,
+}
+
+/// `[exec]`
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// Env template for the child (the `env` mapping is folded into it).
+    pub template: String,
+    /// Default command when none follows `--`.
+    pub command: Option<Vec<String>>,
+    /// Reaction to a changed environment.
+    pub on_change: OnChange,
+    /// Signal for `on_change = "signal"`.
+    pub signal: i32,
+    /// Signal that asks the child to stop (restart and shutdown).
+    pub stop_signal: i32,
+    /// How long the child gets to stop before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Changes within this window cause one reaction.
+    pub debounce: Duration,
+    /// Secrets the environment uses.
     pub uses: BTreeSet<String>,
 }
 
@@ -191,6 +244,9 @@ struct RawConfig {
     socket: Option<Spanned<RawSocket>>,
     #[serde(default)]
     env_file: Vec<Spanned<RawEnvFile>>,
+    #[serde(default)]
+    template: Vec<Spanned<RawTemplate>>,
+    exec: Option<Spanned<RawExec>>,
     #[serde(default)]
     revoke_on_shutdown: bool,
 }
@@ -292,6 +348,33 @@ struct RawEnvFile {
     path: PathBuf,
     template: Spanned<String>,
     mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    path: PathBuf,
+    template: Option<Spanned<String>>,
+    source: Option<Spanned<PathBuf>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<u32>,
+    group: Option<u32>,
+    command: Option<Spanned<Vec<String>>>,
+    command_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    template: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    on_change: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
+    stop_timeout: Option<Spanned<String>>,
+    debounce: Option<Spanned<String>>,
 }
 
 // === impl Config ===
@@ -417,7 +500,7 @@ impl Cx<'_> {
         };
 
         let kinds: BTreeMap<&str, &SecretSource> = secrets.iter().map(|s| (s.name.as_str(), &s.source)).collect();
-        let mut env_files = Vec::new();
+        let mut files = Vec::new();
         for (i, e) in raw.env_file.into_iter().enumerate() {
             let span = e.span();
             let e = e.into_inner();
@@ -430,17 +513,148 @@ impl Cx<'_> {
             let template = e.template.into_inner();
             let uses = crate::render::check_template(&template, &kinds)
                 .or_else(|msg| self.err(tspan, &format!("{key}.template"), msg))?;
-            env_files.push(EnvFileSpec { path: e.path, template, mode, uses });
+            files.push(FileSpec {
+                path: e.path,
+                template,
+                format: FileFormat::Env,
+                mode,
+                owner: None,
+                group: None,
+                command: None,
+                command_timeout: Duration::from_secs(30),
+                uses,
+            });
         }
+        for (i, t) in raw.template.into_iter().enumerate() {
+            let span = t.span();
+            let t = t.into_inner();
+            let key = format!("template[{i}]");
+            if !t.path.is_absolute() {
+                return self.err(span, &format!("{key}.path"), "must be an absolute path");
+            }
+            let mode = self.mode(&t.mode, &format!("{key}.mode"), 0o600)?;
+            let (tspan, template, tkey) = match (t.template, t.source) {
+                (Some(inline), None) => (inline.span(), inline.into_inner(), format!("{key}.template")),
+                (None, Some(src)) => {
+                    let text = std::fs::read_to_string(src.get_ref())
+                        .or_else(|e| self.err(src.span(), &format!("{key}.source"), format!("cannot read: {e}")))?;
+                    (src.span(), text, format!("{key}.source"))
+                }
+                _ => return self.err(span, &key, "needs exactly one of `template` (inline) or `source` (a file)"),
+            };
+            let uses = crate::render::check_template(&template, &kinds).or_else(|msg| self.err(tspan, &tkey, msg))?;
+            let command = match t.command {
+                Some(c) if c.get_ref().is_empty() => {
+                    return self.err(c.span(), &format!("{key}.command"), "must name a program: [\"prog\", \"arg\"…]");
+                }
+                c => c.map(Spanned::into_inner),
+            };
+            let command_timeout =
+                self.duration(&t.command_timeout, &format!("{key}.command_timeout"), Duration::from_secs(30))?;
+            files.push(FileSpec {
+                path: t.path,
+                template,
+                format: FileFormat::Raw,
+                mode,
+                owner: t.owner,
+                group: t.group,
+                command,
+                command_timeout,
+                uses,
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for f in &files {
+            if !seen.insert(&f.path) {
+                return self.err(0..0, "env_file", format!("{} is rendered twice", f.path.display()));
+            }
+        }
+        let exec = raw.exec.map(|e| self.exec(e, &kinds)).transpose()?;
 
         if secrets.is_empty() {
             return self.err(0..0, "secret", "no secrets configured; add a [secret.NAME] table");
         }
-        if socket.is_none() && env_files.is_empty() {
-            return self.err(0..0, "socket", "nothing to serve secrets with; add [socket] or [[env_file]]");
+        if socket.is_none() && files.is_empty() && exec.is_none() {
+            return self.err(0..0, "socket", "nothing to serve secrets with; add [socket], [[env_file]] or [exec]");
         }
 
-        Ok(Config { vault, auth, secrets, socket, env_files, revoke_on_shutdown: raw.revoke_on_shutdown })
+        Ok(Config { vault, auth, secrets, socket, files, exec, revoke_on_shutdown: raw.revoke_on_shutdown })
+    }
+
+    fn exec(&self, e: Spanned<RawExec>, kinds: &BTreeMap<&str, &SecretSource>) -> Result<ExecSpec, ConfigError> {
+        let span = e.span();
+        let e = e.into_inner();
+        let mut template = String::new();
+        let mut tspan = span.clone();
+        if let Some(t) = e.template {
+            tspan = t.span();
+            template = t.into_inner();
+            if !template.is_empty() && !template.ends_with('\n') {
+                template.push('\n');
+            }
+        }
+        // The mapping is sugar for template lines.
+        for (var, reference) in &e.env {
+            let key = format!("exec.env.{var}");
+            if !crate::render::is_env_key(var) {
+                return self.err(reference.span(), &key, "not a valid environment variable name");
+            }
+            let r = reference.get_ref();
+            let valid =
+                r.split_once('.').is_some_and(|(n, k)| valid_name(n) && !k.is_empty() && !k.contains(['{', '}']));
+            if !valid {
+                return self.err(reference.span(), &key, "must be `secret.key`, e.g. \"db.password\"");
+            }
+            crate::render::check_template(&format!("{{{{ {r} }}}}"), kinds)
+                .or_else(|msg| self.err(reference.span(), &key, msg))?;
+            template.push_str(&format!("{var}={{{{ {r} }}}}\n"));
+        }
+        if template.is_empty() {
+            return self.err(span, "exec", "needs `template` or an `env` mapping");
+        }
+        let uses =
+            crate::render::check_template(&template, kinds).or_else(|msg| self.err(tspan, "exec.template", msg))?;
+        let on_change = match e.on_change.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+            None | Some((_, "restart")) => OnChange::Restart,
+            Some((_, "signal")) => OnChange::Signal,
+            Some((_, "none")) => OnChange::None,
+            Some((sp, _)) => return self.err(sp, "exec.on_change", "must be \"restart\", \"signal\" or \"none\""),
+        };
+        let signal = self.signal(&e.signal, "exec.signal", "SIGHUP")?;
+        let stop_signal = self.signal(&e.stop_signal, "exec.stop_signal", "SIGTERM")?;
+        let command = match e.command {
+            Some(c) if c.get_ref().is_empty() => {
+                return self.err(c.span(), "exec.command", "must name a program: [\"node\", \"server.js\"]");
+            }
+            c => c.map(Spanned::into_inner),
+        };
+        Ok(ExecSpec {
+            template,
+            command,
+            on_change,
+            signal,
+            stop_signal,
+            stop_timeout: self.duration(&e.stop_timeout, "exec.stop_timeout", Duration::from_secs(10))?,
+            debounce: self.duration(&e.debounce, "exec.debounce", Duration::from_secs(1))?,
+            uses,
+        })
+    }
+
+    fn signal(&self, v: &Option<Spanned<String>>, key: &str, default: &str) -> Result<i32, ConfigError> {
+        let (span, name) = match v {
+            Some(s) => (s.span(), s.get_ref().as_str()),
+            None => (0..0, default),
+        };
+        signal_number(name).map_or_else(
+            || {
+                self.err(
+                    span,
+                    key,
+                    "not a signal vaultlet forwards; use SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 or SIGUSR2",
+                )
+            },
+            Ok,
+        )
     }
 
     fn vault(&self, v: Spanned<RawVault>) -> Result<VaultConfig, ConfigError> {
@@ -571,6 +785,19 @@ fn is_loopback(u: &reqwest::Url) -> bool {
     }
 }
 
+/// The signals `[exec]` may name, by name (with or without `SIG`).
+pub fn signal_number(name: &str) -> Option<i32> {
+    Some(match name.trim_start_matches("SIG") {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
 /// Secret names become template variables and URL segments.
 pub fn valid_name(name: &str) -> bool {
     let mut c = name.chars();
@@ -644,8 +871,8 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let s = c.socket.unwrap();
         assert_eq!(s.mode, 0o600);
         assert_eq!(s.allow, vec![Allow { uid: Some(1000), gid: None }]);
-        assert_eq!(c.env_files[0].mode, 0o600);
-        assert_eq!(c.env_files[0].uses.iter().collect::<Vec<_>>(), ["api", "db"]);
+        assert_eq!(c.files[0].mode, 0o600);
+        assert_eq!(c.files[0].uses.iter().collect::<Vec<_>>(), ["api", "db"]);
         assert_eq!(c.vault.request_timeout, Duration::from_secs(15));
     }
 

@@ -32,10 +32,12 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod exec;
 pub mod lease;
 pub mod render;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod vault;
 
 use std::sync::Arc;
@@ -57,14 +59,28 @@ pub enum RunError {
     Socket(#[from] api::BindError),
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// The running daemon: its tasks and what they share.
+pub struct Running {
+    vault: Arc<vault::Vault>,
+    store: store::Store,
+    auth: auth::AuthHandle,
+    leases: lease::Leases,
+    tasks: CancellationToken,
+    set: JoinSet<()>,
+    auth_task: tokio::task::JoinHandle<()>,
+    first_writes: Vec<tokio::sync::oneshot::Receiver<()>>,
+    revoke_on_shutdown: bool,
+}
+
+/// Starts every task: auth, one per secret, files, socket. Fails only on
+/// local set-up problems (TLS files, the socket path).
+pub fn start(config: &Config) -> Result<Running, RunError> {
     let vault = Arc::new(vault::Vault::new(&config.vault)?);
     let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(api::bind).transpose()?;
 
-    let tasks = shutdown.child_token();
+    let tasks = CancellationToken::new();
     let (auth, auth_task) = auth::spawn(vault.clone(), config.auth.clone(), store.clone(), tasks.clone());
     let leases = lease::Leases::default();
     let cx = lease::Cx {
@@ -79,23 +95,78 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     for spec in config.secrets.iter().cloned() {
         set.spawn(lease::run(cx.clone(), spec));
     }
-    for spec in config.env_files.iter().cloned() {
-        set.spawn(render::run_env_file(spec, store.subscribe(), tasks.clone()));
+    let mut first_writes = Vec::new();
+    for spec in config.files.iter().cloned() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        first_writes.push(rx);
+        set.spawn(render::run_file(spec, store.subscribe(), tasks.clone(), Some(tx)));
     }
     if let Some(b) = bound {
         set.spawn(api::serve(b, store.clone(), tasks.clone()));
     }
-    tracing::info!(secrets = config.secrets.len(), env_files = config.env_files.len(), "vaultlet started");
+    tracing::info!(secrets = config.secrets.len(), files = config.files.len(), "vaultlet started");
+    Ok(Running {
+        vault,
+        store,
+        auth,
+        leases,
+        tasks,
+        set,
+        auth_task,
+        first_writes,
+        revoke_on_shutdown: config.revoke_on_shutdown,
+    })
+}
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    while set.join_next().await.is_some() {}
-    let _ = auth_task.await;
-
-    if config.revoke_on_shutdown {
-        revoke_all(&vault, &auth, &leases).await;
+impl Running {
+    /// The secrets.
+    pub fn store(&self) -> &store::Store {
+        &self.store
     }
-    tracing::info!("stopped");
+
+    /// Waits until every secret is held and every file written once.
+    pub async fn ready(&mut self) {
+        for rx in std::mem::take(&mut self.first_writes) {
+            let _ = rx.await;
+        }
+        let mut rx = self.store.subscribe();
+        while !self.store.not_ready(tokio::time::Instant::now()).is_empty() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops every task, then revokes leases and the token if configured.
+    pub async fn stop(mut self) {
+        self.tasks.cancel();
+        while self.set.join_next().await.is_some() {}
+        let _ = self.auth_task.await;
+        if self.revoke_on_shutdown {
+            revoke_all(&self.vault, &self.auth, &self.leases).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, telling systemd (when it
+/// asks) once it is ready and when it stops.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let notifier = telemetry::Notifier::from_env();
+    let mut running = start(&config)?;
+    let watchdog = tokio::spawn(notifier.clone().watchdog());
+    tokio::select! {
+        _ = running.ready() => {
+            tracing::info!("ready: every secret held, every file written");
+            notifier.notify("READY=1\nSTATUS=serving secrets");
+            shutdown.cancelled().await;
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    tracing::info!("shutting down");
+    notifier.notify("STOPPING=1");
+    running.stop().await;
+    watchdog.abort();
     Ok(())
 }
 

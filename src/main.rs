@@ -47,6 +47,19 @@ enum Command {
         #[arg(short, long, env = "VAULTLET_CONFIG")]
         config: PathBuf,
     },
+    /// Run a program with secrets in its environment (for apps that cannot
+    /// read the socket): `vaultlet exec -c FILE -- node server.js`. Signals
+    /// are forwarded, the program's exit code is passed through, and when
+    /// the environment changes the program is restarted, signalled or left
+    /// alone as `[exec] on_change` says.
+    Exec {
+        /// Configuration file (needs an `[exec]` table).
+        #[arg(short, long, env = "VAULTLET_CONFIG")]
+        config: PathBuf,
+        /// The program and its arguments (after `--`); default `exec.command`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Validate a configuration file without touching the network. Exits 0
     /// when it is valid, 64 otherwise, naming the key and line at fault.
     Check {
@@ -67,14 +80,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match &cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} secrets, {} env files, socket {})",
+                    "{}: ok ({} secrets, {} files, socket {})",
                     config.display(),
                     c.secrets.len(),
-                    c.env_files.len(),
+                    c.files.len(),
                     c.socket.as_ref().map_or("off".to_string(), |s| s.path.display().to_string())
                 );
                 ExitCode::SUCCESS
@@ -94,34 +107,45 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            // Validate everything before any network I/O.
-            let config = match Config::load(&config) {
-                Ok(c) => c,
+        Command::Exec { config, command } => with_runtime(&config, &cli, |config| async move {
+            let code = vaultlet::exec::run(config, command.clone()).await;
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }),
+        Command::Run { config } => with_runtime(&config, &cli, |config| async move {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            match vaultlet::run(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("vaultlet: {e}");
-                    return ExitCode::from(EX_CONFIG);
+                    tracing::error!(error = %format!("{e:#}"), "vaultlet failed");
+                    ExitCode::FAILURE
                 }
-            };
-            init_logging(cli.log_format, &cli.log);
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("vaultlet: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(signals(shutdown.clone()));
-                match vaultlet::run(config, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "vaultlet failed");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
+            }
+        }),
+    }
+}
+
+/// Loads and validates the config (exit 64 on error, before any network
+/// I/O), sets up logging, and runs `f` on a single-threaded runtime: a
+/// sidecar's work is waiting, and one thread keeps its footprint small.
+fn with_runtime<F, Fut>(path: &std::path::Path, cli: &Cli, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vaultlet: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    init_logging(cli.log_format, &cli.log);
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f(config)),
+        Err(e) => {
+            eprintln!("vaultlet: cannot start runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::config::{EnvFileSpec, SecretSource};
+use crate::config::{FileFormat, FileSpec, SecretSource};
 use crate::secret::SecretData;
 use crate::store::Snapshot;
 
@@ -127,6 +127,9 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_debug(false);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build() {
+        env.set_syntax(syntax);
+    }
     env
 }
 
@@ -147,11 +150,30 @@ impl Object for Fields {
     }
 }
 
-/// Renders an env file from the given secrets.
-pub fn render_env(
+/// One line of a rendered env template.
+pub enum EnvLine {
+    /// A comment or blank line, kept as written.
+    Verbatim(String),
+    /// `KEY=VALUE`, with the value assembled from template text and secrets.
+    Pair {
+        /// Written with `export `.
+        export: bool,
+        /// The variable name.
+        key: String,
+        /// The unquoted value.
+        value: Zeroizing<String>,
+    },
+}
+
+fn context(secrets: &BTreeMap<String, Arc<SecretData>>) -> BTreeMap<&str, Value> {
+    secrets.iter().map(|(n, d)| (n.as_str(), Value::from_object(Fields(d.clone())))).collect()
+}
+
+/// Renders an env template into lines; values are not quoted yet.
+pub fn render_env_lines(
     template: &str,
     secrets: &BTreeMap<String, Arc<SecretData>>,
-) -> Result<Zeroizing<String>, RenderError> {
+) -> Result<Vec<EnvLine>, RenderError> {
     let values: Arc<Mutex<Vec<Zeroizing<String>>>> = Arc::default();
     let mut env = environment();
     let sink = values.clone();
@@ -162,13 +184,12 @@ pub fn render_env(
         write!(out, "{OPEN}{idx}{CLOSE}")
             .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write"))
     });
-    let ctx: BTreeMap<&str, Value> =
-        secrets.iter().map(|(n, d)| (n.as_str(), Value::from_object(Fields(d.clone())))).collect();
-    let rendered = Zeroizing::new(env.render_str(template, ctx).map_err(|e| RenderError::Template(describe(&e)))?);
+    let rendered =
+        Zeroizing::new(env.render_str(template, context(secrets)).map_err(|e| RenderError::Template(describe(&e)))?);
     drop(env);
     let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
 
-    let mut out = Zeroizing::new(String::with_capacity(rendered.len() + 64));
+    let mut out = Vec::new();
     let mut lines: Vec<&str> = rendered.split('\n').collect();
     if lines.last() == Some(&"") {
         lines.pop();
@@ -179,41 +200,82 @@ pub fn render_env(
             if line.contains(OPEN) {
                 return Err(RenderError::Line(i + 1));
             }
-            out.push_str(line);
-            out.push('\n');
+            out.push(EnvLine::Verbatim(line.to_owned()));
             continue;
         }
         let (export, rest) = match trimmed.strip_prefix("export ") {
-            Some(r) => ("export ", r.trim_start()),
-            None => ("", trimmed),
+            Some(r) => (true, r.trim_start()),
+            None => (false, trimmed),
         };
         let Some((key, raw)) = rest.split_once('=') else { return Err(RenderError::Line(i + 1)) };
         let key = key.trim_end();
         if !is_env_key(key) {
             return Err(RenderError::Line(i + 1));
         }
-        let raw = strip_quotes(raw.trim());
-        let value = expand(raw, &values);
+        let value = expand(strip_quotes(raw.trim()), &values);
         if value.contains('\0') {
             return Err(RenderError::Nul(key.to_owned()));
         }
-        let (quoted, portable) = quote(&value);
-        if !portable {
-            tracing::warn!(
-                key,
-                "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly"
-            );
+        out.push(EnvLine::Pair { export, key: key.to_owned(), value });
+    }
+    Ok(out)
+}
+
+/// Renders an env file: every value quoted for sh and dotenv.
+pub fn render_env(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Zeroizing<String>, RenderError> {
+    let mut out = Zeroizing::new(String::new());
+    for line in render_env_lines(template, secrets)? {
+        match line {
+            EnvLine::Verbatim(l) => out.push_str(&l),
+            EnvLine::Pair { export, key, value } => {
+                let (quoted, portable) = quote(&value);
+                if !portable {
+                    tracing::warn!(
+                        key,
+                        "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly"
+                    );
+                }
+                if export {
+                    out.push_str("export ");
+                }
+                out.push_str(&key);
+                out.push('=');
+                out.push_str(&quoted);
+            }
         }
-        out.push_str(export);
-        out.push_str(key);
-        out.push('=');
-        out.push_str(&quoted);
         out.push('\n');
     }
     Ok(out)
 }
 
-fn is_env_key(k: &str) -> bool {
+/// Renders the environment of a child process (`vaultlet exec`).
+pub fn render_env_map(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Vec<(String, Zeroizing<String>)>, RenderError> {
+    Ok(render_env_lines(template, secrets)?
+        .into_iter()
+        .filter_map(|l| match l {
+            EnvLine::Pair { key, value, .. } => Some((key, value)),
+            EnvLine::Verbatim(_) => None,
+        })
+        .collect())
+}
+
+/// Renders a `[[template]]` file: the template's output as it is.
+pub fn render_raw(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Zeroizing<String>, RenderError> {
+    let env = environment();
+    env.render_str(template, context(secrets)).map(Zeroizing::new).map_err(|e| RenderError::Template(describe(&e)))
+}
+
+/// A valid environment variable name.
+pub fn is_env_key(k: &str) -> bool {
     let mut c = k.chars();
     c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
@@ -271,8 +333,14 @@ pub fn quote(v: &str) -> (Zeroizing<String>, bool) {
     (q, false)
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+/// Writes `bytes` to `path` atomically with `mode` (and owner/group when given).
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.vaultlet-{}", std::process::id()));
@@ -281,6 +349,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The umask may have narrowed the mode; set exactly what was asked.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if owner.is_some() || group.is_some() {
+            std::os::unix::fs::fchown(&f, owner, group)?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -292,32 +363,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     result
 }
 
-/// Keeps one env file up to date until shutdown.
-pub async fn run_env_file(spec: EnvFileSpec, mut rx: watch::Receiver<Snapshot>, shutdown: CancellationToken) {
+/// The live values of `uses` in `snap`, with their versions for logs; `None`
+/// until every one of them is available.
+pub fn live_secrets(
+    snap: &Snapshot,
+    uses: &BTreeSet<String>,
+) -> Option<(BTreeMap<String, Arc<SecretData>>, Vec<String>)> {
+    let now = Instant::now();
+    let mut secrets = BTreeMap::new();
+    let mut versions = Vec::new();
+    for name in uses {
+        let e = snap.get(name)?;
+        secrets.insert(name.clone(), e.live(now)?.clone());
+        versions.push(format!("{name}@{}", e.version));
+    }
+    Some((secrets, versions))
+}
+
+/// Keeps one file up to date until shutdown. `first` is told after the
+/// first successful write.
+pub async fn run_file(
+    spec: FileSpec,
+    mut rx: watch::Receiver<Snapshot>,
+    shutdown: CancellationToken,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut written: Option<u64> = None;
     let mut last_error: Option<String> = None;
     loop {
         let snap = rx.borrow_and_update().clone();
-        let now = Instant::now();
-        let mut secrets = BTreeMap::new();
-        let mut versions = Vec::new();
-        for name in &spec.uses {
-            if let Some(v) = snap.get(name).and_then(|e| e.live(now).map(|v| (v.clone(), e.version))) {
-                secrets.insert(name.clone(), v.0);
-                versions.push(format!("{name}@{}", v.1));
-            }
-        }
-        if secrets.len() == spec.uses.len() {
+        if let Some((secrets, versions)) = live_secrets(&snap, &spec.uses) {
             match render_and_write(&spec, &secrets, &mut written).await {
                 Ok(true) => {
-                    tracing::info!(path = %spec.path.display(), versions = %versions.join(","), "wrote env file");
+                    tracing::info!(path = %spec.path.display(), versions = %versions.join(","), "wrote file");
                     last_error = None;
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                    if let Some(cmd) = &spec.command {
+                        run_command(cmd, spec.command_timeout, &spec.path).await;
+                    }
                 }
                 Ok(false) => last_error = None,
                 Err(e) => {
                     let msg = e.to_string();
                     if last_error.as_ref() != Some(&msg) {
-                        tracing::error!(path = %spec.path.display(), error = %msg, "env file not written");
+                        tracing::error!(path = %spec.path.display(), error = %msg, "file not written");
                     }
                     last_error = Some(msg);
                 }
@@ -335,12 +426,42 @@ pub async fn run_env_file(spec: EnvFileSpec, mut rx: watch::Receiver<Snapshot>, 
     }
 }
 
+/// Runs a file's after-change command. Its output is not captured: it goes
+/// to vaultlet's own stdout/stderr, and vaultlet logs only the exit status.
+async fn run_command(cmd: &[String], timeout: Duration, path: &Path) {
+    let mut child = match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).kill_on_drop(true).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(path = %path.display(), command = %cmd[0], error = %e, "cannot run after-change command");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => {
+            tracing::info!(path = %path.display(), command = %cmd[0], "after-change command ran")
+        }
+        Ok(Ok(st)) => {
+            tracing::warn!(path = %path.display(), command = %cmd[0], status = %st, "after-change command failed")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), command = %cmd[0], error = %e, "after-change command failed")
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::warn!(path = %path.display(), command = %cmd[0], ?timeout, "after-change command timed out; killed");
+        }
+    }
+}
+
 async fn render_and_write(
-    spec: &EnvFileSpec,
+    spec: &FileSpec,
     secrets: &BTreeMap<String, Arc<SecretData>>,
     written: &mut Option<u64>,
 ) -> Result<bool, RenderError> {
-    let text = render_env(&spec.template, secrets)?;
+    let text = match spec.format {
+        FileFormat::Env => render_env(&spec.template, secrets)?,
+        FileFormat::Raw => render_raw(&spec.template, secrets)?,
+    };
     // Compare by a keyed hash so we do not keep a second copy of the content.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
@@ -348,9 +469,9 @@ async fn render_and_write(
     if *written == Some(digest) {
         return Ok(false);
     }
-    let (path, mode) = (spec.path.clone(), spec.mode);
+    let (path, mode, owner, group) = (spec.path.clone(), spec.mode, spec.owner, spec.group);
     let p = path.clone();
-    tokio::task::spawn_blocking(move || write_atomic(&p, text.as_bytes(), mode))
+    tokio::task::spawn_blocking(move || write_atomic(&p, text.as_bytes(), mode, owner, group))
         .await
         .map_err(|e| RenderError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })?
         .map_err(|e| RenderError::Io { path: path.display().to_string(), source: e })?;
@@ -387,6 +508,16 @@ mod tests {
         let s = secrets(&[("api", "k", "topsecret")]);
         let e = render_env("A={{ api.missing }}\n", &s).unwrap_err().to_string();
         assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn raw_templates_render_as_written_and_env_maps_are_unquoted() {
+        let s = secrets(&[("db", "username", "u"), ("db", "password", "p'\"w")]);
+        let out = render_raw("{\"user\": \"{{ db.username }}\", \"n\": {{ 1 + 1 }}}\n", &s).unwrap();
+        assert_eq!(out.as_str(), "{\"user\": \"u\", \"n\": 2}\n");
+        let map = render_env_map("# c\nPGUSER={{ db.username }}\nPGPASSWORD={{ db.password }}\n", &s).unwrap();
+        let pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("PGUSER", "u"), ("PGPASSWORD", "p'\"w")]);
     }
 
     #[test]
@@ -432,14 +563,19 @@ mod tests {
         };
         store.publish("a", data("1"), None);
         store.publish("b", data("1"), None);
-        let spec = EnvFileSpec {
+        let spec = FileSpec {
             path: path.clone(),
             template: "A={{ a.k }}\nB={{ b.k }}\n".into(),
+            format: FileFormat::Env,
             mode: 0o600,
+            owner: None,
+            group: None,
+            command: None,
+            command_timeout: Duration::from_secs(1),
             uses: ["a".to_string(), "b".to_string()].into(),
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_env_file(spec, store.subscribe(), shutdown.clone()));
+        let task = tokio::spawn(run_file(spec, store.subscribe(), shutdown.clone(), None));
         let read = || std::fs::read_to_string(&path).unwrap_or_default();
         while read().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -463,8 +599,8 @@ mod tests {
     fn atomic_write_sets_exact_mode() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("app.env");
-        write_atomic(&p, b"A='1'\n", 0o640).unwrap();
-        write_atomic(&p, b"A='2'\n", 0o600).unwrap();
+        write_atomic(&p, b"A='1'\n", 0o640, None, None).unwrap();
+        write_atomic(&p, b"A='2'\n", 0o600, None, None).unwrap();
         let meta = std::fs::metadata(&p).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "A='2'\n");

@@ -247,12 +247,21 @@ pub fn test_dir(name: &str) -> Result<PathBuf> {
 impl Daemon {
     /// Writes `config` to `dir/vaultlet.toml` and starts `vaultlet run`.
     pub fn start(dir: &Path, config: &str) -> Result<Daemon> {
+        Self::start_with(dir, config, &["run"], &[], &[])
+    }
+
+    /// Starts `vaultlet <cmd> -c dir/vaultlet.toml [-- tail…]` with extra environment.
+    pub fn start_with(dir: &Path, config: &str, cmd: &[&str], tail: &[&str], envs: &[(&str, &str)]) -> Result<Daemon> {
         let cfg = dir.join("vaultlet.toml");
         std::fs::write(&cfg, config)?;
         let log = dir.join("vaultlet.log");
-        let child = tokio::process::Command::new(bin())
-            .args(["--log", "debug", "run", "-c"])
-            .arg(&cfg)
+        let mut c = tokio::process::Command::new(bin());
+        c.args(["--log", "debug"]).args(cmd).arg("-c").arg(&cfg);
+        if !tail.is_empty() {
+            c.arg("--").args(tail);
+        }
+        let child = c
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)
@@ -311,14 +320,20 @@ impl Daemon {
 
     /// SIGTERM, then wait for exit.
     pub async fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.signal(rustix::process::Signal::TERM)?;
+        self.wait().await
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) -> Result<()> {
         if let Some(pid) = self.child.id() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).context("pid")?,
-                rustix::process::Signal::TERM,
-            );
+            let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).context("pid")?, sig);
         }
-        let st = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??;
-        Ok(st)
+        Ok(())
+    }
+
+    /// Waits (up to 20 s) for the process to exit.
+    pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
     }
 }
 

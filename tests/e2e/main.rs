@@ -5,6 +5,7 @@
 //! side. Run with `cargo test --test e2e` (or `scripts/test.sh`); pass a
 //! substring to run only matching tests: `cargo test --test e2e -- rotation`.
 
+mod apps;
 mod bed;
 mod rotation;
 mod tests;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 
 use crate::TestFn;
+use crate::apps::*;
 use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
 use crate::rotation::*;
 
@@ -32,6 +33,9 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(check_rejects_broken_configs_with_exit_64),
         t!(wrapped_secret_id_is_unwrapped_and_removed),
         t!(refused_login_is_reported_by_ready),
+        t!(exec_runs_the_app_with_secrets_and_restarts_on_change),
+        t!(file_template_renders_and_runs_its_command),
+        t!(systemd_notify_ready_and_stopping),
     ]
 }
 
@@ -394,7 +398,7 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
 async fn wrapped_secret_id_is_unwrapped_and_removed(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("wrap")?;
     bed.approle("t_wrap", "vaultlet-test", "1h", "4h", &dir, true).await?;
-    let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n").replace("[socket]\n", "[socket]\n");
+    let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n");
     let cfg =
         cfg.replace("secret_id_file = ", "secret_id_wrapped = true\nremove_secret_id_file = true\nsecret_id_file = ");
     let d = Daemon::start(&dir, &cfg)?;
