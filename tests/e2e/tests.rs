@@ -230,7 +230,7 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
     })
     .await?;
     ensure!(std::fs::metadata(&env_path)?.modified()? >= written);
-    ensure!(d.log_text().matches("wrote env file").count() == 2, "env file written once per change");
+    ensure!(d.log_text().matches("wrote file").count() == 2, "env file written once per change");
     d.stop().await?;
     Ok(())
 }
