@@ -42,7 +42,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Allow, SocketConfig, valid_name};
+use std::collections::BTreeMap;
+
+use crate::config::{Allow, SecretSpec, SocketConfig, valid_name};
 use crate::secret::SecretData;
 use crate::store::{self, Entry, Store};
 
@@ -50,7 +52,38 @@ use crate::store::{self, Entry, Store};
 pub struct Bound {
     listener: UnixListener,
     path: PathBuf,
-    allow: Arc<Vec<Allow>>,
+    acl: Arc<Acl>,
+}
+
+/// Who may connect, and who may read each secret.
+#[derive(Debug)]
+pub struct Acl {
+    /// `socket.allow` plus every secret's own list: who may connect at all.
+    connect: Vec<Allow>,
+    /// Per secret: its `allow`, or `socket.allow`.
+    secrets: BTreeMap<String, Vec<Allow>>,
+}
+
+impl Acl {
+    /// Builds the lists from the config.
+    pub fn new(socket: &SocketConfig, secrets: &[SecretSpec]) -> Acl {
+        let mut connect = socket.allow.clone();
+        let mut per = BTreeMap::new();
+        for s in secrets {
+            let list = s.allow.clone().unwrap_or_else(|| socket.allow.clone());
+            for a in &list {
+                if !connect.contains(a) {
+                    connect.push(a.clone());
+                }
+            }
+            per.insert(s.name.clone(), list);
+        }
+        Acl { connect, secrets: per }
+    }
+
+    fn may_read(&self, peer: &Peer, secret: &str) -> bool {
+        self.secrets.get(secret).is_some_and(|l| allowed(l, peer.uid, peer.gid))
+    }
 }
 
 /// Why the socket could not be set up.
@@ -74,7 +107,7 @@ pub enum BindError {
 }
 
 /// Creates the socket file with its mode, replacing a stale one.
-pub fn bind(cfg: &SocketConfig) -> Result<Bound, BindError> {
+pub fn bind(cfg: &SocketConfig, secrets: &[SecretSpec]) -> Result<Bound, BindError> {
     let path = &cfg.path;
     let shown = path.display().to_string();
     let io = |source| BindError::Io { path: shown.clone(), source };
@@ -105,11 +138,11 @@ pub fn bind(cfg: &SocketConfig) -> Result<Bound, BindError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
-    Ok(Bound { listener, path: path.clone(), allow: Arc::new(cfg.allow.clone()) })
+    Ok(Bound { listener, path: path.clone(), acl: Arc::new(Acl::new(cfg, secrets)) })
 }
 
 /// Who is calling.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Peer {
     /// uid.
     pub uid: u32,
@@ -117,8 +150,86 @@ pub struct Peer {
     pub gid: u32,
     /// pid, when the kernel tells.
     pub pid: Option<i32>,
-    /// On the allow list.
+    /// The caller's executable, when `/proc` lets us read it.
+    pub exe: Option<Arc<str>>,
+    /// May connect at all.
     pub allowed: bool,
+}
+
+// === audit ===
+
+/// One audit line per secret read or refusal, on the `vaultlet::audit` log
+/// target. The format is stable (fields in this order; `-` for unknown):
+///
+/// ```text
+/// … INFO vaultlet::audit: socket read uid=1000 gid=1000 pid=4242 exe=/usr/bin/node secret=db version=3 outcome=allowed
+/// … WARN vaultlet::audit: socket read uid=65534 gid=65534 pid=4243 exe=/usr/bin/curl secret=db version=- outcome=denied
+/// ```
+///
+/// `outcome` is `allowed`, `denied` (not on the allow list), `rate_limited`
+/// (too many denials from this uid) or `unavailable`. Never a value.
+fn audit(peer: &Peer, secret: &str, version: Option<u64>, outcome: &'static str) {
+    let pid = peer.pid.map_or("-".to_string(), |p| p.to_string());
+    let exe = peer.exe.as_deref().unwrap_or("-");
+    let version = version.map_or("-".to_string(), |v| v.to_string());
+    if outcome == "allowed" {
+        tracing::info!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe, secret, version = %version, outcome, "socket read");
+    } else {
+        tracing::warn!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe, secret, version = %version, outcome, "socket read");
+    }
+}
+
+/// Denials per uid in a sliding window; past the limit, callers get 429
+/// and the log gets one line per window instead of one per request.
+#[derive(Default)]
+struct Denials(std::sync::Mutex<std::collections::HashMap<u32, (Instant, u32)>>);
+
+const DENY_WINDOW: Duration = Duration::from_secs(10);
+const DENY_LIMIT: u32 = 10;
+
+impl Denials {
+    /// Records a denial; returns how many this uid had in the window.
+    fn record(&self, uid: u32) -> u32 {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if m.len() > 10_000 {
+            m.retain(|_, (start, _)| now.duration_since(*start) < DENY_WINDOW);
+        }
+        let e = m.entry(uid).or_insert((now, 0));
+        if now.duration_since(e.0) >= DENY_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1
+    }
+}
+
+/// Counts and logs a refusal; the response to send.
+fn deny(denials: &Denials, peer: &Peer, secret: &str, reason: &'static str) -> Response {
+    let n = denials.record(peer.uid);
+    if n > DENY_LIMIT {
+        crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "rate_limited")]);
+        if n == DENY_LIMIT + 1 {
+            audit(peer, secret, None, "rate_limited");
+        }
+        return error(StatusCode::TOO_MANY_REQUESTS, "too many refused requests; slow down");
+    }
+    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
+    audit(peer, secret, None, "denied");
+    let msg = if reason == "socket" {
+        "caller is not allowed to use this socket".to_string()
+    } else {
+        format!("caller uid {} may not read `{secret}`", peer.uid)
+    };
+    error(StatusCode::FORBIDDEN, msg)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Api {
+    store: Store,
+    acl: Arc<Acl>,
+    denials: Arc<Denials>,
 }
 
 fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
@@ -127,8 +238,8 @@ fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
 
 /// Serves until shutdown, then removes the socket file.
 pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
-    let Bound { listener, path, allow } = bound;
-    let app = router(store);
+    let Bound { listener, path, acl } = bound;
+    let app = router(store, acl.clone());
     let mut conns = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -144,14 +255,23 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let peer = match stream.peer_cred() {
-            Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid(), allowed: allowed(&allow, c.uid(), c.gid()) },
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+                exe: c
+                    .pid()
+                    .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+                    .map(|e| e.to_string_lossy().into()),
+                allowed: allowed(&acl.connect, c.uid(), c.gid()),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
                 continue;
             }
         };
         if !peer.allowed {
-            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller not on the socket allow list; answering 403");
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller not on any allow list; answering 403");
         }
         let svc = TowerToHyperService::new(app.clone().layer(Extension(peer)));
         let shutdown = shutdown.clone();
@@ -182,7 +302,8 @@ fn remove_socket(path: &Path) {
 }
 
 /// The routes; the peer arrives as an extension per connection.
-pub fn router(store: Store) -> Router {
+pub fn router(store: Store, acl: Arc<Acl>) -> Router {
+    let api = Api { store, acl, denials: Arc::default() };
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
@@ -191,20 +312,23 @@ pub fn router(store: Store) -> Router {
         .route("/v1/ready", get(ready))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /v1/secrets, /v1/health, /v1/ready") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported") })
-        .layer(axum::middleware::map_request(check_peer))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), check_peer))
         .layer(axum::middleware::map_response(no_store))
-        .with_state(store)
+        .with_state(api)
 }
 
 async fn check_peer(
+    State(api): State<Api>,
     Extension(peer): Extension<Peer>,
     req: axum::extract::Request,
-) -> Result<axum::extract::Request, Response> {
-    if peer.allowed { Ok(req) } else { Err(error(StatusCode::FORBIDDEN, "caller is not allowed to use this socket")) }
+    next: axum::middleware::Next,
+) -> Response {
+    if peer.allowed { next.run(req).await } else { deny(&api.denials, &peer, "-", "socket") }
 }
 
 async fn no_store(mut res: Response) -> Response {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    crate::metrics::inc("vaultlet_socket_requests_total", &[("status", res.status().as_str())]);
     res
 }
 
@@ -259,29 +383,39 @@ impl Serialize for SecretJson<'_> {
     }
 }
 
-async fn list(State(store): State<Store>) -> Response {
-    let snap = store.snapshot();
+async fn list(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
+    let snap = api.store.snapshot();
     let now = Instant::now();
-    struct All<'a>(&'a store::Snapshot, Instant);
+    let visible: Vec<&String> = snap.keys().filter(|n| api.acl.may_read(&peer, n)).collect();
+    struct All<'a>(&'a store::Snapshot, &'a [&'a String], Instant);
     impl Serialize for All<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(None)?;
-            for (name, entry) in self.0.iter() {
-                if let Some(data) = entry.live(self.1) {
+            for name in self.1 {
+                let entry = &self.0[*name];
+                if let Some(data) = entry.live(self.2) {
                     m.serialize_entry(name, &SecretJson { name, entry, data })?;
                 }
             }
             m.end()
         }
     }
-    let unavailable: serde_json::Map<String, serde_json::Value> =
-        snap.iter().filter_map(|(n, e)| store.unavailable(e, now).map(|r| (n.clone(), r.into()))).collect();
+    for name in &visible {
+        let e = &snap[*name];
+        if e.live(now).is_some() {
+            audit(&peer, name, Some(e.version), "allowed");
+        }
+    }
+    let unavailable: serde_json::Map<String, serde_json::Value> = visible
+        .iter()
+        .filter_map(|n| api.store.unavailable(&snap[*n], now).map(|r| ((*n).clone(), r.into())))
+        .collect();
     #[derive(serde::Serialize)]
     struct Body<'a> {
         secrets: All<'a>,
         unavailable: serde_json::Map<String, serde_json::Value>,
     }
-    json(&Body { secrets: All(&snap, now), unavailable })
+    json(&Body { secrets: All(&snap, &visible, now), unavailable })
 }
 
 /// Longest a long-poll may wait.
@@ -309,7 +443,13 @@ fn parse_poll(q: Option<&str>) -> Result<Poll, &'static str> {
     Ok(p)
 }
 
-async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>, RawQuery(q): RawQuery) -> Response {
+async fn one(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let store = &api.store;
     if !valid_name(&name) {
         return error(StatusCode::BAD_REQUEST, "invalid secret name");
     }
@@ -319,6 +459,9 @@ async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>, RawQuer
     };
     if !store.snapshot().contains_key(&name) {
         return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
+    }
+    if !api.acl.may_read(&peer, &name) {
+        return deny(&api.denials, &peer, &name, "secret");
     }
     if let Some(wait) = poll.wait {
         // Long-poll: answer once a version newer than `after` is available
@@ -342,16 +485,22 @@ async fn one(State(store): State<Store>, UrlPath(name): UrlPath<String>, RawQuer
     let now = Instant::now();
     match entry.live(now) {
         Some(data) => {
+            audit(&peer, &name, Some(entry.version), "allowed");
             let mut res = json(&SecretJson { name: &name, entry, data });
             res.headers_mut().insert("x-vaultlet-version", HeaderValue::from(entry.version));
             res
         }
-        None => error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default()),
+        None => {
+            audit(&peer, &name, None, "unavailable");
+            error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default())
+        }
     }
 }
 
 /// `GET /v1/events`: server-sent events, one per version change.
-async fn events(State(store): State<Store>) -> Response {
+async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
+    let store = api.store.clone();
+    let acl = api.acl.clone();
     use axum::response::sse::{Event, KeepAlive, Sse};
     /// What each subscriber last told its client, per secret.
     struct St {
@@ -360,20 +509,22 @@ async fn events(State(store): State<Store>) -> Response {
         queue: std::collections::VecDeque<Event>,
     }
     let st = St { rx: store.subscribe(), told: Default::default(), queue: Default::default() };
-    let stream = futures_util::stream::unfold((st, store), |(mut st, store)| async move {
-        loop {
-            if let Some(ev) = st.queue.pop_front() {
-                return Some((Ok::<_, std::convert::Infallible>(ev), (st, store)));
-            }
-            let snap = st.rx.borrow_and_update().clone();
-            let now = Instant::now();
-            for (name, entry) in snap.iter() {
-                let now_v = entry.live(now).map(|_| entry.version);
-                let before = st.told.get(name).copied().flatten();
-                if now_v == before && st.told.contains_key(name) {
-                    continue;
+    let stream = futures_util::stream::unfold((st, store), move |(mut st, store)| {
+        let (acl, peer) = (acl.clone(), peer.clone());
+        async move {
+            loop {
+                if let Some(ev) = st.queue.pop_front() {
+                    return Some((Ok::<_, std::convert::Infallible>(ev), (st, store)));
                 }
-                let ev = match now_v {
+                let snap = st.rx.borrow_and_update().clone();
+                let now = Instant::now();
+                for (name, entry) in snap.iter().filter(|(n, _)| acl.may_read(&peer, n)) {
+                    let now_v = entry.live(now).map(|_| entry.version);
+                    let before = st.told.get(name).copied().flatten();
+                    if now_v == before && st.told.contains_key(name) {
+                        continue;
+                    }
+                    let ev = match now_v {
                     Some(v) => Event::default().event("secret").data(serde_json::json!({ "name": name, "version": v }).to_string()),
                     None if before.is_some() => Event::default().event("unavailable").data(
                         serde_json::json!({ "name": name, "reason": store.unavailable(entry, now).unwrap_or_default() })
@@ -384,11 +535,12 @@ async fn events(State(store): State<Store>) -> Response {
                         continue;
                     }
                 };
-                st.told.insert(name.clone(), now_v);
-                st.queue.push_back(ev);
-            }
-            if st.queue.is_empty() && st.rx.changed().await.is_err() {
-                return None;
+                    st.told.insert(name.clone(), now_v);
+                    st.queue.push_back(ev);
+                }
+                if st.queue.is_empty() && st.rx.changed().await.is_err() {
+                    return None;
+                }
             }
         }
     });
@@ -399,8 +551,8 @@ async fn health() -> Response {
     json(&serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(store): State<Store>) -> Response {
-    let reasons = store.not_ready(Instant::now());
+async fn ready(State(api): State<Api>) -> Response {
+    let reasons = api.store.not_ready(Instant::now());
     if reasons.is_empty() {
         return json(&serde_json::json!({ "ready": true }));
     }

@@ -190,7 +190,9 @@ async fn run(
     let mut permanent = Backoff::permanent();
     loop {
         // --- log in ---
-        let auth = match creds.login(&vault).await {
+        let res = creds.login(&vault).await;
+        crate::metrics::inc("vaultlet_logins_total", &[("result", crate::metrics::result(&res))]);
+        let auth = match res {
             Ok(a) => a,
             Err(e) => {
                 let wait = if e.is_transient() {
@@ -259,7 +261,9 @@ async fn run(
                 tracing::info!(generation, "token nears its end; logging in again");
                 break;
             }
-            match vault.renew_self(&token.secret, initial_ttl).await {
+            let res = vault.renew_self(&token.secret, initial_ttl).await;
+            crate::metrics::inc("vaultlet_token_renewals_total", &[("result", crate::metrics::result(&res))]);
+            match res {
                 Ok(a) => {
                     let now = Instant::now();
                     token.expires_at = now + a.ttl;

@@ -68,6 +68,19 @@ pub struct Config {
     pub exec: Option<ExecSpec>,
     /// Revoke leases and the token on SIGTERM/SIGINT.
     pub revoke_on_shutdown: bool,
+    /// Refuse to run when memory cannot be locked.
+    pub require_memory_lock: bool,
+    /// Where to serve Prometheus metrics (off by default).
+    pub metrics: Option<MetricsListen>,
+}
+
+/// `[metrics]`: a TCP address or a Unix socket of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// `listen = "127.0.0.1:9102"`.
+    Tcp(std::net::SocketAddr),
+    /// `socket = "/run/vaultlet/metrics.sock"`, with its mode.
+    Unix(PathBuf, u32),
 }
 
 /// `[vault]`
@@ -83,6 +96,8 @@ pub struct VaultConfig {
     pub connect_timeout: Duration,
     /// Limit for a whole request.
     pub request_timeout: Duration,
+    /// Client certificate and key (PEM) for TLS client authentication.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[auth.approle]`
@@ -125,6 +140,8 @@ pub struct SecretSpec {
     pub drain: Duration,
     /// Whether replaced leases are revoked.
     pub revoke_old: RevokeOld,
+    /// Who may read it on the socket; `None` means the socket's allow list.
+    pub allow: Option<Vec<Allow>>,
 }
 
 /// Where a secret comes from.
@@ -249,6 +266,23 @@ struct RawConfig {
     exec: Option<Spanned<RawExec>>,
     #[serde(default)]
     revoke_on_shutdown: bool,
+    memory: Option<RawMemory>,
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    #[serde(default)]
+    require_lock: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+    socket: Option<PathBuf>,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +300,10 @@ struct RawVault {
     namespace: Option<String>,
     connect_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    allow_insecure_http: bool,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +333,7 @@ struct RawSecret {
     rotate_before: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     revoke_old_after: Option<Spanned<String>>,
+    allow: Option<Vec<Spanned<RawAllow>>>,
 }
 
 #[derive(Deserialize)]
@@ -482,18 +521,7 @@ impl Cx<'_> {
                 let mode = self.mode(&s.mode, "socket.mode", 0o600)?;
                 let allow = match s.allow {
                     None => vec![Allow { uid: Some(uid), gid: None }],
-                    Some(list) => {
-                        let mut out = Vec::new();
-                        for (i, a) in list.into_iter().enumerate() {
-                            let span = a.span();
-                            let a = a.into_inner();
-                            if a.uid.is_none() && a.gid.is_none() {
-                                return self.err(span, &format!("socket.allow[{i}]"), "needs `uid`, `gid` or both");
-                            }
-                            out.push(Allow { uid: a.uid, gid: a.gid });
-                        }
-                        out
-                    }
+                    Some(list) => self.allow_list(list, "socket.allow")?,
                 };
                 Some(SocketConfig { path, mode, allow })
             }
@@ -578,7 +606,18 @@ impl Cx<'_> {
             return self.err(0..0, "socket", "nothing to serve secrets with; add [socket], [[env_file]] or [exec]");
         }
 
-        Ok(Config { vault, auth, secrets, socket, files, exec, revoke_on_shutdown: raw.revoke_on_shutdown })
+        let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
+        Ok(Config {
+            vault,
+            auth,
+            secrets,
+            socket,
+            files,
+            exec,
+            revoke_on_shutdown: raw.revoke_on_shutdown,
+            require_memory_lock: raw.memory.is_some_and(|m| m.require_lock),
+            metrics,
+        })
     }
 
     fn exec(&self, e: Spanned<RawExec>, kinds: &BTreeMap<&str, &SecretSource>) -> Result<ExecSpec, ConfigError> {
@@ -640,6 +679,40 @@ impl Cx<'_> {
         })
     }
 
+    fn allow_list(&self, list: Vec<Spanned<RawAllow>>, key: &str) -> Result<Vec<Allow>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, a) in list.into_iter().enumerate() {
+            let span = a.span();
+            let a = a.into_inner();
+            if a.uid.is_none() && a.gid.is_none() {
+                return self.err(span, &format!("{key}[{i}]"), "needs `uid`, `gid` or both");
+            }
+            out.push(Allow { uid: a.uid, gid: a.gid });
+        }
+        Ok(out)
+    }
+
+    fn metrics(&self, m: Spanned<RawMetrics>) -> Result<MetricsListen, ConfigError> {
+        let span = m.span();
+        let m = m.into_inner();
+        match (m.listen, m.socket) {
+            (Some(l), None) => l
+                .get_ref()
+                .parse()
+                .map(MetricsListen::Tcp)
+                .or_else(|_| self.err(l.span(), "metrics.listen", "not an address like \"127.0.0.1:9102\"")),
+            (None, Some(p)) => {
+                if !p.is_absolute() {
+                    return self.err(span, "metrics.socket", "must be an absolute path");
+                }
+                Ok(MetricsListen::Unix(p, self.mode(&m.mode, "metrics.mode", 0o600)?))
+            }
+            _ => {
+                self.err(span, "metrics", "needs exactly one of `listen` (TCP address) or `socket` (Unix socket path)")
+            }
+        }
+    }
+
     fn signal(&self, v: &Option<Spanned<String>>, key: &str, default: &str) -> Result<i32, ConfigError> {
         let (span, name) = match v {
             Some(s) => (s.span(), s.get_ref().as_str()),
@@ -672,10 +745,16 @@ impl Cx<'_> {
             match reqwest::Url::parse(&a) {
                 Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {
                     if u.scheme() == "http" && !is_loopback(&u) {
-                        return self.err(
-                            aspan,
-                            "vault.address",
-                            "plain http to a non-loopback Vault would send tokens in clear; use https",
+                        if !v.allow_insecure_http {
+                            return self.err(
+                                aspan,
+                                "vault.address",
+                                "plain http to a non-loopback Vault would send tokens in clear; use https \
+                                 (or set vault.allow_insecure_http = true if you really must)",
+                            );
+                        }
+                        eprintln!(
+                            "vaultlet: WARNING: vault.allow_insecure_http: tokens and secrets to {u} travel unencrypted"
                         );
                     }
                     addresses.push(u)
@@ -694,9 +773,23 @@ impl Cx<'_> {
                 Some(p.into_inner())
             }
         };
+        let client_cert = match (v.client_cert, v.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                for (key, p) in [("vault.client_cert", &c), ("vault.client_key", &k)] {
+                    if !p.get_ref().is_file() {
+                        return self.err(p.span(), key, "file not found");
+                    }
+                }
+                Some((c.into_inner(), k.into_inner()))
+            }
+            (Some(c), None) => return self.err(c.span(), "vault.client_key", "client_cert needs client_key"),
+            (None, Some(k)) => return self.err(k.span(), "vault.client_cert", "client_key needs client_cert"),
+        };
         Ok(VaultConfig {
             addresses,
             ca_cert,
+            client_cert,
             namespace: v.namespace,
             connect_timeout: self.duration(&v.connect_timeout, "vault.connect_timeout", Duration::from_secs(5))?,
             request_timeout: self.duration(&v.request_timeout, "vault.request_timeout", Duration::from_secs(15))?,
@@ -771,7 +864,8 @@ impl Cx<'_> {
                 "only applies to kv secrets; database secrets follow their lease",
             );
         }
-        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old })
+        let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
+        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, allow })
     }
 }
 

@@ -33,7 +33,9 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod harden;
 pub mod lease;
+pub mod metrics;
 pub mod render;
 pub mod secret;
 pub mod store;
@@ -78,7 +80,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     let vault = Arc::new(vault::Vault::new(&config.vault)?);
     let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
     // Bind first, so a socket problem stops us before we lease anything.
-    let bound = config.socket.as_ref().map(api::bind).transpose()?;
+    let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
 
     let tasks = CancellationToken::new();
     let (auth, auth_task) = auth::spawn(vault.clone(), config.auth.clone(), store.clone(), tasks.clone());
@@ -103,6 +105,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     }
     if let Some(b) = bound {
         set.spawn(api::serve(b, store.clone(), tasks.clone()));
+    }
+    if let Some(m) = config.metrics.clone() {
+        set.spawn(metrics::serve(m, store.clone(), tasks.clone()));
     }
     tracing::info!(secrets = config.secrets.len(), files = config.files.len(), "vaultlet started");
     Ok(Running {

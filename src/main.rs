@@ -141,6 +141,11 @@ where
         }
     };
     init_logging(cli.log_format, &cli.log);
+    // Before any secret is in memory.
+    if let Err(e) = vaultlet::harden::harden(config.require_memory_lock) {
+        eprintln!("vaultlet: {e}");
+        return ExitCode::FAILURE;
+    }
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(f(config)),
         Err(e) => {

@@ -37,6 +37,8 @@ pub struct Entry {
 pub struct LeaseView {
     /// When the served credential stops working.
     pub expires_at: Instant,
+    /// The TTL the lease was issued with.
+    pub ttl: std::time::Duration,
     /// Whether it can still be renewed.
     pub renewable: bool,
 }
@@ -218,7 +220,7 @@ mod tests {
         s.set_login_problem(Some("vault refused AppRole login".into()));
         assert!(s.not_ready(Instant::now())[0].1.contains("login failed: vault refused"));
         let end = Instant::now() + Duration::from_secs(10);
-        s.publish("db", data("x"), Some(LeaseView { expires_at: end, renewable: true }));
+        s.publish("db", data("x"), Some(LeaseView { expires_at: end, ttl: Duration::from_secs(10), renewable: true }));
         assert!(s.not_ready(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_secs(11)).await;
         let snap = s.snapshot();

@@ -146,6 +146,8 @@ pub struct Renewed {
 
 /// One operation, for error messages and policy hints.
 struct Op {
+    /// Metric label: login, unwrap, renew_self, db_creds, …
+    kind: &'static str,
     what: String,
     capability: &'static str,
     path: String,
@@ -253,6 +255,19 @@ impl Vault {
             // Exclusive: the configured CA replaces the system roots.
             b = b.tls_certs_only(certs);
         }
+        if let Some((cert, key)) = &cfg.client_cert {
+            let mut pem =
+                std::fs::read(cert).map_err(|e| VaultError::Setup(format!("reading {}: {e}", cert.display())))?;
+            let mut k = std::fs::read(key).map_err(|e| VaultError::Setup(format!("reading {}: {e}", key.display())))?;
+            pem.push(b'\n');
+            pem.extend_from_slice(&k);
+            k.zeroize();
+            let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                VaultError::Setup(format!("{} / {} are not a PEM certificate and key", cert.display(), key.display()))
+            });
+            pem.zeroize();
+            b = b.identity(id?);
+        }
         let http = b.build().map_err(|e| VaultError::Setup(e.to_string()))?;
         Ok(Vault { http, addrs: cfg.addresses.clone(), current: AtomicUsize::new(0), namespace: cfg.namespace.clone() })
     }
@@ -296,7 +311,10 @@ impl Vault {
             let idx = (start + i) % self.addrs.len();
             let addr = &self.addrs[idx];
             let conn = Arc::new(self.conn(addr, token));
-            match f(conn).await {
+            let started = std::time::Instant::now();
+            let res = f(conn).await;
+            crate::metrics::vault_request(op.kind, started.elapsed(), res.is_ok());
+            match res {
                 Ok(v) => {
                     if idx != start {
                         self.current.store(idx, Ordering::Relaxed);
@@ -328,6 +346,7 @@ impl Vault {
         secret_id: &SecretString,
     ) -> Result<Auth, VaultError> {
         let op = Op {
+            kind: "login",
             what: "AppRole login".into(),
             capability: "none (check role_id and secret_id)",
             path: format!("auth/{mount}/login"),
@@ -343,7 +362,12 @@ impl Vault {
     /// Unwraps a response-wrapped secret_id after checking that the wrapping
     /// token was really created by an AppRole secret-id endpoint.
     pub async fn unwrap_secret_id(&self, wrapping_token: &SecretString) -> Result<SecretString, VaultError> {
-        let op = Op { what: "wrapping token lookup".into(), capability: "update", path: "sys/wrapping/lookup".into() };
+        let op = Op {
+            kind: "wrap_lookup",
+            what: "wrapping token lookup".into(),
+            capability: "update",
+            path: "sys/wrapping/lookup".into(),
+        };
         let info = self
             .call(&op, Some(wrapping_token), |c| async move {
                 vaultrs::sys::wrapping::lookup(&c.0, wrapping_token.expose_secret()).await
@@ -361,7 +385,12 @@ impl Vault {
             });
         }
         // OpenBao wants the wrapping token as the request's token, not in the body.
-        let op = Op { what: "secret_id unwrap".into(), capability: "update", path: "sys/wrapping/unwrap".into() };
+        let op = Op {
+            kind: "unwrap",
+            what: "secret_id unwrap".into(),
+            capability: "update",
+            path: "sys/wrapping/unwrap".into(),
+        };
         let data: SecretIdData = self
             .call(&op, Some(wrapping_token), |c| async move { vaultrs::sys::wrapping::unwrap(&c.0, None).await })
             .await?;
@@ -370,7 +399,12 @@ impl Vault {
 
     /// `POST auth/token/renew-self`.
     pub async fn renew_self(&self, token: &SecretString, increment: Duration) -> Result<Auth, VaultError> {
-        let op = Op { what: "token renewal".into(), capability: "update", path: "auth/token/renew-self".into() };
+        let op = Op {
+            kind: "renew_self",
+            what: "token renewal".into(),
+            capability: "update",
+            path: "auth/token/renew-self".into(),
+        };
         let inc = format!("{}s", increment.as_secs().max(1));
         let inc = inc.as_str();
         let info =
@@ -380,19 +414,30 @@ impl Vault {
 
     /// `GET auth/token/lookup-self`: is the token still valid?
     pub async fn lookup_self(&self, token: &SecretString) -> Result<(), VaultError> {
-        let op = Op { what: "token lookup".into(), capability: "read", path: "auth/token/lookup-self".into() };
+        let op = Op {
+            kind: "lookup_self",
+            what: "token lookup".into(),
+            capability: "read",
+            path: "auth/token/lookup-self".into(),
+        };
         self.call(&op, Some(token), |c| async move { vaultrs::token::lookup_self(&c.0).await }).await.map(drop)
     }
 
     /// `POST auth/token/revoke-self`.
     pub async fn revoke_self(&self, token: &SecretString) -> Result<(), VaultError> {
-        let op = Op { what: "token revocation".into(), capability: "update", path: "auth/token/revoke-self".into() };
+        let op = Op {
+            kind: "revoke_self",
+            what: "token revocation".into(),
+            capability: "update",
+            path: "auth/token/revoke-self".into(),
+        };
         self.call(&op, Some(token), |c| async move { vaultrs::token::revoke_self(&c.0).await }).await
     }
 
     /// `GET <mount>/creds/<role>`, keeping the lease.
     pub async fn db_creds(&self, token: &SecretString, mount: &str, role: &str) -> Result<DbCreds, VaultError> {
         let op = Op {
+            kind: "db_creds",
             what: format!("database credentials {mount}/creds/{role}"),
             capability: "read",
             path: format!("{mount}/creds/{role}"),
@@ -426,6 +471,7 @@ impl Vault {
         increment: Duration,
     ) -> Result<Renewed, VaultError> {
         let op = Op {
+            kind: "lease_renew",
             what: format!("lease renewal of {}", lease.path()),
             capability: "update",
             path: "sys/leases/renew".into(),
@@ -450,6 +496,7 @@ impl Vault {
     /// `PUT sys/leases/revoke`.
     pub async fn revoke_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
         let op = Op {
+            kind: "lease_revoke",
             what: format!("lease revocation of {}", lease.path()),
             capability: "update",
             path: "sys/leases/revoke".into(),
@@ -475,7 +522,7 @@ impl Vault {
         } else {
             (format!("{mount}/{path}"), format!("kv secret {mount}/{path}"))
         };
-        let op = Op { what, capability: "read", path: api_path };
+        let op = Op { kind: "kv_read", what, capability: "read", path: api_path };
         let map: BTreeMap<String, serde_json::Value> = if version == 2 {
             self.call(&op, Some(token), |c| async move { vaultrs::kv2::read(&c.0, mount, path).await }).await?
         } else {
@@ -592,6 +639,7 @@ mod tests {
 
     fn op() -> Op {
         Op {
+            kind: "db_creds",
             what: "database credentials database/creds/api".into(),
             capability: "read",
             path: "database/creds/api".into(),

@@ -102,7 +102,7 @@ impl Held {
     }
 
     fn view(&self) -> LeaseView {
-        LeaseView { expires_at: self.lease.expires_at, renewable: self.lease.renewable }
+        LeaseView { expires_at: self.lease.expires_at, ttl: self.lease.ttl, renewable: self.lease.renewable }
     }
 }
 
@@ -199,6 +199,7 @@ impl Database {
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
+        crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
@@ -224,7 +225,12 @@ impl Database {
 
     async fn renew(&mut self, token: &crate::secret::Token) -> Result<(), VaultError> {
         let Some(h) = self.cur.as_mut() else { return Ok(()) };
-        match self.cx.vault.renew_lease(&token.secret, &h.lease.id, h.lease.ttl).await {
+        let res = self.cx.vault.renew_lease(&token.secret, &h.lease.id, h.lease.ttl).await;
+        crate::metrics::inc(
+            "vaultlet_lease_renewals_total",
+            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
+        );
+        match res {
             Ok(r) => {
                 let now = Instant::now();
                 h.lease.expires_at = now + r.ttl;
@@ -312,7 +318,12 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
     let mut permanent = Backoff::permanent();
     loop {
         let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
-        let wait = match cx.vault.kv(&token.secret, mount, path, version).await {
+        let res = cx.vault.kv(&token.secret, mount, path, version).await;
+        crate::metrics::inc(
+            "vaultlet_kv_reads_total",
+            &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
+        );
+        let wait = match res {
             Ok(data) => {
                 transient.reset();
                 permanent.reset();
