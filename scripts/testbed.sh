@@ -12,9 +12,25 @@
 #   scripts/testbed.sh bao-start DIR  restart it on the same storage and port,
 #                                     unseal, wait until active, update BAO_PID
 #   scripts/testbed.sh install        install/cache bao, print its path
+#   scripts/testbed.sh bao-freeze DIR SIGSTOP the OpenBao server (node 1 in
+#                                     cluster mode): it hangs, holding its port
+#   scripts/testbed.sh bao-thaw DIR   SIGCONT it again
 #
-# Everything except the env lines (and the path printed by `install`) is
-# logged to stderr.
+# Cluster mode (failover tests):
+#   scripts/testbed.sh up DIR --cluster
+#                                     like `up`, but OpenBao is a 3-node raft
+#                                     cluster (`cluster-up DIR` is a synonym)
+#   scripts/testbed.sh active DIR     print the API address of the active node
+#                                     (exit 1 if no node says it is active)
+#   scripts/testbed.sh node-kill DIR N    SIGKILL node N (1..3), wait until gone
+#   scripts/testbed.sh node-start DIR N   restart node N on its storage and
+#                                     address, unseal it, wait until it is a
+#                                     standby (or active); update BAO_PIDS
+#   In cluster mode `bao-stop` / `bao-start` stop / restart all three nodes and
+#   `down` stops all three. `active` also works on a single-node bed.
+#
+# Everything except the env lines (and the path printed by `install`, the
+# address printed by `active`) is logged to stderr.
 #
 # What `up` configures (root token):
 #   PostgreSQL: TCP only on 127.0.0.1 (SCRAM passwords checked for every
@@ -26,6 +42,29 @@
 #     kv/api:     smtp_password=smtp_demo456 greeting=hello-v1
 #     policy vaultlet (policies/vaultlet.hcl); AppRole role vaultlet
 #     (token_ttl 1h, token_max_ttl 4h) with DIR/role_id and DIR/secret_id
+#
+# Cluster mode: the same PostgreSQL and OpenBao configuration, but OpenBao
+# runs as raft nodes node1..node3 (state in DIR/node1..3) on 127.0.0.2,
+# 127.0.0.3 and 127.0.0.4 (same API port and cluster port on each address),
+# performance_multiplier = 1. node1 is initialised (DIR/init.json, mode 0600)
+# and unsealed, node2 and node3 join it and are unsealed. They join as
+# non-voters, so node1 stays the active node and is configured while
+# autopilot promotes them; `up` returns once the raft configuration has 3
+# voters, exactly one node is active and every node serves secret/api.
+# DIR/env then also has
+#   BAO_ADDRS=http://127.0.0.2:P,http://127.0.0.3:P,http://127.0.0.4:P
+#   BAO_PIDS=pid1,pid2,pid3   BAO_LOGS=log1,log2,log3   BAO_CLUSTER=1
+# while BAO_ADDR, BAO_PID, BAO_CONFIG and BAO_LOG are node 1's (node 1 is
+# the active node right after `up`, not necessarily later: ask `active`).
+# How OpenBao 2.7 behaves here: standbys answer reads (e.g. KV) from their
+# own replica and forward the rest (logins, database/creds, writes) to the
+# active node; a write is visible at once on the node it went through and
+# ~0.2s later on the other standby. When the active node is SIGKILLed,
+# another node is active ~2-3s later; meanwhile standbys still serve reads
+# but answer forwarded requests with 307 to the dead node's address (and
+# briefly 500 "local node not active but active cluster node not found").
+# A frozen active node takes longer to replace (~2.5-9s), and standbys hold
+# forwarded requests for ~4s before answering 307.
 #
 # Knobs (environment):
 #   VAULTLET_BAO_BIN      use this bao binary instead of the cached install
@@ -75,6 +114,11 @@ pid_alive() {
   [ -r "/proc/$pid/stat" ] || { kill -0 "$pid" 2>/dev/null; return $?; }
   state="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
   [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
+# Print PID's state letter (R, S, T, Z, ...); empty without procfs.
+pid_state() {
+  sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null || true
 }
 
 # True if PID's command line mentions NEEDLE (guards against pid reuse).
@@ -317,20 +361,227 @@ bao_unseal() { # DIR BAO_BIN ADDR
   BAO_ADDR="$3" "$2" operator unseal "$key" >/dev/null
 }
 
-bao_stop_pid() { # bao_stop_pid DIR: SIGTERM the recorded bao server, wait
-  local dir="$1" pid
-  pid="$(cat "$dir/bao.pid" 2>/dev/null)" || pid=""
-  [ -n "$pid" ] || return 0
-  if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/bao.hcl"; then
+# bao_running_pid DIR: print the pid recorded in DIR/bao.pid if that bao
+# server (DIR/bao.hcl) is still running; 1 otherwise.
+bao_running_pid() {
+  local pid
+  pid="$(cat "$1/bao.pid" 2>/dev/null)" || pid=""
+  [ -n "$pid" ] && pid_alive "$pid" && pid_cmdline_has "$pid" "$1/bao.hcl" || return 1
+  printf '%s\n' "$pid"
+}
+
+# bao_stop_pids DIR...: SIGTERM the bao servers recorded in each DIR/bao.pid
+# (all at once, so a raft cluster goes down together), wait for them to exit.
+bao_stop_pids() {
+  local d pid pids=()
+  for d in "$@"; do
+    pid="$(bao_running_pid "$d")" || continue
     log "stopping bao server (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true  # a frozen server must see the TERM
+    pids+=("$pid")
+  done
+  for pid in ${pids[@]+"${pids[@]}"}; do
     if ! wait_gone "$pid" 20; then
       log "bao server (pid $pid) ignored SIGTERM for 20s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
       wait_gone "$pid" 10 || die "bao server (pid $pid) will not exit"
     fi
-  fi
-  rm -f "$dir/bao.pid"
+  done
+  for d in "$@"; do rm -f "$d/bao.pid"; done
+}
+
+bao_stop_pid() { bao_stop_pids "$1"; } # bao_stop_pid DIR
+
+# bao_stop_all DIR: the single server and every cluster node of a bed.
+bao_stop_all() {
+  local dir="$1" d dirs=("$1")
+  for d in "$dir"/node[0-9]; do
+    [ -d "$d" ] && dirs+=("$d")
+  done
+  bao_stop_pids "${dirs[@]}"
+}
+
+# ---------------------------------------------------------------- cluster
+
+# Cluster nodes are numbered 1..3; node N lives in DIR/nodeN (bao.hcl,
+# bao.log, bao.pid, data/) and listens on 127.0.0.(N+1).
+NODES=(1 2 3)
+NODE_ADDRS=()   # NODE_ADDRS[N]: node N's API address
+CLUSTER_ACTIVE=""
+
+node_ip() { printf '127.0.0.%s\n' "$(($1 + 1))"; }
+
+free_ports_on() { # free_ports_on N ADDR...: print N distinct TCP ports free on every ADDR
+  python3 - "$@" <<'EOF'
+import socket, sys
+n, addrs = int(sys.argv[1]), sys.argv[2:]
+for _ in range(100):
+    held, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            held.append(s)
+            s.bind((addrs[0], 0))
+            port = s.getsockname()[1]
+            for a in addrs[1:]:
+                t = socket.socket()
+                held.append(t)
+                t.bind((a, port))
+            ports.append(port)
+    except OSError:
+        ports = []
+    for s in held:
+        s.close()
+    if ports:
+        print(" ".join(map(str, ports)))
+        sys.exit(0)
+sys.exit(1)
+EOF
+}
+
+http_code() { # http_code URL [CURL_ARGS...]: HTTP status of a GET (000 if none)
+  local url="$1"
+  shift
+  curl -s -m 2 -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null || true
+}
+
+raft_voters() { # raft_voters ADDR TOKEN: number of voters in the raft configuration
+  curl -s -m 2 -H "X-Vault-Token: $2" "$1/v1/sys/storage/raft/configuration" 2>/dev/null |
+    python3 -c '
+import json, sys
+try:
+    print(sum(1 for s in json.load(sys.stdin)["data"]["config"]["servers"] if s.get("voter")))
+except Exception:
+    print(0)'
+}
+
+write_node_hcl() { # write_node_hcl DIR N API_PORT CLUSTER_PORT
+  local nd="$1/node$2" ip
+  ip="$(node_ip "$2")"
+  mkdir -p "$nd/data"
+  chmod 0700 "$nd" "$nd/data"
+  cat >"$nd/bao.hcl" <<EOF
+storage "raft" {
+  path    = "$nd/data"
+  node_id = "node$2"
+  # fast elections and failover (the default multiplier 5 means ~5x slower)
+  performance_multiplier = 1
+  # let autopilot promote joined nodes to voters within seconds
+  autopilot_reconcile_interval = "1s"
+  autopilot_update_interval    = "500ms"
+}
+
+listener "tcp" {
+  address         = "$ip:$3"
+  cluster_address = "$ip:$4"
+  tls_disable     = true
+}
+
+api_addr                       = "http://$ip:$3"
+cluster_addr                   = "https://$ip:$4"
+ui                             = false
+unsafe_allow_api_audit_creation = true
+log_level                      = "info"
+EOF
+}
+
+bed_is_cluster() { [ "$(env_get "$1" BAO_CLUSTER 2>/dev/null)" = 1 ]; }
+
+cluster_load() { # cluster_load DIR: NODE_ADDRS from DIR/env
+  local list a i=1 arr=()
+  list="$(env_get "$1" BAO_ADDRS)" || list=""
+  [ -n "$list" ] || die "$1/env has no BAO_ADDRS"
+  IFS=, read -r -a arr <<<"$list"
+  [ "${#arr[@]}" -eq "${#NODES[@]}" ] || die "$1/env: BAO_ADDRS does not list ${#NODES[@]} nodes"
+  NODE_ADDRS=()
+  for a in "${arr[@]}"; do
+    NODE_ADDRS[i]="$a"
+    i=$((i + 1))
+  done
+}
+
+cluster_set_pid() { # cluster_set_pid DIR N PID: update BAO_PIDS (and BAO_PID for node 1)
+  local arr=() list
+  list="$(env_get "$1" BAO_PIDS)" || list=""
+  IFS=, read -r -a arr <<<"$list"
+  arr[$2 - 1]="$3"
+  list="$(IFS=,; printf '%s' "${arr[*]}")"
+  env_set "$1" BAO_PIDS "$list"
+  [ "$2" != 1 ] || env_set "$1" BAO_PID "$3"
+}
+
+node_tail_logs() { # node_tail_logs DIR: last lines of every node's log
+  local n
+  for n in "${NODES[@]}"; do
+    [ -s "$1/node$n/bao.log" ] || continue
+    log "---- last lines of node$n/bao.log ----"
+    tail -n 15 "$1/node$n/bao.log" >&2 || true
+  done
+}
+
+# cluster_wait_ready DIR TOKEN SECS: wait until every node runs and is
+# unsealed, exactly one is active (sys/health 200, the others 429) and the
+# raft configuration has one voter per node; sets CLUSTER_ACTIVE.
+cluster_wait_ready() {
+  local dir="$1" token="$2" secs="$3" i n code codes nactive nstandby active voters last=""
+  CLUSTER_ACTIVE=""
+  for ((i = 0; i < secs * 5; i++)); do
+    codes="" nactive=0 nstandby=0 active="" voters=-
+    for n in "${NODES[@]}"; do
+      bao_running_pid "$dir/node$n" >/dev/null ||
+        { node_tail_logs "$dir"; die "OpenBao node $n is not running (log: $dir/node$n/bao.log)"; }
+      code="$(http_code "${NODE_ADDRS[$n]}/v1/sys/health")"
+      codes+="${codes:+ }node$n=$code"
+      case "$code" in
+        200) nactive=$((nactive + 1)); active="${NODE_ADDRS[$n]}" ;;
+        429) nstandby=$((nstandby + 1)) ;;
+      esac
+    done
+    if [ "$nactive" = 1 ] && [ "$nstandby" = $((${#NODES[@]} - 1)) ]; then
+      voters="$(raft_voters "$active" "$token")"
+      if [ "$voters" = "${#NODES[@]}" ]; then
+        CLUSTER_ACTIVE="$active"
+        return 0
+      fi
+    fi
+    last="sys/health $codes, raft voters $voters"
+    sleep 0.2
+  done
+  node_tail_logs "$dir"
+  die "OpenBao cluster not ready within ${secs}s ($last)"
+}
+
+# cluster_wait_readable DIR TOKEN SECS: wait until every node serves
+# secret/api itself (a standby's KV v2 mount is briefly unavailable after it
+# is created, while the standby waits for the active node's upgrade check).
+cluster_wait_readable() {
+  local dir="$1" token="$2" secs="$3" i n code codes="" ok
+  for ((i = 0; i < secs * 5; i++)); do
+    codes="" ok=1
+    for n in "${NODES[@]}"; do
+      code="$(http_code "${NODE_ADDRS[$n]}/v1/secret/data/api" -H "X-Vault-Token: $token")"
+      codes+="${codes:+ }node$n=$code"
+      [ "$code" = 200 ] || ok=0
+    done
+    [ "$ok" = 0 ] || return 0
+    sleep 0.2
+  done
+  node_tail_logs "$dir"
+  die "not every OpenBao node serves secret/api within ${secs}s (HTTP $codes)"
+}
+
+# node_wait_unsealed NODEDIR PID ADDR SECS: wait for sys/health 200 or 429.
+node_wait_unsealed() {
+  local nd="$1" pid="$2" addr="$3" secs="$4" i code=000
+  for ((i = 0; i < secs * 10; i++)); do
+    pid_alive "$pid" || { tail -n 30 "$nd/bao.log" >&2 || true; die "bao server exited (log: $nd/bao.log)"; }
+    code="$(http_code "$addr/v1/sys/health")"
+    case "$code" in 200|429) return 0 ;; esac
+    sleep 0.1
+  done
+  tail -n 30 "$nd/bao.log" >&2 || true
+  die "bao server at $addr was not unsealed within ${secs}s (last sys/health HTTP $code)"
 }
 
 # ---------------------------------------------------------------- down
@@ -362,7 +613,7 @@ cmd_down() {
   [ -d "$dir" ] || { log "$dir does not exist; nothing to do"; return 0; }
   [ -e "$dir/$MARKER" ] || die "$dir is not a test bed directory (no $MARKER); refusing to touch it"
   dir="$(cd "$dir" && pwd -P)"  # as recorded by up (symlinks resolved)
-  bao_stop_pid "$dir"
+  bao_stop_all "$dir"
   pg_stop "$dir"
   base="$(cat "$dir/pg_base" 2>/dev/null)" || base=""
   if [ -n "$base" ] && [ "$base" != "$dir" ] && [ -e "$base/$MARKER" ]; then
@@ -383,14 +634,14 @@ up_cleanup() {
   log "up failed (exit $rc) while ${UP_STEP:-preparing}; cleaning up what was started"
   local base f
   base="$(cat "$UP_DIR/pg_base" 2>/dev/null)" || base="$UP_DIR"
-  for f in "$UP_DIR/bao.log" "$base/pg.log"; do
+  for f in "$UP_DIR/bao.log" "$UP_DIR"/node[0-9]/bao.log "$base/pg.log"; do
     if [ -s "$f" ]; then
       log "---- last lines of $f ----"
       tail -n 20 "$f" >&2 || true
     fi
   done
   if [ "${VAULTLET_BED_KEEP:-0}" = 1 ]; then
-    ( bao_stop_pid "$UP_DIR"; pg_stop "$UP_DIR" ) || true
+    ( bao_stop_all "$UP_DIR"; pg_stop "$UP_DIR" ) || true
     log "kept $UP_DIR for inspection (VAULTLET_BED_KEEP=1)"
   else
     ( cmd_down "$UP_DIR" ) || log "cleanup was incomplete; see above"
@@ -400,10 +651,34 @@ up_cleanup() {
   exit "$rc"
 }
 
+write_single_hcl() { # write_single_hcl DIR BAO_PORT CLUSTER_PORT ADDR
+  local dir="$1" bao_port="$2" cluster_port="$3" addr="$4"
+  cat >"$dir/bao.hcl" <<EOF
+storage "raft" {
+  path    = "$dir/bao-data"
+  node_id = "bed"
+  # single node: elect quickly (the default multiplier 5 means ~5s waits)
+  performance_multiplier = 1
+}
+
+listener "tcp" {
+  address         = "127.0.0.1:$bao_port"
+  cluster_address = "127.0.0.1:$cluster_port"
+  tls_disable     = true
+}
+
+api_addr                       = "$addr"
+cluster_addr                   = "https://127.0.0.1:$cluster_port"
+ui                             = false
+unsafe_allow_api_audit_creation = true
+log_level                      = "info"
+EOF
+}
+
 random_secret() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
-cmd_up() {
-  local dir="$1"
+cmd_up() { # cmd_up DIR [CLUSTER=0|1]
+  local dir="$1" cluster="${2:-0}"
   if [ -e "$dir" ]; then
     [ -d "$dir" ] || die "$dir exists and is not a directory"
     if [ -n "$(ls -A "$dir")" ]; then
@@ -438,35 +713,35 @@ cmd_up() {
   ports="$(free_ports 3)" || die "could not pick free ports"
   read -r bao_port pg_port cluster_port <<<"$ports"
   [ -n "$cluster_port" ] || die "could not pick free ports"
-  local addr="http://127.0.0.1:$bao_port"
+  local addr="http://127.0.0.1:$bao_port" bao_home="$dir" bao_pid
 
   # ---- OpenBao --------------------------------------------------------
-  mkdir -p "$dir/bao-data"
-  chmod 0700 "$dir/bao-data"
-  cat >"$dir/bao.hcl" <<EOF
-storage "raft" {
-  path    = "$dir/bao-data"
-  node_id = "bed"
-  # single node: elect quickly (the default multiplier 5 means ~5s waits)
-  performance_multiplier = 1
-}
-
-listener "tcp" {
-  address         = "127.0.0.1:$bao_port"
-  cluster_address = "127.0.0.1:$cluster_port"
-  tls_disable     = true
-}
-
-api_addr                       = "$addr"
-cluster_addr                   = "https://127.0.0.1:$cluster_port"
-ui                             = false
-unsafe_allow_api_audit_creation = true
-log_level                      = "info"
-EOF
-  step "starting OpenBao on $addr"
-  local bao_pid
-  bao_pid="$(bao_start_server "$dir" "$bao_bin")"
-  bao_wait_listening "$dir" "$bao_pid" "$addr"
+  if [ "$cluster" = 1 ]; then
+    local cports n node_pids=()
+    cports="$(free_ports_on 2 "$(node_ip 1)" "$(node_ip 2)" "$(node_ip 3)")" ||
+      die "could not find ports free on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (are those loopback addresses usable here?)"
+    read -r bao_port cluster_port <<<"$cports"
+    for n in "${NODES[@]}"; do
+      NODE_ADDRS[n]="http://$(node_ip "$n"):$bao_port"
+      write_node_hcl "$dir" "$n" "$bao_port" "$cluster_port"
+    done
+    addr="${NODE_ADDRS[1]}" bao_home="$dir/node1"
+    step "starting OpenBao nodes on ${NODE_ADDRS[*]}"
+    for n in "${NODES[@]}"; do
+      node_pids[n]="$(bao_start_server "$dir/node$n" "$bao_bin")"
+    done
+    for n in "${NODES[@]}"; do
+      bao_wait_listening "$dir/node$n" "${node_pids[$n]}" "${NODE_ADDRS[$n]}"
+    done
+    bao_pid="${node_pids[1]}"
+  else
+    mkdir -p "$dir/bao-data"
+    chmod 0700 "$dir/bao-data"
+    write_single_hcl "$dir" "$bao_port" "$cluster_port" "$addr"
+    step "starting OpenBao on $addr"
+    bao_pid="$(bao_start_server "$dir" "$bao_bin")"
+    bao_wait_listening "$dir" "$bao_pid" "$addr"
+  fi
 
   # Initialise in the background: raft needs about a second to elect itself
   # leader, which overlaps with initdb below.
@@ -552,12 +827,28 @@ EOF
   step "initialising and unsealing OpenBao"
   wait "$init_pid" || die "bao operator init failed"
   bao_unseal "$dir" "$bao_bin" "$addr" || die "unseal failed"
-  bao_wait_active "$dir" "$bao_pid" "$addr"
+  bao_wait_active "$bao_home" "$bao_pid" "$addr"
 
   local root_token
   root_token="$(json_field "$dir/init.json" 'j["root_token"]')"
   export BAO_ADDR="$addr" BAO_TOKEN="$root_token"
   local bao=("$bao_bin")
+
+  if [ "$cluster" = 1 ]; then
+    step "joining node2 and node3 to node1's raft cluster"
+    # Autopilot adds joining nodes as non-voters and promotes them once they
+    # have been healthy for this long (default 10s).
+    "${bao[@]}" operator raft autopilot set-config -server-stabilization-time=1s >/dev/null
+    for n in "${NODES[@]:1}"; do
+      BAO_ADDR="${NODE_ADDRS[$n]}" "${bao[@]}" operator raft join "$addr" >/dev/null ||
+        die "node $n could not join the raft cluster"
+      bao_unseal "$dir" "$bao_bin" "${NODE_ADDRS[$n]}" || die "unseal of node $n failed"
+    done
+    # Until autopilot promotes them (a few seconds), node2 and node3 are
+    # non-voters: node1 is the only voter, hence the active node, so the
+    # configuration below goes through it while the promotion runs.
+    [ "$(http_code "$addr/v1/sys/health")" = 200 ] || die "node1 is no longer the active node"
+  fi
 
   step "enabling approle/, secret/ (KV v2), kv/ (KV v1), database/"
   "${bao[@]}" auth enable approle >/dev/null
@@ -599,6 +890,13 @@ EOF
   ) || die "could not fetch the AppRole role_id/secret_id"
   [ -s "$dir/role_id" ] && [ -s "$dir/secret_id" ] || die "empty role_id/secret_id"
 
+  if [ "$cluster" = 1 ]; then
+    step "waiting for ${#NODES[@]} raft voters, one active node, secret/api on every node"
+    cluster_wait_ready "$dir" "$root_token" 60
+    cluster_wait_readable "$dir" "$root_token" 60
+    log "cluster ready; active node $CLUSTER_ACTIVE"
+  fi
+
   # ---- env ------------------------------------------------------------
   {
     printf 'VAULTLET_BED_DIR=%s\n' "$dir"
@@ -606,8 +904,8 @@ EOF
     printf 'BAO_ADDR=%s\n' "$addr"
     printf 'BAO_TOKEN=%s\n' "$root_token"
     printf 'BAO_PID=%s\n' "$bao_pid"
-    printf 'BAO_CONFIG=%s\n' "$dir/bao.hcl"
-    printf 'BAO_LOG=%s\n' "$dir/bao.log"
+    printf 'BAO_CONFIG=%s\n' "$bao_home/bao.hcl"
+    printf 'BAO_LOG=%s\n' "$bao_home/bao.log"
     printf 'PG_BIN=%s\n' "$pg_bin"
     printf 'PG_DATA=%s\n' "$pg_data"
     printf 'PG_LOG=%s\n' "$pg_log"
@@ -619,6 +917,16 @@ EOF
     printf 'PGPASSWORD=%s\n' "$pg_password"
     printf 'ROLE_ID_FILE=%s\n' "$dir/role_id"
     printf 'SECRET_ID_FILE=%s\n' "$dir/secret_id"
+    if [ "$cluster" = 1 ]; then
+      local a p l
+      a="$(IFS=,; printf '%s' "${NODE_ADDRS[*]}")"
+      p="$(IFS=,; printf '%s' "${node_pids[*]}")"
+      l="$(for n in "${NODES[@]}"; do printf '%s,' "$dir/node$n/bao.log"; done)"
+      printf 'BAO_ADDRS=%s\n' "$a"
+      printf 'BAO_PIDS=%s\n' "$p"
+      printf 'BAO_LOGS=%s\n' "${l%,}"
+      printf 'BAO_CLUSTER=1\n'
+    fi
   } >"$dir/env.tmp"
   chmod 0600 "$dir/env.tmp"
   mv -f "$dir/env.tmp" "$dir/env"
@@ -641,7 +949,7 @@ bed_dir_arg() { # validate and absolutise a DIR argument of an existing bed
 cmd_bao_stop() {
   local dir
   dir="$(bed_dir_arg "$1")"
-  bao_stop_pid "$dir"
+  bao_stop_all "$dir"
 }
 
 cmd_bao_start() {
@@ -650,6 +958,10 @@ cmd_bao_start() {
   bin="$(env_get "$dir" BAO_BIN)"
   addr="$(env_get "$dir" BAO_ADDR)"
   [ -x "$bin" ] || die "bao binary $bin from $dir/env is missing"
+  if bed_is_cluster "$dir"; then
+    cluster_bao_start "$dir" "$bin"
+    return 0
+  fi
   old="$(cat "$dir/bao.pid" 2>/dev/null)" || old=""
   if [ -n "$old" ] && pid_alive "$old" && pid_cmdline_has "$old" "$dir/bao.hcl"; then
     die "bao server is already running (pid $old); run bao-stop first"
@@ -663,11 +975,180 @@ cmd_bao_start() {
   log "bao server active again (pid $pid)"
 }
 
+# cluster_bao_start DIR BIN: restart every node that is not running, unseal
+# them, wait until the cluster is ready again.
+cluster_bao_start() {
+  local dir="$1" bin="$2" n pid started=()
+  local pids=()
+  cluster_load "$dir"
+  for n in "${NODES[@]}"; do
+    bao_running_pid "$dir/node$n" >/dev/null && continue
+    log "restarting OpenBao node $n on ${NODE_ADDRS[$n]}"
+    pids[n]="$(bao_start_server "$dir/node$n" "$bin")"
+    started+=("$n")
+  done
+  [ "${#started[@]}" -gt 0 ] || die "all OpenBao nodes are already running; run bao-stop first"
+  for n in "${started[@]}"; do
+    bao_wait_listening "$dir/node$n" "${pids[$n]}" "${NODE_ADDRS[$n]}"
+  done
+  for n in "${started[@]}"; do
+    bao_unseal "$dir" "$bin" "${NODE_ADDRS[$n]}" || die "unseal of node $n failed"
+  done
+  for n in "${started[@]}"; do
+    cluster_set_pid "$dir" "$n" "${pids[$n]}"
+  done
+  local token
+  token="$(env_get "$dir" BAO_TOKEN)"
+  cluster_wait_ready "$dir" "$token" 60
+  cluster_wait_readable "$dir" "$token" 60
+  log "OpenBao cluster is up again; active node $CLUSTER_ACTIVE"
+}
+
+# ---------------------------------------------------------------- freeze/thaw
+
+bao_main_home() { # the single server's directory, or node 1's in a cluster
+  if bed_is_cluster "$1"; then printf '%s/node1\n' "$1"; else printf '%s\n' "$1"; fi
+}
+
+cmd_bao_freeze() {
+  local dir home pid i
+  dir="$(bed_dir_arg "$1")"
+  home="$(bao_main_home "$dir")"
+  pid="$(bao_running_pid "$home")" || die "the bao server is not running"
+  log "freezing bao server (pid $pid, SIGSTOP)"
+  kill -STOP "$pid"
+  for ((i = 0; i < 50; i++)); do
+    [ -r "/proc/$pid/stat" ] || return 0
+    [ "$(pid_state "$pid")" = T ] && return 0
+    sleep 0.1
+  done
+  die "bao server (pid $pid) did not stop"
+}
+
+cmd_bao_thaw() {
+  local dir home pid i
+  dir="$(bed_dir_arg "$1")"
+  home="$(bao_main_home "$dir")"
+  pid="$(bao_running_pid "$home")" || die "the bao server is not running"
+  log "thawing bao server (pid $pid, SIGCONT)"
+  kill -CONT "$pid"
+  for ((i = 0; i < 50; i++)); do
+    [ "$(pid_state "$pid")" != T ] && return 0
+    sleep 0.1
+  done
+  die "bao server (pid $pid) did not resume"
+}
+
+# ---------------------------------------------------------------- cluster cmds
+
+cluster_dir_arg() { # cluster_dir_arg DIR: like bed_dir_arg, for cluster beds
+  local dir
+  dir="$(bed_dir_arg "$1")"
+  bed_is_cluster "$dir" || die "$dir is not a cluster bed (start it with: up DIR --cluster)"
+  printf '%s\n' "$dir"
+}
+
+node_arg() {
+  case "$1" in
+    1|2|3) ;;
+    *) die "node must be 1, 2 or 3 (got '$1')" ;;
+  esac
+}
+
+cmd_active() {
+  local dir a addrs=()
+  dir="$(bed_dir_arg "$1")"
+  if bed_is_cluster "$dir"; then
+    cluster_load "$dir"
+    addrs=("${NODE_ADDRS[@]}")
+  else
+    addrs=("$(env_get "$dir" BAO_ADDR)")
+  fi
+  # Ask every node at once and answer with the first 200: a frozen node must
+  # not delay the answer. (The probes must not hold the caller's stdout or
+  # stderr open.)
+  local code seen=""
+  while read -r code a; do
+    if [ "$code" = 200 ]; then
+      printf '%s\n' "$a" >&3
+      return 0
+    fi
+    seen+="${seen:+ }$a=$code"
+  done < <(
+    exec 3>&- 2>/dev/null
+    for a in "${addrs[@]}"; do
+      printf '%s %s\n' "$(http_code "$a/v1/sys/health")" "$a" &
+    done
+    wait
+  )
+  log "sys/health: $seen"
+  log "no OpenBao node is active"
+  return 1
+}
+
+cmd_node_kill() {
+  local dir n="$2" nd pid
+  dir="$(cluster_dir_arg "$1")"
+  node_arg "$n"
+  nd="$dir/node$n"
+  if ! pid="$(bao_running_pid "$nd")"; then
+    log "node $n is not running"
+    rm -f "$nd/bao.pid"
+    return 0
+  fi
+  log "killing OpenBao node $n (pid $pid, SIGKILL)"
+  kill -KILL "$pid" 2>/dev/null || true
+  wait_gone "$pid" 10 || die "node $n (pid $pid) is still there 10s after SIGKILL"
+  rm -f "$nd/bao.pid"
+}
+
+cmd_node_start() {
+  local dir n="$2" nd bin addr pid i role=""
+  dir="$(cluster_dir_arg "$1")"
+  node_arg "$n"
+  nd="$dir/node$n"
+  bin="$(env_get "$dir" BAO_BIN)"
+  [ -x "$bin" ] || die "bao binary $bin from $dir/env is missing"
+  cluster_load "$dir"
+  addr="${NODE_ADDRS[$n]}"
+  if pid="$(bao_running_pid "$nd")"; then
+    die "node $n is already running (pid $pid); node-kill it first"
+  fi
+  log "restarting OpenBao node $n on $addr"
+  pid="$(bao_start_server "$nd" "$bin")"
+  bao_wait_listening "$nd" "$pid" "$addr"
+  bao_unseal "$dir" "$bin" "$addr" || die "unseal of node $n failed"
+  node_wait_unsealed "$nd" "$pid" "$addr" 30
+  cluster_set_pid "$dir" "$n" "$pid"
+  # Wait until some node is really active (sys/health 200) and node N names
+  # it as the leader, so node N can forward requests. (Right after a restart
+  # sys/leader may still name a dead leader; without quorum nobody is active.)
+  local m leader=""
+  for ((i = 0; i < 100; i++)); do
+    if [ "$(http_code "$addr/v1/sys/health")" = 200 ]; then role=active; break; fi
+    leader="$(curl -s -m 2 "$addr/v1/sys/leader" 2>/dev/null |
+      sed -n 's/.*"leader_address":"\([^"]*\)".*/\1/p')" || leader=""
+    for m in "${NODES[@]}"; do
+      [ "$m" != "$n" ] && [ "${NODE_ADDRS[$m]}" = "$leader" ] || continue
+      if [ "$(http_code "$leader/v1/sys/health")" = 200 ]; then role=standby; fi
+    done
+    [ -z "$role" ] || break
+    sleep 0.2
+  done
+  if [ -z "$role" ]; then
+    log "warning: node $n is unsealed, but no active node after 20s (quorum lost?)"
+  else
+    log "node $n is back as $role (pid $pid)"
+  fi
+}
+
 # ---------------------------------------------------------------- main
 
 usage() {
   cat >&2 <<EOF
-usage: $0 up DIR | down DIR | bao-stop DIR | bao-start DIR | install
+usage: $0 up DIR [--cluster] | down DIR | bao-stop DIR | bao-start DIR | install
+       $0 bao-freeze DIR | bao-thaw DIR
+       $0 cluster-up DIR | active DIR | node-kill DIR N | node-start DIR N
 EOF
   exit 2
 }
@@ -676,11 +1157,27 @@ main() {
   scrub_env
   [ $# -ge 1 ] || usage
   case "$1" in
-    up)        [ $# -eq 2 ] || usage; cmd_up "$(abs_dir "$2")" ;;
+    up)
+      if [ $# -eq 2 ] && [ "$2" != --cluster ]; then
+        cmd_up "$(abs_dir "$2")"
+      elif [ $# -eq 3 ] && [ "$3" = --cluster ]; then
+        cmd_up "$(abs_dir "$2")" 1
+      elif [ $# -eq 3 ] && [ "$2" = --cluster ]; then
+        cmd_up "$(abs_dir "$3")" 1
+      else
+        usage
+      fi
+      ;;
+    cluster-up) [ $# -eq 2 ] || usage; cmd_up "$(abs_dir "$2")" 1 ;;
     down)      [ $# -eq 2 ] || usage; cmd_down "$(abs_dir "$2")" ;;
     bao-stop)  [ $# -eq 2 ] || usage; cmd_bao_stop "$2" ;;
     bao-start) [ $# -eq 2 ] || usage; cmd_bao_start "$2" ;;
     install)   [ $# -eq 1 ] || usage; ensure_bao >&3 ;;
+    bao-freeze) [ $# -eq 2 ] || usage; cmd_bao_freeze "$2" ;;
+    bao-thaw)   [ $# -eq 2 ] || usage; cmd_bao_thaw "$2" ;;
+    active)     [ $# -eq 2 ] || usage; cmd_active "$2" ;;
+    node-kill)  [ $# -eq 3 ] || usage; cmd_node_kill "$2" "$3" ;;
+    node-start) [ $# -eq 3 ] || usage; cmd_node_start "$2" "$3" ;;
     -h|--help|help) usage ;;
     *) usage ;;
   esac

@@ -173,9 +173,9 @@ fn audit(peer: &Peer, secret: &str, version: Option<u64>, outcome: &'static str)
     let exe = peer.exe.as_deref().unwrap_or("-");
     let version = version.map_or("-".to_string(), |v| v.to_string());
     if outcome == "allowed" {
-        tracing::info!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe, secret, version = %version, outcome, "socket read");
+        tracing::info!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     } else {
-        tracing::warn!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe, secret, version = %version, outcome, "socket read");
+        tracing::warn!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     }
 }
 

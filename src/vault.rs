@@ -312,7 +312,9 @@ impl Vault {
             let addr = &self.addrs[idx];
             let conn = Arc::new(self.conn(addr, token));
             let started = std::time::Instant::now();
+            tracing::trace!(operation = %op.kind, path = %op.path, address = %addr, "vault request");
             let res = f(conn).await;
+            tracing::trace!(operation = %op.kind, ok = res.is_ok(), took = ?started.elapsed(), "vault response");
             crate::metrics::vault_request(op.kind, started.elapsed(), res.is_ok());
             match res {
                 Ok(v) => {

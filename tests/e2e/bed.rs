@@ -252,11 +252,24 @@ impl Daemon {
 
     /// Starts `vaultlet <cmd> -c dir/vaultlet.toml [-- tail…]` with extra environment.
     pub fn start_with(dir: &Path, config: &str, cmd: &[&str], tail: &[&str], envs: &[(&str, &str)]) -> Result<Daemon> {
+        Self::start_via(&[bin(), "--log", "debug"], dir, config, cmd, tail, envs)
+    }
+
+    /// Like `start_with`, with the program and its leading arguments given
+    /// (a wrapper, another log level…).
+    pub fn start_via(
+        program: &[&str],
+        dir: &Path,
+        config: &str,
+        cmd: &[&str],
+        tail: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let cfg = dir.join("vaultlet.toml");
         std::fs::write(&cfg, config)?;
         let log = dir.join("vaultlet.log");
-        let mut c = tokio::process::Command::new(bin());
-        c.args(["--log", "debug"]).args(cmd).arg("-c").arg(&cfg);
+        let mut c = tokio::process::Command::new(program[0]);
+        c.args(&program[1..]).args(cmd).arg("-c").arg(&cfg);
         if !tail.is_empty() {
             c.arg("--").args(tail);
         }

@@ -8,6 +8,7 @@
 mod apps;
 mod bed;
 mod rotation;
+mod security;
 mod tests;
 
 use std::future::Future;

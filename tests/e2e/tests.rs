@@ -12,6 +12,7 @@ use crate::TestFn;
 use crate::apps::*;
 use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
 use crate::rotation::*;
+use crate::security::*;
 
 macro_rules! t {
     ($f:ident) => {
@@ -36,6 +37,10 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(exec_runs_the_app_with_secrets_and_restarts_on_change),
         t!(file_template_renders_and_runs_its_command),
         t!(systemd_notify_ready_and_stopping),
+        t!(per_secret_acl_audit_and_rate_limit),
+        t!(metrics_report_leases_and_requests),
+        t!(modes_owner_and_memory_hold_under_permissive_umask),
+        t!(no_secret_in_logs_at_trace_level),
     ]
 }
 

@@ -1,0 +1,332 @@
+//! What vaultlet must never do, and what it must always account for.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
+use crate::tests::config;
+
+/// Runs `vaultlet get` as uid `nobody` (gid root, so the 0660 socket admits it).
+async fn get_as_nobody(socket: &Path, what: &str) -> Result<std::process::Output> {
+    Ok(tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups", bin(), "get", what, "--socket"])
+        .arg(socket)
+        .output()
+        .await?)
+}
+
+/// Per-secret allow lists: `nobody` reads `open` but not `closed`; every read
+/// and refusal leaves one audit line (with uid, pid, executable, never a
+/// value); repeated refusals are rate-limited with 429.
+pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("acl")?;
+    bed.approle("t_acl", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let cfg = config(
+        &bed,
+        &dir,
+        "[secret.open]\nkv = { path = \"api\" }\nallow = [{ uid = 65534 }, { uid = 0 }]\n[secret.closed]\nkv = { path = \"api\" }\n",
+    )
+    .replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+
+    let out = get_as_nobody(&d.socket, "open.stripe_key").await?;
+    ensure!(out.status.success() && out.stdout == b"sk_test_demo123\n", "nobody reads `open`: {out:?}");
+    let out = get_as_nobody(&d.socket, "closed").await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("403") && err.contains("closed"),
+        "nobody may not read `closed`: {err}"
+    );
+
+    // The list shows nobody only what it may read.
+    let list = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups", "curl", "-s", "--unix-socket"])
+        .arg(&d.socket)
+        .arg("http://vaultlet/v1/secrets")
+        .output()
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).context("list as nobody")?;
+    let names: Vec<_> = v["secrets"].as_object().context("secrets")?.keys().cloned().collect();
+    ensure!(names == ["open"], "nobody sees only `open`: {names:?}");
+    // Root (the default list) sees both.
+    let (_, v) = d.get("/v1/secrets").await?;
+    ensure!(v["secrets"].as_object().map(|m| m.len()) == Some(2), "{v}");
+
+    let log = d.log_text();
+    let line = |secret: &str, outcome: &str| {
+        log.lines()
+            .find(|l| {
+                l.contains("vaultlet::audit")
+                    && l.contains("uid=65534")
+                    && l.contains(&format!("secret={secret} "))
+                    && l.contains(&format!("outcome={outcome}"))
+            })
+            .map(str::to_owned)
+    };
+    let allowed = line("open", "allowed").context(format!("audit line for the allowed read:\n{log}"))?;
+    ensure!(allowed.contains(&format!("exe={}", bin())), "executable in the audit line: {allowed}");
+    ensure!(allowed.contains("version=1") && allowed.contains("pid="), "{allowed}");
+    line("closed", "denied").context("audit line for the refusal")?;
+    ensure!(!log.contains("sk_test_demo123"), "no value in any log line");
+
+    // Refusals are rate-limited.
+    let mut last = String::new();
+    for _ in 0..12 {
+        let out = get_as_nobody(&d.socket, "closed").await?;
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    ensure!(last.contains("429"), "after many refusals: {last}");
+    eventually(Duration::from_secs(5), "rate-limit audit line", || async {
+        Ok(d.log_text().contains("outcome=rate_limited").then_some(()))
+    })
+    .await?;
+    d.stop().await?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `[metrics]`: Prometheus text with login and request counters, latency
+/// histogram, and seconds until each lease ends.
+pub async fn metrics_report_leases_and_requests(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("metrics")?;
+    bed.db_role("t_metrics", "1h", "2h").await?;
+    bed.approle("t_metrics", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let port = free_port()?;
+    let d = Daemon::start(
+        &dir,
+        &format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            config(
+                &bed,
+                &dir,
+                "[secret.db]\ndatabase = { role = \"t_metrics\" }\n[secret.api]\nkv = { path = \"api\" }\n"
+            )
+        ),
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let (_, _, _) = d.creds("db").await?;
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+    for want in [
+        "vaultlet_logins_total{result=\"ok\"} 1",
+        "vaultlet_credentials_issued_total{secret=\"db\"} 1",
+        "vaultlet_kv_reads_total{secret=\"api\",result=\"ok\"}",
+        "vaultlet_vault_request_duration_seconds_bucket{operation=\"db_creds\",le=\"+Inf\"} 1",
+        "vaultlet_secret_lease_ttl_seconds{secret=\"db\"} 3600",
+        "vaultlet_socket_requests_total{status=\"200\"}",
+        "vaultlet_ready 1",
+    ] {
+        ensure!(text.contains(want), "metrics lack `{want}`:\n{text}");
+    }
+    let expiry: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vaultlet_secret_lease_expiry_seconds{secret=\"db\"} "))
+        .context("expiry gauge")?
+        .parse()?;
+    ensure!((3500.0..=3600.0).contains(&expiry), "expiry {expiry}");
+    let (_, _, pass) = {
+        let (u, p, v) = d.creds("db").await?;
+        (u, v, p)
+    };
+    ensure!(!text.contains(&pass), "no value in metrics");
+    d.stop().await?;
+    Ok(())
+}
+
+/// With umask 000, the socket, env file and template still get exactly the
+/// configured modes (and owner); the process has no core limit and locked
+/// memory.
+pub async fn modes_owner_and_memory_hold_under_permissive_umask(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("umask")?;
+    bed.approle("t_umask", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let wrapper = dir.join("umask000.sh");
+    std::fs::write(&wrapper, "#!/bin/sh\numask 000\nexec \"$@\"\n")?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let (env, tmpl) = (dir.join("app.env"), dir.join("app.conf"));
+    let cfg = config(
+        &bed,
+        &dir,
+        &format!(
+            "[secret.api]\nkv = {{ path = \"api\" }}\n[[env_file]]\npath = \"{}\"\ntemplate = \"K={{{{ api.stripe_key }}}}\"\n[[template]]\npath = \"{}\"\nmode = \"0640\"\nowner = 65534\ngroup = 65534\ntemplate = \"key {{{{ api.stripe_key }}}}\"\n",
+            env.display(),
+            tmpl.display()
+        ),
+    );
+    let d = Daemon::start_via(
+        &[wrapper.to_str().context("path")?, bin(), "--log", "debug"],
+        &dir,
+        &cfg,
+        &["run"],
+        &[],
+        &[],
+    )?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    eventually(Duration::from_secs(10), "files", || async { Ok((env.exists() && tmpl.exists()).then_some(())) })
+        .await?;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    ensure!(mode(&d.socket)? == 0o600, "socket {:o}", mode(&d.socket)?);
+    ensure!(mode(&env)? == 0o600, "env file {:o}", mode(&env)?);
+    ensure!(mode(&tmpl)? == 0o640, "template {:o}", mode(&tmpl)?);
+    let meta = std::fs::metadata(&tmpl)?;
+    ensure!(meta.uid() == 65534 && meta.gid() == 65534, "owner {}:{}", meta.uid(), meta.gid());
+
+    let pid = d.child.id().context("pid")?;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).context("core limit")?;
+    ensure!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let vmlck: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmLck")?;
+    ensure!(vmlck > 0, "memory locked (running as root): VmLck {vmlck} kB");
+    d.stop().await?;
+    Ok(())
+}
+
+/// A fake Vault that answers every path with `body` for `status`, to see
+/// what vaultlet does with responses the real server will not send.
+async fn fake_vault(answers: Vec<(&'static str, u16, String)>) -> Result<String> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", l.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                let (status, body) = answers
+                    .iter()
+                    .find(|(p, _, _)| path.contains(p))
+                    .map(|(_, st, b)| (*st, b.clone()))
+                    .unwrap_or((404, "{\"errors\":[]}".into()));
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The whole daemon at trace level (vaultrs and the HTTP stack asked for
+/// trace too) through a refused login, a login, KV reads, database issues,
+/// renewals and rotations, and against a fake server whose responses are
+/// malformed but full of secrets: no secret value appears in any output.
+pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
+    let trace = [bin(), "--log", "trace,vaultrs=trace,rustify=trace,reqwest=trace,hyper=trace,hyper_util=trace"];
+    // 1. Real server.
+    let dir = test_dir("leak")?;
+    bed.db_role("t_leak", "3s", "8s").await?;
+    bed.approle("t_leak", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let secret_id = std::fs::read_to_string(dir.join("secret_id"))?;
+    let role_id = std::fs::read_to_string(dir.join("role_id"))?;
+    std::fs::write(dir.join("secret_id"), "11111111-2222-3333-4444-555555555555")?;
+    bed.write("secret/data/t_leak", json!({ "data": { "token": "kv-value-Zq8wX1" } })).await?;
+    let env = dir.join("app.env");
+    let cfg = config(
+        &bed,
+        &dir,
+        &format!(
+            "[secret.db]\ndatabase = {{ role = \"t_leak\" }}\n[secret.app]\nkv = {{ path = \"t_leak\" }}\nrefresh = \"1s\"\n[[env_file]]\npath = \"{}\"\ntemplate = \"P={{{{ db.password }}}}\\nT={{{{ app.token }}}}\"\n",
+            env.display()
+        ),
+    );
+    let d = Daemon::start_via(&trace, &dir, &cfg, &["run"], &[], &[])?;
+    eventually(Duration::from_secs(15), "refused login", || async {
+        Ok(d.log_text().contains("login failed").then_some(()))
+    })
+    .await?;
+    std::fs::write(dir.join("secret_id"), &secret_id)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let mut passwords = Vec::new();
+    let t = tokio::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(14) {
+        if let Ok((_, p, _)) = d.creds("db").await {
+            if !passwords.contains(&p) {
+                passwords.push(p);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(passwords.len() >= 2, "rotations happened");
+    // A token of the same shape as vaultlet's, to know what one looks like.
+    let login =
+        bed.write("auth/approle/login", json!({ "role_id": role_id.trim(), "secret_id": secret_id.trim() })).await?;
+    let sample = login["auth"]["client_token"].as_str().context("token")?.to_owned();
+    let prefix = &sample[..sample.find('.').map_or(0, |i| i + 1)];
+    d.stop().await?;
+    let log = std::fs::read_to_string(&dir.join("vaultlet.log"))?;
+    ensure!(log.contains("renewed lease") && log.contains("TRACE"), "trace run covered renewals");
+    let mut values: Vec<String> = passwords.clone();
+    values.extend([
+        secret_id.trim().to_owned(),
+        role_id.trim().to_owned(),
+        "kv-value-Zq8wX1".into(),
+        "sk_test_demo123".into(),
+    ]);
+    for v in &values {
+        ensure!(!log.contains(v.as_str()), "a secret value reached the log ({} chars)", v.len());
+    }
+    if !prefix.is_empty() {
+        let leaked = log
+            .match_indices(prefix)
+            .any(|(i, _)| log[i + prefix.len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).count() >= 20);
+        ensure!(!leaked, "something shaped like a token ({prefix}…) is in the log");
+    }
+
+    // 2. Malformed responses carrying secrets.
+    let dir = test_dir("leak-fake")?;
+    std::fs::write(dir.join("role_id"), "role")?;
+    std::fs::write(dir.join("secret_id"), "sid")?;
+    let addr = fake_vault(vec![
+        ("auth/approle/login", 200, r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":null,"auth":{"client_token":"s.LEAKYTOKENabcdefghijklmnop","lease_duration":3600,"renewable":true,"accessor":"a","policies":[],"token_policies":[],"entity_id":"","token_type":"service","orphan":true}}"#.into()),
+        ("creds/", 200, r#"{"lease_id":"database/creds/x/1","lease_duration":60,"renewable":true,"data":{"username":"u","password":"LEAKYPASSWORD-123"#.into()),
+        ("secret/data/", 500, r#"<html>upstream error; last body: {"password":"LEAKY-HTML-PASSWORD"}</html>"#.into()),
+    ])
+    .await?;
+    let cfg = format!(
+        "[vault]\naddress = \"{addr}\"\nrequest_timeout = \"2s\"\n[auth.approle]\nrole_id_file = \"{d}/role_id\"\nsecret_id_file = \"{d}/secret_id\"\n[socket]\npath = \"{d}/vaultlet.sock\"\n[secret.db]\ndatabase = {{ role = \"x\" }}\n[secret.api]\nkv = {{ path = \"x\" }}\n",
+        d = dir.display()
+    );
+    for format in ["text", "json"] {
+        let d =
+            Daemon::start_via(&[trace[0], trace[1], trace[2], "--log-format", format], &dir, &cfg, &["run"], &[], &[])?;
+        eventually(Duration::from_secs(20), "malformed answers seen", || async {
+            let log = d.log_text();
+            Ok((log.contains("cannot read") && log.contains("500")).then_some(()))
+        })
+        .await?;
+        d.stop().await?;
+        let log = std::fs::read_to_string(dir.join("vaultlet.log"))?;
+        for leak in ["LEAKYPASSWORD", "LEAKY-HTML", "sid\"", "LEAKYTOKEN"] {
+            ensure!(!log.contains(leak), "{format} log holds `{leak}`");
+        }
+        if format == "json" {
+            for l in log.lines() {
+                serde_json::from_str::<serde_json::Value>(l).with_context(|| format!("not JSON: {l}"))?;
+            }
+        }
+    }
+    Ok(())
+}
