@@ -247,3 +247,52 @@ fn parse_time(t: &str) -> f64 {
     let hms = t.split('T').nth(1).unwrap_or("0:0:0").trim_end_matches('Z');
     hms.split(':').fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0))
 }
+
+/// A 3-node raft cluster: kill the active node while vaultlet renews a
+/// short lease through it. vaultlet moves to another address, keeps
+/// renewing, and the prober sees no failed login.
+pub async fn failover_to_new_leader_loses_no_login(_shared: Arc<Bed>) -> Result<()> {
+    let bed = Bed::private("cluster", &["--cluster"]).await?;
+    bed.write("sys/policies/acl/vaultlet-test", json!({ "policy": crate::tests::TEST_POLICY })).await?;
+    let dir = test_dir("failover")?;
+    bed.db_role("t_fail", "6s", "10m").await?;
+    bed.approle("t_fail", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let addrs: Vec<String> = bed.get("BAO_ADDRS").split(',').map(|a| format!("\"{a}\"")).collect();
+    let cfg = config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_fail\" }\n")
+        .replace(&format!("address = \"{}\"", bed.addr()), &format!("address = [{}]", addrs.join(", ")));
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let prober = Prober::start(d.socket.clone(), "db", bed.pg());
+    let (_, _, version) = d.creds("db").await?;
+
+    let active = bed.ctl(&["active"]).await?;
+    let node = bed
+        .get("BAO_ADDRS")
+        .split(',')
+        .position(|a| a == active)
+        .context(format!("active node {active} among BAO_ADDRS"))?
+        + 1;
+    bed.ctl(&["node-kill", &node.to_string()]).await?;
+    let killed = tokio::time::Instant::now();
+    let renewals = d.log_text().matches("renewed lease").count();
+    eventually(Duration::from_secs(40), "renewals continue after the failover", || async {
+        Ok((d.log_text().matches("renewed lease").count() >= renewals + 2).then_some(()))
+    })
+    .await?;
+    let took = killed.elapsed();
+    let new_active = bed.ctl(&["active"]).await?;
+    ensure!(new_active != active, "a new leader: {new_active}");
+    let probe = prober.finish().await?;
+    ensure!(
+        probe.failures.is_empty(),
+        "{} failed logins: {:#?}\n{}",
+        probe.failures.len(),
+        probe.failures,
+        d.log_text()
+    );
+    let (_, _, after) = d.creds("db").await?;
+    ensure!(after == version, "the lease survived the failover (version {version} → {after})");
+    println!("  failover: {} logins, 0 failures, two renewals {took:.1?} after killing the leader", probe.logins);
+    d.stop().await?;
+    Ok(())
+}

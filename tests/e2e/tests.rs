@@ -29,6 +29,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(token_death_and_relogin_lose_no_login),
         t!(outage_freeze_and_restart_keep_serving),
         t!(vault_load_has_no_wasted_requests),
+        t!(failover_to_new_leader_loses_no_login),
         t!(revoke_on_shutdown_kills_credentials),
         t!(caller_not_on_allow_list_gets_403),
         t!(check_rejects_broken_configs_with_exit_64),
