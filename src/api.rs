@@ -60,6 +60,8 @@ pub struct Bound {
 pub struct Acl {
     /// `socket.allow` plus every secret's own list: who may connect at all.
     connect: Vec<Allow>,
+    /// `socket.allow`: who may read a secret without a list of its own.
+    socket: Vec<Allow>,
     /// Per secret: its `allow`, or `socket.allow`.
     secrets: BTreeMap<String, Vec<Allow>>,
 }
@@ -78,11 +80,11 @@ impl Acl {
             }
             per.insert(s.name.clone(), list);
         }
-        Acl { connect, secrets: per }
+        Acl { connect, socket: socket.allow.clone(), secrets: per }
     }
 
     fn may_read(&self, peer: &Peer, secret: &str) -> bool {
-        self.secrets.get(secret).is_some_and(|l| allowed(l, peer.uid, peer.gid))
+        allowed(self.secrets.get(secret).unwrap_or(&self.socket), peer.uid, peer.gid)
     }
 }
 
@@ -280,6 +282,8 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .max_buf_size(16 * 1024)
+                // Answer a client that closed its write side after the request.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -595,5 +599,99 @@ mod tests {
         assert!(!allowed(&allow, 5, 5));
         let both = [Allow { uid: Some(1), gid: Some(2) }];
         assert!(!allowed(&both, 1, 3));
+    }
+}
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use secrecy::SecretString;
+    use std::sync::OnceLock;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One server for all cases: a runtime thread serving a socket with one
+    /// secret, like the real daemon.
+    fn server() -> &'static (tokio::runtime::Runtime, PathBuf) {
+        static S: OnceLock<(tokio::runtime::Runtime, PathBuf)> = OnceLock::new();
+        S.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap().keep();
+            let path = dir.join("fuzz.sock");
+            let uid = rustix::process::getuid().as_raw();
+            let cfg =
+                SocketConfig { path: path.clone(), mode: 0o600, allow: vec![Allow { uid: Some(uid), gid: None }] };
+            let store = Store::new(["db", "api"]);
+            let mut d = SecretData::default();
+            d.insert("password", SecretString::from("fuzz-secret-value".to_string()));
+            store.publish("db", d, None);
+            let bound = {
+                let _in_runtime = rt.enter();
+                bind(&cfg, &[]).unwrap()
+            };
+            rt.spawn(serve(bound, store, CancellationToken::new()));
+            (rt, path)
+        })
+    }
+
+    /// Sends `bytes`, half-closes, reads the answer; returns the status line's code.
+    fn exchange(bytes: &[u8]) -> Option<u16> {
+        let (rt, path) = server();
+        rt.block_on(async {
+            let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+            let _ = s.write_all(bytes).await;
+            let _ = s.shutdown().await;
+            let mut out = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out))
+                .await
+                .expect("the server must answer or close, not hang");
+            r.ok()?;
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("fuzz-secret-value") || text.starts_with("HTTP/1.1 200"), "{text}");
+            text.split(' ').nth(1).and_then(|c| c.parse().ok())
+        })
+    }
+
+    fn healthy() {
+        assert_eq!(exchange(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), Some(200));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Raw bytes: an answer below 500, or a closed connection.
+        #[test]
+        fn arbitrary_bytes_get_4xx_or_close(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            if let Some(code) = exchange(&bytes) {
+                prop_assert!(code < 500 || code == 503, "status {code}");
+            }
+        }
+
+        /// Well-formed requests with arbitrary methods, paths and headers.
+        #[test]
+        fn arbitrary_requests_get_sane_answers(
+            method in "(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|[A-Z]{1,10})",
+            path in "/(v1/(secrets(/[ -~]{0,60})?|events|ready|health)|[ -~]{0,80})",
+            header in "[A-Za-z-]{1,20}",
+            value in "[ -~]{0,200}",
+        ) {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{header}: {value}\r\nConnection: close\r\n\r\n");
+            if path.starts_with("/v1/events") && method == "GET" {
+                return Ok(()); // a stream: never ends by itself
+            }
+            if let Some(code) = exchange(req.as_bytes()) {
+                prop_assert!(code < 500 || code == 503, "{method} {path}: {code}");
+            }
+        }
+    }
+
+    #[test]
+    fn still_healthy_after_fuzzing() {
+        for _ in 0..50 {
+            let _ = exchange(b"\x00\xff GET /v1/secrets/%zz HTTP/9.9\r\n\r\n");
+        }
+        let _ = exchange(format!("GET /v1/health HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100_000)).as_bytes());
+        healthy();
+        assert_eq!(exchange(b"GET /v1/secrets/db HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), Some(200));
     }
 }

@@ -1063,3 +1063,57 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert_eq!(parse_duration(""), None);
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE: &str = include_str!("../examples/vaultlet.toml");
+
+    fn check(src: &str) {
+        let lines = src.lines().count() + 1;
+        match Config::from_toml(Path::new("fuzz.toml"), src, 1000) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(e.line.is_none_or(|l| l >= 1 && l <= lines), "line {:?} of {lines}: {e}", e.line);
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary text: an error or a config, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(src in "\\PC{0,400}") {
+            check(&src);
+        }
+
+        /// The shipped example with bytes deleted, inserted or lines swapped.
+        #[test]
+        fn mutated_example_never_panics(
+            cut in 0usize..BASE.len(),
+            len in 0usize..40,
+            insert in "[\\[\\]{}=\"'a-z0-9._ \\n#]{0,12}",
+            swap in 0usize..80,
+        ) {
+            let base = BASE.replace("/run/vaultlet/role_id", "/etc/hostname");
+            let cut = cut.min(base.len());
+            let mut s = String::new();
+            let mut end = (cut + len).min(base.len());
+            while !base.is_char_boundary(end) { end -= 1; }
+            let mut start = cut.min(end);
+            while !base.is_char_boundary(start) { start -= 1; }
+            s.push_str(&base[..start]);
+            s.push_str(&insert);
+            s.push_str(&base[end..]);
+            check(&s);
+            let mut lines: Vec<&str> = base.lines().collect();
+            let n = lines.len();
+            lines.swap(swap % n, (swap * 7 + 3) % n);
+            check(&lines.join("\n"));
+        }
+    }
+}
