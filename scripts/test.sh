@@ -22,7 +22,17 @@ scripts/testbed.sh install >/dev/null
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "unit tests"
+step "supply chain (deny.toml: licenses, sources, banned crates)"
+python3 scripts/supply-chain.py
+deny=$(command -v cargo-deny || true)
+[ -z "$deny" ] && [ -x "${XDG_CACHE_HOME:-$HOME/.cache}/vaultlet-tools/bin/cargo-deny" ] && deny="${XDG_CACHE_HOME:-$HOME/.cache}/vaultlet-tools/bin/cargo-deny"
+if [ -n "$deny" ]; then
+    "$deny" check licenses bans sources 2>&1 | tail -1
+else
+    echo "(cargo-deny not installed; the check above applies the same rules)"
+fi
+
+step "unit tests (including property tests)"
 cargo test --locked --lib --bins
 
 step "end-to-end tests (real OpenBao + PostgreSQL)"
