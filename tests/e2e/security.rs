@@ -330,3 +330,80 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
     }
     Ok(())
 }
+
+/// TLS to a real OpenBao (dev mode with its own CA): with `ca_cert` vaultlet
+/// verifies and works; without it the server is refused, and
+/// `VAULT_SKIP_VERIFY` / `VAULT_CACERT` in the environment change nothing;
+/// plain http to a remote address needs `allow_insecure_http`.
+pub async fn tls_verifies_against_the_configured_ca_only(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("tls")?;
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let port = free_port()?;
+    let mut server = tokio::process::Command::new(bed.get("BAO_BIN"))
+        .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=tlsroot", "-dev-no-store-token"])
+        .arg(format!("-dev-tls-cert-dir={}", certs.display()))
+        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+        .env_clear()
+        .env("HOME", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("bao.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let ca = certs.join("vault-ca.pem");
+    let addr = format!("https://127.0.0.1:{port}");
+    let result = async {
+        eventually(Duration::from_secs(20), "TLS dev server", || async { Ok(ca.exists().then_some(())) }).await?;
+        let pem = std::fs::read(&ca)?;
+        let http = reqwest::Client::builder().tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?).build()?;
+        let call = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+            http.request(method, format!("{addr}/v1/{path}")).header("X-Vault-Token", "tlsroot").json(&body).send()
+        };
+        eventually(Duration::from_secs(20), "TLS dev server answers", || async {
+            Ok(call(reqwest::Method::GET, "sys/health", json!({})).await.ok().filter(|r| r.status().is_success()))
+        })
+        .await?;
+        call(reqwest::Method::POST, "sys/auth/approle", json!({ "type": "approle" })).await?.error_for_status()?;
+        call(reqwest::Method::POST, "sys/policies/acl/kv", json!({ "policy": "path \"secret/data/*\" { capabilities = [\"read\"] }" })).await?.error_for_status()?;
+        call(reqwest::Method::POST, "auth/approle/role/tls", json!({ "token_policies": "kv" })).await?.error_for_status()?;
+        call(reqwest::Method::POST, "secret/data/tls", json!({ "data": { "v": "over-tls" } })).await?.error_for_status()?;
+        let rid: serde_json::Value = call(reqwest::Method::GET, "auth/approle/role/tls/role-id", json!({})).await?.json().await?;
+        let sid: serde_json::Value = call(reqwest::Method::POST, "auth/approle/role/tls/secret-id", json!({})).await?.json().await?;
+        std::fs::write(dir.join("role_id"), rid["data"]["role_id"].as_str().context("role_id")?)?;
+        std::fs::write(dir.join("secret_id"), sid["data"]["secret_id"].as_str().context("secret_id")?)?;
+
+        let base = format!(
+            "[vault]\naddress = \"{addr}\"\nrequest_timeout = \"3s\"\n[auth.approle]\nrole_id_file = \"{d}/role_id\"\nsecret_id_file = \"{d}/secret_id\"\n[socket]\npath = \"{d}/vaultlet.sock\"\n[secret.app]\nkv = {{ path = \"tls\" }}\n",
+            d = dir.display()
+        );
+        // With the CA: verified and served.
+        let d = Daemon::start(&dir, &base.replace("request_timeout", &format!("ca_cert = \"{}\"\nrequest_timeout", ca.display())))?;
+        d.wait_ready(Duration::from_secs(30)).await?;
+        let (_, v) = d.get("/v1/secrets/app").await?;
+        ensure!(v["data"]["v"] == "over-tls", "{v}");
+        d.stop().await?;
+        // Without it, even with VAULT_SKIP_VERIFY / VAULT_CACERT set: refused.
+        let ca_str = ca.display().to_string();
+        let d = Daemon::start_with(&dir, &base, &["run"], &[], &[("VAULT_SKIP_VERIFY", "true"), ("VAULT_CACERT", &ca_str), ("VAULT_ADDR", "http://127.0.0.1:1")])?;
+        let reason = eventually(Duration::from_secs(20), "login refused over unverified TLS", || async {
+            let (st, v) = d.get("/v1/ready").await?;
+            let r = v["reasons"][0]["reason"].as_str().unwrap_or_default().to_owned();
+            Ok((st == 503 && r.contains("login failed")).then_some(r))
+        })
+        .await?;
+        ensure!(reason.contains("cannot reach vault") && reason.to_lowercase().contains("cert"), "{reason}");
+        d.stop().await?;
+        // Plain http to a non-loopback address needs the explicit opt-in.
+        let remote = base.replace(&addr, "http://10.255.255.1:8200");
+        std::fs::write(dir.join("remote.toml"), &remote)?;
+        let out = tokio::process::Command::new(bin()).args(["check", "-c"]).arg(dir.join("remote.toml")).output().await?;
+        ensure!(out.status.code() == Some(64), "http to a remote vault: {out:?}");
+        std::fs::write(dir.join("remote.toml"), remote.replace("[vault]\n", "[vault]\nallow_insecure_http = true\n"))?;
+        let out = tokio::process::Command::new(bin()).args(["check", "-c"]).arg(dir.join("remote.toml")).output().await?;
+        ensure!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("WARNING"), "{out:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = server.kill().await;
+    result
+}

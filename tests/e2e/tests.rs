@@ -42,6 +42,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(metrics_report_leases_and_requests),
         t!(modes_owner_and_memory_hold_under_permissive_umask),
         t!(no_secret_in_logs_at_trace_level),
+        t!(tls_verifies_against_the_configured_ca_only),
     ]
 }
 
