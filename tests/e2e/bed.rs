@@ -320,15 +320,7 @@ impl Daemon {
 
     /// Credentials of a database secret as served now.
     pub async fn creds(&self, name: &str) -> Result<(String, String, u64)> {
-        let (status, v) = self.get(&format!("/v1/secrets/{name}")).await?;
-        if status != 200 {
-            bail!("GET {name}: {status} {v}");
-        }
-        Ok((
-            v["data"]["username"].as_str().context("username")?.to_owned(),
-            v["data"]["password"].as_str().context("password")?.to_owned(),
-            v["version"].as_u64().context("version")?,
-        ))
+        get_creds(&self.socket, name).await
     }
 
     /// SIGTERM, then wait for exit.
@@ -363,6 +355,16 @@ pub struct Probe {
     pub failures: Vec<String>,
     /// (version, username, password), in the order first seen.
     pub versions: Vec<(u64, String, String)>,
+}
+
+impl Probe {
+    /// Fails with every failed login (and the daemon's log) if there was one.
+    pub fn ensure_clean(&self, log: &str) -> Result<()> {
+        if !self.failures.is_empty() {
+            bail!("{} of {} logins failed: {:#?}\n{log}", self.failures.len(), self.logins, self.failures);
+        }
+        Ok(())
+    }
 }
 
 impl Prober {

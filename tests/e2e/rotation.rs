@@ -40,14 +40,7 @@ pub async fn prober_sees_no_failed_login_across_ten_rotations(bed: Arc<Bed>) -> 
     }
     ensure!(old_still_good >= 10);
     let probe = prober.finish().await?;
-    ensure!(
-        probe.failures.is_empty(),
-        "{} of {} logins failed: {:#?}\n{}",
-        probe.failures.len(),
-        probe.logins,
-        probe.failures,
-        d.log_text()
-    );
+    probe.ensure_clean(&d.log_text())?;
     // Old credentials: each worked when it was replaced (the prober used it
     // up to the switch) and is revoked after the drain, before its lease end.
     let (old_v, old_u, old_p) = probe.versions.first().context("no version seen")?.clone();
@@ -89,14 +82,7 @@ pub async fn token_death_and_relogin_lose_no_login(bed: Arc<Bed>) -> Result<()> 
     })
     .await?;
     let probe = prober.finish().await?;
-    ensure!(
-        probe.failures.is_empty(),
-        "{} of {} logins failed: {:#?}\n{}",
-        probe.failures.len(),
-        probe.logins,
-        probe.failures,
-        d.log_text()
-    );
+    probe.ensure_clean(&d.log_text())?;
     let log = d.log_text();
     ensure!(log.matches("read kv secret").count() == 1, "a re-login must not re-read KV:\n{log}");
     ensure!(probe.versions.len() >= 2, "credentials under a dying token must be replaced:\n{log}");
@@ -164,7 +150,7 @@ pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result
     ensure!(freeze_recovery < Duration::from_secs(8) && restart_recovery < Duration::from_secs(8), "slow recovery");
 
     let probe = prober.finish().await?;
-    ensure!(probe.failures.is_empty(), "{} failed logins: {:#?}", probe.failures.len(), probe.failures);
+    probe.ensure_clean(&d.log_text())?;
     let (_, _, after) = d.creds("db").await?;
     ensure!(after == version, "the lease survived the outages (version {version} → {after})");
     let log = d.log_text();
