@@ -11,8 +11,8 @@
 //! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
 //!
-//! Errors are `{"error": "…"}` with 400/403/404/405/503; no error ever holds a
-//! value. Every response carries `Cache-Control: no-store`.
+//! Errors are `{"error": "…"}` with 400/403/404/405/429/503; no error ever
+//! holds a value. Every response carries `Cache-Control: no-store`.
 //!
 //! The peer's uid/gid come from the kernel when the connection is accepted; a
 //! caller not on the allow list gets 403 for every request on that
@@ -480,11 +480,13 @@ async fn one(
         Ok(p) => p,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    if !store.snapshot().contains_key(&name) {
-        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
-    }
+    // Refuse before saying whether the name exists, so a restricted caller
+    // cannot enumerate secrets by comparing 403 with 404.
     if !api.acl.may_read(&peer, &name) {
         return deny(&api.denials, &peer, &name, "secret");
+    }
+    if !store.snapshot().contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
         // Long-poll: answer once a version newer than `after` is available
@@ -494,7 +496,9 @@ async fn one(
         loop {
             let snap = rx.borrow_and_update().clone();
             let entry = &snap[&name];
-            if entry.live(Instant::now()).is_some() && poll.after.is_none_or(|a| entry.version > a) {
+            // A version below `after` means vaultlet restarted since the
+            // client's last answer (versions start again at 1): answer too.
+            if entry.live(Instant::now()).is_some() && poll.after.is_none_or(|a| entry.version != a) {
                 break;
             }
             tokio::select! {
@@ -574,12 +578,17 @@ async fn health() -> Response {
     json(&serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(api): State<Api>) -> Response {
+async fn ready(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
     let reasons = api.store.not_ready(Instant::now());
     if reasons.is_empty() {
         return json(&serde_json::json!({ "ready": true }));
     }
-    let list: Vec<_> = reasons.into_iter().map(|(s, r)| serde_json::json!({ "secret": s, "reason": r })).collect();
+    // Readiness is global; the reasons name only secrets this caller may read.
+    let list: Vec<_> = reasons
+        .into_iter()
+        .filter(|(s, _)| api.acl.may_read(&peer, s))
+        .map(|(s, r)| serde_json::json!({ "secret": s, "reason": r }))
+        .collect();
     (StatusCode::SERVICE_UNAVAILABLE, json(&serde_json::json!({ "ready": false, "reasons": list }))).into_response()
 }
 

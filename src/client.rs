@@ -50,11 +50,21 @@ pub enum GetError {
 
 /// Fetches `/v1/secrets/{name}` and returns the JSON document.
 pub fn get_secret(socket: &Path, name: &str) -> Result<serde_json::Value, GetError> {
+    request(socket, &format!("/v1/secrets/{name}"))
+}
+
+/// `GET /v1/ready`: `Ok` when ready; otherwise the error names the secrets
+/// that are missing and why (never a value).
+pub fn ready(socket: &Path) -> Result<(), GetError> {
+    request(socket, "/v1/ready").map(drop)
+}
+
+fn request(socket: &Path, path: &str) -> Result<serde_json::Value, GetError> {
     let mut s =
         UnixStream::connect(socket).map_err(|e| GetError::Connect { path: socket.display().to_string(), source: e })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /v1/secrets/{name} HTTP/1.0\r\nHost: vaultlet\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: vaultlet\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8(buf).map_err(|_| GetError::Malformed)?;
@@ -62,7 +72,14 @@ pub fn get_secret(socket: &Path, name: &str) -> Result<serde_json::Value, GetErr
     let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or(GetError::Malformed)?;
     let doc: serde_json::Value = serde_json::from_str(body).map_err(|_| GetError::Malformed)?;
     if status != 200 {
-        let message = doc.get("error").and_then(|m| m.as_str()).unwrap_or("no reason given").to_owned();
+        let message = match doc.get("reasons").and_then(|r| r.as_array()) {
+            Some(reasons) => reasons
+                .iter()
+                .map(|r| format!("{}: {}", r["secret"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => doc.get("error").and_then(|m| m.as_str()).unwrap_or("no reason given").to_owned(),
+        };
         return Err(GetError::Status { status, message });
     }
     Ok(doc)

@@ -427,12 +427,19 @@ impl Config {
             key: String::new(),
             message: format!("cannot read config file: {e}"),
         })?;
-        Self::from_toml(path, &src, current_uid())
+        // systemd's LoadCredential= puts role_id/secret_id in a directory
+        // named by this variable; the config may refer to it.
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Self::parse(path, &src, current_uid(), credentials)
     }
 
     /// Validates config text. `uid` is the default socket allow-list entry.
     pub fn from_toml(file: &Path, src: &str, uid: u32) -> Result<Config, ConfigError> {
-        let cx = Cx { file, src };
+        Self::parse(file, src, uid, None)
+    }
+
+    fn parse(file: &Path, src: &str, uid: u32, credentials: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let cx = Cx { file, src, credentials };
         let de = toml::de::Deserializer::parse(src).map_err(|e| cx.toml_err(&e, ""))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
@@ -449,6 +456,8 @@ fn current_uid() -> u32 {
 struct Cx<'a> {
     file: &'a Path,
     src: &'a str,
+    /// `$CREDENTIALS_DIRECTORY`, when systemd set it.
+    credentials: Option<PathBuf>,
 }
 
 impl Cx<'_> {
@@ -796,25 +805,47 @@ impl Cx<'_> {
         })
     }
 
+    /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Outside the
+    /// unit the variable is unset: the path stays as written and is not
+    /// checked, so `vaultlet check` works on the unit's config anywhere.
+    fn credential_path(&self, p: &Path) -> (PathBuf, bool) {
+        let s = p.to_string_lossy();
+        for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
+            if let Some(rest) = s.strip_prefix(prefix) {
+                return match &self.credentials {
+                    Some(dir) => (dir.join(rest), true),
+                    None => (p.to_owned(), false),
+                };
+            }
+        }
+        (p.to_owned(), true)
+    }
+
     fn auth(&self, a: Spanned<RawAuth>) -> Result<AppRoleConfig, ConfigError> {
         let a = a.into_inner().approle.into_inner();
-        for (key, p) in
-            [("auth.approle.role_id_file", &a.role_id_file), ("auth.approle.secret_id_file", &a.secret_id_file)]
-        {
-            if !p.get_ref().is_absolute() {
-                return self.err(p.span(), key, "must be an absolute path");
+        let (role_id_file, resolved) = self.credential_path(a.role_id_file.get_ref());
+        let (secret_id_file, _) = self.credential_path(a.secret_id_file.get_ref());
+        for (key, p, span) in [
+            ("auth.approle.role_id_file", &role_id_file, a.role_id_file.span()),
+            ("auth.approle.secret_id_file", &secret_id_file, a.secret_id_file.span()),
+        ] {
+            if !p.is_absolute()
+                && !p.starts_with("$CREDENTIALS_DIRECTORY")
+                && !p.starts_with("${CREDENTIALS_DIRECTORY}")
+            {
+                return self.err(span, key, "must be an absolute path (or start with $CREDENTIALS_DIRECTORY/)");
             }
         }
         // The secret_id file may legitimately be missing at start when it is
         // delivered later (and it is removed after use with
         // remove_secret_id_file); the role_id file must be there.
-        if !a.role_id_file.get_ref().is_file() {
+        if resolved && !role_id_file.is_file() {
             return self.err(a.role_id_file.span(), "auth.approle.role_id_file", "file not found");
         }
         Ok(AppRoleConfig {
             mount: a.mount.unwrap_or_else(|| "approle".into()),
-            role_id_file: a.role_id_file.into_inner(),
-            secret_id_file: a.secret_id_file.into_inner(),
+            role_id_file,
+            secret_id_file,
             secret_id_wrapped: a.secret_id_wrapped,
             remove_secret_id_file: a.remove_secret_id_file,
         })
@@ -1049,6 +1080,24 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let c = load(&src).unwrap_or_else(|e| panic!("examples/vaultlet.toml: {e}"));
         assert_eq!(c.secrets.len(), 2);
         assert_eq!(c.socket.unwrap().allow.len(), 2);
+    }
+
+    #[test]
+    fn credentials_directory_is_expanded_or_left_unchecked() {
+        let src = GOOD
+            .replace("/etc/hostname", "$CREDENTIALS_DIRECTORY/role_id")
+            .replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
+        // Outside the unit: accepted as written, not checked.
+        let c = load(&src).unwrap();
+        assert_eq!(c.auth.role_id_file, Path::new("$CREDENTIALS_DIRECTORY/role_id"));
+        // Inside: expanded, and the role_id file must exist.
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap_err();
+        assert_eq!(e.key, "auth.approle.role_id_file");
+        std::fs::write(dir.path().join("role_id"), "r").unwrap();
+        let c = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap();
+        assert_eq!(c.auth.role_id_file, dir.path().join("role_id"));
+        assert_eq!(c.auth.secret_id_file, dir.path().join("secret_id"));
     }
 
     #[test]

@@ -67,6 +67,13 @@ enum Command {
         #[arg(short, long, env = "VAULTLET_CONFIG")]
         config: PathBuf,
     },
+    /// Exit 0 if a running vaultlet holds every secret, 1 otherwise (with
+    /// the reasons on stderr). Prints no value: fit for health checks.
+    Ready {
+        /// The socket of the running vaultlet.
+        #[arg(long, env = "VAULTLET_SOCKET", default_value = vaultlet::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Print a secret from a running vaultlet: `NAME` prints it as JSON,
     /// `NAME.KEY` prints one value (for shell scripts).
     Get {
@@ -95,6 +102,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("vaultlet: {e}");
                 ExitCode::from(EX_CONFIG)
+            }
+        },
+        Command::Ready { socket } => match vaultlet::client::ready(socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vaultlet: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Get { what, socket } => match vaultlet::client::get(&socket, &what) {

@@ -45,6 +45,10 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
         "nobody may not read `closed`: {err}"
     );
 
+    // Names it may not read, known or not, are refused alike (no enumeration).
+    let out = get_as_nobody(&d.socket, "no_such_secret").await?;
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("403"), "unknown name for a restricted caller: {out:?}");
+
     // The list shows nobody only what it may read.
     let list = tokio::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=0", "--clear-groups", "curl", "-s", "--unix-socket"])

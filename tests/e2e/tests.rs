@@ -160,6 +160,10 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
         "env file values differ from the socket"
     );
 
+    // `vaultlet ready` for health checks: exit 0, prints nothing.
+    let out = tokio::process::Command::new(bin()).args(["ready", "--socket"]).arg(&d.socket).output().await?;
+    ensure!(out.status.success() && out.stdout.is_empty(), "ready: {out:?}");
+
     // `vaultlet get` for shell scripts.
     let out =
         tokio::process::Command::new(bin()).args(["get", "api.stripe_key", "--socket"]).arg(&d.socket).output().await?;
@@ -260,6 +264,10 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
     ensure!(st == 200 && v["version"] == 1 && t.elapsed() >= Duration::from_millis(900), "{st} {v} {:?}", t.elapsed());
     let (st, _) = d.get("/v1/secrets/app?wait=soon").await?;
     ensure!(st == 400, "bad wait: {st}");
+    // `after` from before a restart (above the current version): at once.
+    let t = tokio::time::Instant::now();
+    let (st, v) = d.get("/v1/secrets/app?wait=20s&after=99").await?;
+    ensure!(st == 200 && v["version"] == 1 && t.elapsed() < Duration::from_secs(2), "{st} {v} {:?}", t.elapsed());
 
     // Events: the current version at once, then the change.
     let mut ev = tokio::net::UnixStream::connect(&d.socket).await?;
@@ -423,6 +431,9 @@ async fn refused_login_is_reported_by_ready(bed: Arc<Bed>) -> Result<()> {
     bed.approle("t_badlogin", "vaultlet-test", "1h", "4h", &dir, false).await?;
     std::fs::write(dir.join("secret_id"), "00000000-0000-0000-0000-000000000000")?;
     let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n"))?;
+    eventually(Duration::from_secs(10), "socket", || async { Ok(d.socket.exists().then_some(())) }).await?;
+    let out = tokio::process::Command::new(bin()).args(["ready", "--socket"]).arg(&d.socket).output().await?;
+    ensure!(out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("api"), "ready: {out:?}");
     let reason = eventually(Duration::from_secs(20), "ready names the login failure", || async {
         let (st, v) = d.get("/v1/ready").await?;
         let r = v["reasons"][0]["reason"].as_str().unwrap_or_default().to_owned();
