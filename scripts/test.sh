@@ -39,6 +39,12 @@ step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"
 
 if [ $# -eq 0 ]; then
+    step "Node client tests (real vaultlet + OpenBao + PostgreSQL)"
+    scripts/test-node.sh
+
+    step "deployment files (Dockerfiles, compose, systemd units, example configs)"
+    scripts/check-deploy.sh
+
     step "demo smoke run"
     scripts/demo.sh --for 8 >/dev/null
     echo "demo ran"
