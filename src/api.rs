@@ -122,10 +122,10 @@ pub fn bind(cfg: &SocketConfig, secrets: &[SecretSpec]) -> Result<Bound, BindErr
         }
         std::fs::remove_file(path).map_err(io)?;
     }
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = path.with_file_name(format!(
         ".{}.{}",

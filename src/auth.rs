@@ -133,10 +133,10 @@ impl Credentials {
             (Some(raw), _) => {
                 let sid = if self.cfg.secret_id_wrapped { vault.unwrap_secret_id(&raw).await? } else { raw.clone() };
                 self.cached = Some((sid.clone(), raw));
-                if self.cfg.remove_secret_id_file {
-                    if let Err(e) = tokio::fs::remove_file(&self.cfg.secret_id_file).await {
-                        tracing::warn!(path = %self.cfg.secret_id_file.display(), error = %e, "could not remove the secret_id file");
-                    }
+                if self.cfg.remove_secret_id_file
+                    && let Err(e) = tokio::fs::remove_file(&self.cfg.secret_id_file).await
+                {
+                    tracing::warn!(path = %self.cfg.secret_id_file.display(), error = %e, "could not remove the secret_id file");
                 }
                 sid
             }

@@ -88,7 +88,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} secrets, {} files, socket {})",
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Get { what, socket } => match vaultlet::client::get(&socket, &what) {
+        Command::Get { what, socket } => match vaultlet::client::get(socket, what) {
             Ok(out) => {
                 println!("{out}");
                 ExitCode::SUCCESS
@@ -121,11 +121,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Exec { config, command } => with_runtime(&config, &cli, |config| async move {
+        Command::Exec { config, command } => with_runtime(config, &cli, |config| async move {
             let code = vaultlet::exec::run(config, command.clone()).await;
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }),
-        Command::Run { config } => with_runtime(&config, &cli, |config| async move {
+        Command::Run { config } => with_runtime(config, &cli, |config| async move {
             let shutdown = CancellationToken::new();
             tokio::spawn(signals(shutdown.clone()));
             match vaultlet::run(config, shutdown).await {

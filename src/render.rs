@@ -95,10 +95,11 @@ pub fn check_template(template: &str, kinds: &BTreeMap<&str, &SecretSource>) -> 
                 ));
             }
             Some(SecretSource::Database { .. }) => {
-                if let Some(f) = field {
-                    if f != "username" && f != "password" {
-                        return Err(format!("refers to `{name}.{f}`; database secrets have `username` and `password`"));
-                    }
+                if let Some(f) = field
+                    && f != "username"
+                    && f != "password"
+                {
+                    return Err(format!("refers to `{name}.{f}`; database secrets have `username` and `password`"));
                 }
             }
             Some(SecretSource::Kv { .. }) => {}
@@ -363,12 +364,12 @@ pub fn write_atomic(
     result
 }
 
+/// Secrets by name, as templates see them.
+pub type Secrets = BTreeMap<String, Arc<SecretData>>;
+
 /// The live values of `uses` in `snap`, with their versions for logs; `None`
 /// until every one of them is available.
-pub fn live_secrets(
-    snap: &Snapshot,
-    uses: &BTreeSet<String>,
-) -> Option<(BTreeMap<String, Arc<SecretData>>, Vec<String>)> {
+pub fn live_secrets(snap: &Snapshot, uses: &BTreeSet<String>) -> Option<(Secrets, Vec<String>)> {
     let now = Instant::now();
     let mut secrets = BTreeMap::new();
     let mut versions = Vec::new();

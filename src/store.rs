@@ -165,10 +165,11 @@ impl Store {
     /// failure for secrets never fetched.
     pub fn unavailable(&self, entry: &Entry, now: Instant) -> Option<String> {
         let reason = entry.unavailable(now)?;
-        if entry.value.is_none() && entry.problem.is_none() {
-            if let Some(p) = self.login_problem.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                return Some(format!("{reason}: login failed: {p}"));
-            }
+        if entry.value.is_none()
+            && entry.problem.is_none()
+            && let Some(p) = self.login_problem.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            return Some(format!("{reason}: login failed: {p}"));
         }
         Some(reason)
     }

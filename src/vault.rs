@@ -620,10 +620,10 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
 }
 
 fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
-    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
-        if r.is_timeout() {
-            return "timed out".into();
-        }
+    if let Some(r) = e.downcast_ref::<reqwest::Error>()
+        && r.is_timeout()
+    {
+        return "timed out".into();
     }
     // The innermost cause is the informative one ("Connection refused").
     let mut cur: &dyn std::error::Error = e;

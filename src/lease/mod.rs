@@ -134,10 +134,10 @@ impl Database {
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
             // Follow the hard end of the token our lease was issued under.
-            if let Some(h) = self.cur.as_mut() {
-                if let Some(end) = self.cx.auth.token_end(h.token_generation) {
-                    h.token_end = Some(end);
-                }
+            if let Some(h) = self.cur.as_mut()
+                && let Some(end) = self.cx.auth.token_end(h.token_generation)
+            {
+                h.token_end = Some(end);
             }
             let now = Instant::now();
             let step = match &self.cur {

@@ -266,10 +266,10 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
     let mut passwords = Vec::new();
     let t = tokio::time::Instant::now();
     while t.elapsed() < Duration::from_secs(14) {
-        if let Ok((_, p, _)) = d.creds("db").await {
-            if !passwords.contains(&p) {
-                passwords.push(p);
-            }
+        if let Ok((_, p, _)) = d.creds("db").await
+            && !passwords.contains(&p)
+        {
+            passwords.push(p);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -280,7 +280,7 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
     let sample = login["auth"]["client_token"].as_str().context("token")?.to_owned();
     let prefix = &sample[..sample.find('.').map_or(0, |i| i + 1)];
     d.stop().await?;
-    let log = std::fs::read_to_string(&dir.join("vaultlet.log"))?;
+    let log = std::fs::read_to_string(dir.join("vaultlet.log"))?;
     ensure!(log.contains("renewed lease") && log.contains("TRACE"), "trace run covered renewals");
     let mut values: Vec<String> = passwords.clone();
     values.extend([
