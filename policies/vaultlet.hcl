@@ -15,6 +15,14 @@ path "database/creds/api" {
   capabilities = ["read"]
 }
 
+# GET database/roles/api - optional: read once at start to learn the role's
+# max_ttl, so even the first credential is replaced `rotate_before` ahead of
+# it. Without it vaultlet learns max_ttl from the first capped renewal. The
+# role holds no secret (its SQL statements and TTLs).
+path "database/roles/api" {
+  capabilities = ["read"]
+}
+
 # GET secret/data/api - read the KV v2 secret. Only the data path is read;
 # vaultlet never touches secret/metadata/*, so it is not granted.
 path "secret/data/api" {

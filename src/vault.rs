@@ -165,6 +165,21 @@ struct DbCredsRequest {
 }
 
 #[derive(Endpoint)]
+#[endpoint(path = "{self.mount}/roles/{self.role}", response = "serde_json::Value")]
+struct DbRoleRequest {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    role: String,
+}
+
+#[derive(Deserialize)]
+struct DbRoleData {
+    #[serde(default)]
+    max_ttl: u64,
+}
+
+#[derive(Endpoint)]
 #[endpoint(path = "sys/leases/renew", method = "PUT", response = "serde_json::Value")]
 struct RenewLeaseRequest {
     lease_id: String,
@@ -463,6 +478,31 @@ impl Vault {
             ttl: Duration::from_secs(env.lease_duration),
             renewable: env.renewable,
         })
+    }
+
+    /// `GET <mount>/roles/<role>`: the role's `max_ttl`, so the first lease
+    /// can be replaced in good time. Optional: needs `read` on the role,
+    /// which the least-privilege policy may leave out; 0 (the mount's
+    /// default) gives `None`.
+    pub async fn db_role_max_ttl(
+        &self,
+        token: &SecretString,
+        mount: &str,
+        role: &str,
+    ) -> Result<Option<Duration>, VaultError> {
+        let op = Op {
+            kind: "db_role",
+            what: format!("database role {mount}/roles/{role}"),
+            capability: "read",
+            path: format!("{mount}/roles/{role}"),
+        };
+        let body = self
+            .call(&op, Some(token), |c| async move {
+                raw(&c, DbRoleRequest { mount: mount.to_owned(), role: role.to_owned() }).await
+            })
+            .await?;
+        let env: Envelope<DbRoleData> = parse(&op, &body)?;
+        Ok(env.data.map(|d| d.max_ttl).filter(|t| *t > 0).map(Duration::from_secs))
     }
 
     /// `PUT sys/leases/renew`.

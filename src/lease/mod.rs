@@ -131,8 +131,24 @@ impl Database {
     async fn run(mut self, mount: &str, role: &str) {
         let name = self.spec.name.clone();
         let mut token_rx = self.cx.auth.token.clone();
+        let mut asked_max_ttl = false;
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
+            if !asked_max_ttl {
+                // Once: the role's max_ttl, if the policy lets us read it.
+                // Without it the cap is learned from the first capped renewal.
+                asked_max_ttl = true;
+                match self.cx.vault.db_role_max_ttl(&token.secret, mount, role).await {
+                    Ok(Some(max)) => {
+                        tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
+                        self.learned = Some(max);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(secret = %name, error = %e, "role max_ttl not readable; will learn it from renewals")
+                    }
+                }
+            }
             // Follow the hard end of the token our lease was issued under.
             if let Some(h) = self.cur.as_mut()
                 && let Some(end) = self.cx.auth.token_end(h.token_generation)

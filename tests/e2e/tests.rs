@@ -194,6 +194,7 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
     ensure!(st == 200, "still healthy after bad input");
 
     let log = d.log_text();
+    ensure!(log.contains("read the role's max_ttl"), "the shipped policy lets vaultlet read max_ttl");
     ensure!(!log.contains(&pass), "password in the log");
     ensure!(!log.contains("sk_test_demo123"), "kv value in the log");
     let socket = d.socket.clone();
