@@ -19,8 +19,9 @@ fi
 step "test bed prerequisites (OpenBao, PostgreSQL)"
 scripts/testbed.sh install >/dev/null
 
-step "cargo fmt --check"
+step "cargo fmt --check, clippy"
 cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
 
 step "supply chain (deny.toml: licenses, sources, banned crates)"
 python3 scripts/supply-chain.py
