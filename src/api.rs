@@ -391,7 +391,7 @@ impl Serialize for SecretJson<'_> {
         m.serialize_entry("name", self.name)?;
         m.serialize_entry("version", &self.entry.version)?;
         m.serialize_entry("data", &DataJson(self.data))?;
-        if let Some(l) = &self.entry.lease {
+        if let Some(l) = self.entry.lease.as_ref().map(|c| c.get()) {
             let left = l.expires_at.saturating_duration_since(Instant::now());
             m.serialize_entry(
                 "lease",

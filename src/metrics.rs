@@ -125,7 +125,8 @@ pub fn render(store: &Store) -> String {
             let _ = writeln!(out, "{name}{{secret=\"{}\"}} {v}", escape(&secret));
         }
     };
-    let leased: Vec<_> = snap.iter().filter_map(|(n, e)| e.live(now).and(e.lease.map(|l| (n.clone(), l)))).collect();
+    let leased: Vec<_> =
+        snap.iter().filter_map(|(n, e)| e.live(now).and(e.lease.as_ref().map(|l| (n.clone(), l.get())))).collect();
     gauge(
         "vaultlet_secret_lease_expiry_seconds",
         leased.iter().map(|(n, l)| (n.clone(), l.expires_at.saturating_duration_since(now).as_secs_f64())).collect(),

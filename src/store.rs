@@ -26,8 +26,9 @@ pub struct Entry {
     pub version: u64,
     /// The current value, if any.
     pub value: Option<Arc<SecretData>>,
-    /// Lease end and renewability (database secrets).
-    pub lease: Option<LeaseView>,
+    /// Lease end and renewability (database secrets). Shared with the
+    /// lease task, which updates it in place on renewal.
+    pub lease: Option<Arc<LeaseCell>>,
     /// Why the secret is missing, stale or at risk; `None` when all is well.
     pub problem: Option<String>,
 }
@@ -43,13 +44,30 @@ pub struct LeaseView {
     pub renewable: bool,
 }
 
+/// A lease's current view, updated in place by renewals: a renewal changes
+/// neither content nor version, so it neither copies the snapshot nor wakes
+/// readers — O(1) whatever the number of secrets.
+#[derive(Debug)]
+pub struct LeaseCell(std::sync::Mutex<LeaseView>);
+
+impl LeaseCell {
+    /// The current view.
+    pub fn get(&self) -> LeaseView {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, v: LeaseView) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
 // === impl Entry ===
 
 impl Entry {
     /// The value, if it exists and its lease has not ended at `now`.
     pub fn live(&self, now: Instant) -> Option<&Arc<SecretData>> {
         match (&self.value, &self.lease) {
-            (Some(_), Some(l)) if l.expires_at <= now => None,
+            (Some(_), Some(l)) if l.get().expires_at <= now => None,
             (v, _) => v.as_ref(),
         }
     }
@@ -127,7 +145,7 @@ impl Store {
                 e.version += 1;
                 e.value = Some(Arc::new(data));
             }
-            e.lease = lease;
+            e.lease = lease.map(|l| Arc::new(LeaseCell(std::sync::Mutex::new(l))));
             e.problem = None;
             version = e.version;
             true
@@ -135,13 +153,28 @@ impl Store {
         version
     }
 
-    /// Records a renewal: new end, same content, same version.
+    /// Records a renewal: new end, same content, same version. Updates the
+    /// shared cell; the snapshot is copied only to clear a recorded problem.
     pub fn update_lease(&self, name: &str, lease: LeaseView) {
-        self.modify(name, |e| {
-            e.lease = Some(lease);
-            e.problem = None;
-            true
-        });
+        let (cell, had_problem) = {
+            let snap = self.tx.borrow();
+            match snap.get(name) {
+                Some(e) => (e.lease.clone(), e.problem.is_some()),
+                None => return,
+            }
+        };
+        match cell {
+            Some(c) => c.set(lease),
+            None => {
+                self.modify(name, |e| {
+                    e.lease = Some(Arc::new(LeaseCell(std::sync::Mutex::new(lease))));
+                    true
+                });
+            }
+        }
+        if had_problem {
+            self.modify(name, |e| e.problem.take().is_some());
+        }
     }
 
     /// Records why the secret is not fresh; the held value stays served while
@@ -212,6 +245,31 @@ mod tests {
         assert_eq!(s.publish("a", data("1"), None), 1);
         assert_eq!(s.publish("a", data("1"), None), 1);
         assert_eq!(s.publish("a", data("2"), None), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewal_updates_in_place_without_waking_readers() {
+        let s = Store::new(["db", "other"]);
+        let view = |secs| LeaseView {
+            expires_at: Instant::now() + Duration::from_secs(secs),
+            ttl: Duration::from_secs(10),
+            renewable: true,
+        };
+        s.publish("db", data("x"), Some(view(10)));
+        let mut rx = s.subscribe();
+        rx.borrow_and_update();
+        let before = s.snapshot();
+        s.update_lease("db", view(25));
+        assert!(!rx.has_changed().unwrap(), "a renewal wakes no reader");
+        assert!(Arc::ptr_eq(&before, &s.snapshot()), "and copies no snapshot");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(s.snapshot()["db"].live(Instant::now()).is_some(), "served until the renewed end");
+        // A renewal after an error clears the problem (that one is visible).
+        s.set_problem("db", "vault unreachable".into());
+        rx.borrow_and_update();
+        s.update_lease("db", view(10));
+        assert!(rx.has_changed().unwrap());
+        assert!(s.snapshot()["db"].problem.is_none());
     }
 
     #[tokio::test(start_paused = true)]
