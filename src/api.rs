@@ -409,13 +409,13 @@ impl Serialize for SecretJson<'_> {
 async fn list(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
     let snap = api.store.snapshot();
     let now = Instant::now();
-    let visible: Vec<&String> = snap.keys().filter(|n| api.acl.may_read(&peer, n)).collect();
-    struct All<'a>(&'a store::Snapshot, &'a [&'a String], Instant);
+    let visible: Vec<&Arc<str>> = snap.keys().filter(|n| api.acl.may_read(&peer, n)).collect();
+    struct All<'a>(&'a store::Snapshot, &'a [&'a Arc<str>], Instant);
     impl Serialize for All<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(None)?;
             for name in self.1 {
-                let entry = &self.0[*name];
+                let entry = &self.0[&***name];
                 if let Some(data) = entry.live(self.2) {
                     m.serialize_entry(name, &SecretJson { name, entry, data })?;
                 }
@@ -424,14 +424,14 @@ async fn list(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Respo
         }
     }
     for name in &visible {
-        let e = &snap[*name];
+        let e = &snap[&***name];
         if e.live(now).is_some() {
             audit(&peer, name, Some(e.version), "allowed");
         }
     }
     let unavailable: serde_json::Map<String, serde_json::Value> = visible
         .iter()
-        .filter_map(|n| api.store.unavailable(&snap[*n], now).map(|r| ((*n).clone(), r.into())))
+        .filter_map(|n| api.store.unavailable(&snap[&***n], now).map(|r| (n.to_string(), r.into())))
         .collect();
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -485,7 +485,7 @@ async fn one(
     if !api.acl.may_read(&peer, &name) {
         return deny(&api.denials, &peer, &name, "secret");
     }
-    if !store.snapshot().contains_key(&name) {
+    if !store.snapshot().contains_key(name.as_str()) {
         return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
@@ -495,7 +495,7 @@ async fn one(
         let mut rx = store.subscribe();
         loop {
             let snap = rx.borrow_and_update().clone();
-            let entry = &snap[&name];
+            let entry = &snap[name.as_str()];
             // A version below `after` means vaultlet restarted since the
             // client's last answer (versions start again at 1): answer too.
             if entry.live(Instant::now()).is_some() && poll.after.is_none_or(|a| entry.version != a) {
@@ -508,7 +508,7 @@ async fn one(
         }
     }
     let snap = store.snapshot();
-    let entry = &snap[&name];
+    let entry = &snap[name.as_str()];
     let now = Instant::now();
     match entry.live(now) {
         Some(data) => {
@@ -532,7 +532,7 @@ async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Res
     /// What each subscriber last told its client, per secret.
     struct St {
         rx: tokio::sync::watch::Receiver<store::Snapshot>,
-        told: std::collections::BTreeMap<String, Option<u64>>,
+        told: std::collections::BTreeMap<Arc<str>, Option<u64>>,
         queue: std::collections::VecDeque<Event>,
     }
     let st = St { rx: store.subscribe(), told: Default::default(), queue: Default::default() };

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -119,7 +119,7 @@ pub fn render(store: &Store) -> String {
     }
     let snap = store.snapshot();
     let now = Instant::now();
-    let mut gauge = |name: &str, rows: Vec<(String, f64)>| {
+    let mut gauge = |name: &str, rows: Vec<(Arc<str>, f64)>| {
         let _ = writeln!(out, "# TYPE {name} gauge");
         for (secret, v) in rows {
             let _ = writeln!(out, "{name}{{secret=\"{}\"}} {v}", escape(&secret));

@@ -374,7 +374,7 @@ pub fn live_secrets(snap: &Snapshot, uses: &BTreeSet<String>) -> Option<(Secrets
     let mut secrets = BTreeMap::new();
     let mut versions = Vec::new();
     for name in uses {
-        let e = snap.get(name)?;
+        let e = snap.get(name.as_str())?;
         secrets.insert(name.clone(), e.live(now)?.clone());
         versions.push(format!("{name}@{}", e.version));
     }

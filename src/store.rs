@@ -86,8 +86,9 @@ impl Entry {
     }
 }
 
-/// All secrets, by name.
-pub type Snapshot = Arc<BTreeMap<String, Entry>>;
+/// All secrets, by name. Cloning the map to publish a change copies only
+/// pointers (names and entries are shared).
+pub type Snapshot = Arc<BTreeMap<Arc<str>, Arc<Entry>>>;
 
 /// The writer side; cheap to clone.
 #[derive(Clone)]
@@ -106,7 +107,7 @@ impl Store {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Store {
         let map = names
             .into_iter()
-            .map(|n| (n.to_owned(), Entry { version: 0, value: None, lease: None, problem: None }))
+            .map(|n| (Arc::from(n), Arc::new(Entry { version: 0, value: None, lease: None, problem: None })))
             .collect();
         let (tx, _) = watch::channel(Arc::new(map));
         Store { tx: Arc::new(tx), login_problem: Arc::default() }
@@ -126,7 +127,7 @@ impl Store {
         self.tx.send_if_modified(|snap| {
             let mut map = (**snap).clone();
             let Some(e) = map.get_mut(name) else { return false };
-            if !f(e) {
+            if !f(Arc::make_mut(e)) {
                 return false;
             }
             *snap = Arc::new(map);
@@ -210,7 +211,7 @@ impl Store {
     /// Readiness: every secret held and unexpired. Returns the reasons otherwise.
     pub fn not_ready(&self, now: Instant) -> Vec<(String, String)> {
         let snap = self.snapshot();
-        snap.iter().filter_map(|(n, e)| self.unavailable(e, now).map(|r| (n.clone(), r))).collect()
+        snap.iter().filter_map(|(n, e)| self.unavailable(e, now).map(|r| (n.to_string(), r))).collect()
     }
 
     /// Removes the value (its lease has ended or was revoked).
