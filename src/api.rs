@@ -332,7 +332,7 @@ async fn check_peer(
 
 async fn no_store(mut res: Response) -> Response {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    crate::metrics::inc("vaultlet_socket_requests_total", &[("status", res.status().as_str())]);
+    crate::metrics::socket_status(res.status().as_u16());
     res
 }
 

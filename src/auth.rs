@@ -190,7 +190,10 @@ async fn run(
     let mut permanent = Backoff::permanent();
     loop {
         // --- log in ---
-        let res = creds.login(&vault).await;
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = creds.login(&vault) => r,
+        };
         crate::metrics::inc("vaultlet_logins_total", &[("result", crate::metrics::result(&res))]);
         let auth = match res {
             Ok(a) => a,
@@ -261,7 +264,10 @@ async fn run(
                 tracing::info!(generation, "token nears its end; logging in again");
                 break;
             }
-            let res = vault.renew_self(&token.secret, initial_ttl).await;
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = vault.renew_self(&token.secret, initial_ttl) => r,
+            };
             crate::metrics::inc("vaultlet_token_renewals_total", &[("result", crate::metrics::result(&res))]);
             match res {
                 Ok(a) => {

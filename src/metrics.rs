@@ -53,6 +53,16 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Socket answers by status code, on the hot path: no lock, no allocation.
+static SOCKET_STATUS: [std::sync::atomic::AtomicU64; 600] = [const { std::sync::atomic::AtomicU64::new(0) }; 600];
+
+/// Counts one socket answer.
+pub fn socket_status(code: u16) {
+    if let Some(c) = SOCKET_STATUS.get(usize::from(code)) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Adds one to a counter.
 pub fn inc(name: &'static str, labels: &[(&'static str, &str)]) {
     let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
@@ -103,6 +113,13 @@ pub fn render(store: &Store) -> String {
                 last = name;
             }
             let _ = writeln!(out, "{name}{} {v}", labels(l));
+        }
+        let _ = writeln!(out, "# TYPE vaultlet_socket_requests_total counter");
+        for (code, c) in SOCKET_STATUS.iter().enumerate() {
+            let n = c.load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "vaultlet_socket_requests_total{{status=\"{code}\"}} {n}");
+            }
         }
         if !r.latency.is_empty() {
             let name = "vaultlet_vault_request_duration_seconds";

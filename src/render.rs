@@ -419,10 +419,13 @@ pub async fn run_file(
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
-        // Batch: secrets that change together are written once.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(BATCH) => {}
+        // Batch: secrets that change together are written once. Not before
+        // the first write: nothing is written until every secret is there.
+        if written.is_some() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(BATCH) => {}
+            }
         }
     }
 }

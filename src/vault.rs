@@ -246,7 +246,13 @@ pub struct Vault {
     addrs: Vec<reqwest::Url>,
     current: AtomicUsize,
     namespace: Option<String>,
+    /// Requests in flight at once. Thousands of secrets starting together
+    /// queue here instead of opening thousands of connections.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Most requests vaultlet sends to Vault at the same time.
+const MAX_IN_FLIGHT: usize = 16;
 
 // === impl Vault ===
 
@@ -259,6 +265,9 @@ impl Vault {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .no_proxy()
+            // Few idle connections: a sidecar's requests come in small bursts.
+            .pool_max_idle_per_host(4)
+            .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("vaultlet/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &cfg.ca_cert {
             let pem = std::fs::read(path).map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))?;
@@ -284,7 +293,13 @@ impl Vault {
             b = b.identity(id?);
         }
         let http = b.build().map_err(|e| VaultError::Setup(e.to_string()))?;
-        Ok(Vault { http, addrs: cfg.addresses.clone(), current: AtomicUsize::new(0), namespace: cfg.namespace.clone() })
+        Ok(Vault {
+            http,
+            addrs: cfg.addresses.clone(),
+            current: AtomicUsize::new(0),
+            namespace: cfg.namespace.clone(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        })
     }
 
     fn conn(&self, addr: &reqwest::Url, token: &str) -> Conn {
@@ -320,6 +335,7 @@ impl Vault {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let token = token.map(|t| t.expose_secret()).unwrap_or("");
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for i in 0..self.addrs.len() {
@@ -328,7 +344,9 @@ impl Vault {
             let conn = Arc::new(self.conn(addr, token));
             let started = std::time::Instant::now();
             tracing::trace!(operation = %op.kind, path = %op.path, address = %addr, "vault request");
-            let res = f(conn).await;
+            // Boxed: the HTTP stack's futures are large, and keeping them out
+            // of every caller's state keeps idle secret tasks small.
+            let res = Box::pin(f(conn)).await;
             tracing::trace!(operation = %op.kind, ok = res.is_ok(), took = ?started.elapsed(), "vault response");
             crate::metrics::vault_request(op.kind, started.elapsed(), res.is_ok());
             match res {

@@ -138,7 +138,11 @@ impl Database {
                 // Once: the role's max_ttl, if the policy lets us read it.
                 // Without it the cap is learned from the first capped renewal.
                 asked_max_ttl = true;
-                match self.cx.vault.db_role_max_ttl(&token.secret, mount, role).await {
+                let read = tokio::select! {
+                    _ = self.cx.shutdown.cancelled() => return,
+                    r = self.cx.vault.db_role_max_ttl(&token.secret, mount, role) => r,
+                };
+                match read {
                     Ok(Some(max)) => {
                         tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
                         self.learned = Some(max);
@@ -170,9 +174,17 @@ impl Database {
                     continue;
                 }
             }
-            let res = match step {
-                Step::Replace(_) => self.issue(&token, mount, role).await,
-                Step::Renew(_) => self.renew(&token).await,
+            let shutdown = self.cx.shutdown.clone();
+            let attempt = async {
+                match step {
+                    Step::Replace(_) => self.issue(&token, mount, role).await,
+                    Step::Renew(_) => self.renew(&token).await,
+                }
+            };
+            // A request in flight (or queued) does not hold up shutdown.
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = attempt => r,
             };
             match res {
                 Ok(()) => {
@@ -334,7 +346,10 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
     let mut permanent = Backoff::permanent();
     loop {
         let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
-        let res = cx.vault.kv(&token.secret, mount, path, version).await;
+        let res = tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            r = cx.vault.kv(&token.secret, mount, path, version) => r,
+        };
         crate::metrics::inc(
             "vaultlet_kv_reads_total",
             &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
