@@ -252,7 +252,7 @@ pub struct Vault {
 }
 
 /// Most requests vaultlet sends to Vault at the same time.
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 32;
 
 // === impl Vault ===
 

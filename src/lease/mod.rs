@@ -134,8 +134,9 @@ impl Database {
         let mut asked_max_ttl = false;
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
-            if !asked_max_ttl {
-                // Once: the role's max_ttl, if the policy lets us read it.
+            if !asked_max_ttl && self.cur.is_some() {
+                // Once, after the first credential is out (so it costs start-up
+                // nothing): the role's max_ttl, if the policy lets us read it.
                 // Without it the cap is learned from the first capped renewal.
                 asked_max_ttl = true;
                 let read = tokio::select! {
@@ -146,6 +147,9 @@ impl Database {
                     Ok(Some(max)) => {
                         tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
                         self.learned = Some(max);
+                        if let Some(h) = self.cur.as_mut() {
+                            h.cap = Some(h.lease.issued_at + max);
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {

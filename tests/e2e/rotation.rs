@@ -99,7 +99,7 @@ pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result
     let mut bed = Bed::private("outage", &[]).await?;
     bed.write("sys/policies/acl/vaultlet-test", json!({ "policy": crate::tests::TEST_POLICY })).await?;
     let dir = test_dir("outage")?;
-    bed.db_role("t_out", "20s", "10m").await?;
+    bed.db_role("t_out", "30s", "10m").await?;
     bed.approle("t_out", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let d = Daemon::start(
         &dir,
@@ -111,11 +111,12 @@ pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result
     let prober = Prober::start(d.socket.clone(), "db", bed.pg());
 
     // Each outage starts right after a renewal and lasts past the next
-    // renewal's due time (⅔ of 20 s), but not past the lease's end.
+    // renewal's due time (⅔ of 30 s) plus the request timeout (2 s), but
+    // not past the lease's end (30 s).
     let renewed = |n: usize| {
         let d = &d;
         async move {
-            eventually(Duration::from_secs(40), "a renewal", || async {
+            eventually(Duration::from_secs(60), "a renewal", || async {
                 Ok((d.log_text().matches("renewed lease").count() > n).then_some(tokio::time::Instant::now()))
             })
             .await
@@ -129,7 +130,7 @@ pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result
     renewed(0).await?;
     let n = d.log_text().matches("renewed lease").count();
     signal(rustix::process::Signal::STOP)?;
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(24)).await;
     ensure!(d.get("/v1/ready").await?.0 == 200, "still ready while the server is frozen");
     signal(rustix::process::Signal::CONT)?;
     let thawed = tokio::time::Instant::now();
@@ -139,7 +140,7 @@ pub async fn outage_freeze_and_restart_keep_serving(_shared: Arc<Bed>) -> Result
     // 2. Stopped server, restarted on the same storage and unsealed.
     let n = d.log_text().matches("renewed lease").count();
     bed.ctl(&["bao-stop"]).await?;
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    tokio::time::sleep(Duration::from_secs(22)).await;
     ensure!(d.get("/v1/ready").await?.0 == 200, "still ready while the server is down");
     bed.ctl(&["bao-start"]).await?;
     bed.reload_env()?;
