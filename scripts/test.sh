@@ -46,6 +46,9 @@ if [ $# -eq 0 ]; then
     step "deployment files (Dockerfiles, compose, systemd units, example configs)"
     scripts/check-deploy.sh
 
+    step "benchmark smoke run (tiny sizes; checks the benchmark works, not its numbers)"
+    VAULTLET_BIN="$PWD/target/debug/vaultlet" bench/run.sh --smoke >/dev/null
+
     step "demo smoke run"
     scripts/demo.sh --for 8 >/dev/null
     echo "demo ran"
