@@ -633,7 +633,7 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
     let status_err = |status: u16, errors: Vec<String>| {
         let mut message = errors.join("; ");
         message.retain(|c| !c.is_control());
-        message.truncate(300);
+        truncate(&mut message, 300);
         if message.is_empty() {
             message = "no reason given".into();
         }
@@ -677,6 +677,18 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
     }
 }
 
+/// Shortens a message to at most `max` bytes on a character boundary
+/// (`String::truncate` panics inside a multi-byte character).
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(r) = e.downcast_ref::<reqwest::Error>()
         && r.is_timeout()
@@ -689,7 +701,7 @@ fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     let mut s = cur.to_string();
-    s.truncate(200);
+    truncate(&mut s, 200);
     s
 }
 
@@ -742,6 +754,16 @@ mod tests {
         );
         assert!(!format!("{e} {e:?}").contains("p4ssw0rd"));
         assert!(e.is_transient());
+    }
+
+    #[test]
+    fn long_multibyte_errors_are_cut_without_panicking() {
+        let e = classify(
+            &op(),
+            &"http://127.0.0.1:1".parse().unwrap(),
+            ClientError::APIError { code: 500, errors: vec![format!("a{}", "é".repeat(400))] },
+        );
+        assert!(e.to_string().len() < 1000);
     }
 
     #[test]
