@@ -131,7 +131,19 @@ impl Credentials {
             (None, Some((sid, _))) => sid.clone(),
             (Some(raw), Some((sid, from))) if raw.expose_secret() == from.expose_secret() => sid.clone(),
             (Some(raw), _) => {
-                let sid = if self.cfg.secret_id_wrapped { vault.unwrap_secret_id(&raw).await? } else { raw.clone() };
+                let sid = if self.cfg.secret_id_wrapped {
+                    // It travels as a header: only visible ASCII can.
+                    if !raw.expose_secret().bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(AuthError::File {
+                            what: "secret_id",
+                            path: self.cfg.secret_id_file.display().to_string(),
+                            reason: "a wrapping token is visible ASCII; this file holds something else".into(),
+                        });
+                    }
+                    vault.unwrap_secret_id(&raw).await?
+                } else {
+                    raw.clone()
+                };
                 self.cached = Some((sid.clone(), raw));
                 if self.cfg.remove_secret_id_file
                     && let Err(e) = tokio::fs::remove_file(&self.cfg.secret_id_file).await

@@ -782,6 +782,11 @@ impl Cx<'_> {
                 Some(p.into_inner())
             }
         };
+        if let Some(ns) = &v.namespace
+            && !ns.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return self.err(0..0, "vault.namespace", "must be visible ASCII (it is sent as a header)");
+        }
         let client_cert = match (v.client_cert, v.client_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {

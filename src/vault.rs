@@ -391,7 +391,7 @@ impl Vault {
                 vaultrs::auth::approle::login(&c.0, mount, role_id.expose_secret(), secret_id.expose_secret()).await
             })
             .await?;
-        Ok(auth_from(info))
+        auth_from(&op, info)
     }
 
     /// Unwraps a response-wrapped secret_id after checking that the wrapping
@@ -444,7 +444,7 @@ impl Vault {
         let inc = inc.as_str();
         let info =
             self.call(&op, Some(token), |c| async move { vaultrs::token::renew_self(&c.0, Some(inc)).await }).await?;
-        Ok(auth_from(info))
+        auth_from(&op, info)
     }
 
     /// `GET auth/token/lookup-self`: is the token still valid?
@@ -614,9 +614,15 @@ fn malformed(op: &Op, what: &'static str) -> VaultError {
     VaultError::Malformed { op: op.what.clone(), what }
 }
 
-fn auth_from(mut info: vaultrs::api::AuthInfo) -> Auth {
+fn auth_from(op: &Op, mut info: vaultrs::api::AuthInfo) -> Result<Auth, VaultError> {
     let token = SecretString::from(std::mem::take(&mut info.client_token));
-    Auth { token, ttl: Duration::from_secs(info.lease_duration), renewable: info.renewable }
+    // The token goes into a header on every request; vaultrs would panic
+    // building one from anything but visible ASCII.
+    let t = token.expose_secret();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(op, "a client token that is not visible ASCII"));
+    }
+    Ok(Auth { token, ttl: Duration::from_secs(info.lease_duration), renewable: info.renewable })
 }
 
 /// Vault's error JSON: `{"errors": ["…"]}`.
