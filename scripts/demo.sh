@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The vaultlet demo: starts a real OpenBao and PostgreSQL on loopback (the
-# test bed), runs vaultlet against them, and shows secrets reaching an app:
-# through the socket (`vaultlet get`) and through an env file that a small
-# shell "app" sources to log in to PostgreSQL. Then it keeps showing the
-# database credential as vaultlet renews and replaces it. Ctrl-C stops
-# vaultlet and tears everything down.
+# test bed), runs vaultlet against them, and shows secrets reaching apps:
+# through the socket (`vaultlet get`), through an env file that a small shell
+# "app" sources to log in to PostgreSQL, and through the Node client in
+# examples/node-api (when node and npm are installed), whose connection pool
+# follows each new credential. Then it keeps showing the database credential
+# as vaultlet renews and replaces it. Ctrl-C stops everything and tears it
+# down.
 #
 #   scripts/demo.sh            # until Ctrl-C
 #   scripts/demo.sh --for 30   # stop by itself after 30 seconds
@@ -27,8 +29,10 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vaultlet-demo.XXXXXX")
 chmod 0711 "$work"
 bed="$work/bed"
 vpid=""
+apid=""
 cleanup() {
     trap - EXIT INT TERM
+    if [ -n "$apid" ]; then kill -TERM "$apid" 2>/dev/null || true; wait "$apid" 2>/dev/null || true; fi
     if [ -n "$vpid" ] && kill -0 "$vpid" 2>/dev/null; then
         say "stopping vaultlet (SIGTERM: it revokes its leases and removes its socket)"
         kill -TERM "$vpid" 2>/dev/null || true
@@ -107,12 +111,28 @@ say "an app that sources the env file logs in to PostgreSQL with the leased cred
 # shellcheck disable=SC2016
 sh -c 'set -a; . "$1"; psql "$DATABASE_URL" -Atc "select '\''connected to '\'' || current_database() || '\'' as '\'' || current_user"' sh "$work/app.env"
 
+api=""
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    say "a Node API (examples/node-api) reads its secrets from the socket and queries PostgreSQL through the pool helper"
+    [ -d "$repo/examples/node-api/node_modules" ] || npm ci --prefix "$repo/examples/node-api" --no-audit --no-fund --silent
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    VAULTLET_SOCKET="$sock" PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE="$PGDATABASE" HOST=127.0.0.1 PORT="$port" \
+        node "$repo/examples/node-api/server.js" >"$work/node-api.log" 2>&1 &
+    apid=$!
+    api="http://127.0.0.1:$port"
+    for _ in $(seq 1 100); do curl -sf "$api/health" >/dev/null 2>&1 && break; sleep 0.2; done
+    echo "\$ curl $api/whoami"
+    curl -s "$api/whoami"; echo
+fi
+
 say "watching the credential: renewed every few seconds, replaced before max_ttl (Ctrl-C to stop)"
 start=$(date +%s)
 while :; do
     if doc=$("$vaultlet" get db --socket "$sock" 2>&1); then
         field() { printf '%s\n' "$doc" | sed -nE "s/.*\"$1\": \"?([^\",]+).*/\1/p"; }
-        printf '%s  version %s  user %s  lease ends %s\n' "$(date +%T)" "$(field version)" "$(field username)" "$(field expires_at)"
+        printf '%s  version %s  user %s  lease ends %s' "$(date +%T)" "$(field version)" "$(field username)" "$(field expires_at)"
+        if [ -n "$api" ]; then printf '   node-api: %s' "$(curl -s "$api/whoami")"; fi
+        printf '\n'
     else
         printf '%s  %s\n' "$(date +%T)" "$doc"
     fi
