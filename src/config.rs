@@ -124,7 +124,8 @@ pub enum RevokeOld {
     Never,
 }
 
-/// One `[secret.NAME]` table.
+/// One `[secret.NAME]` table. Where a secret comes from and how it is kept,
+/// never its value: `Debug` is safe to derive.
 #[derive(Debug, Clone)]
 pub struct SecretSpec {
     /// The name clients and templates use.
@@ -144,7 +145,7 @@ pub struct SecretSpec {
     pub allow: Option<Vec<Allow>>,
 }
 
-/// Where a secret comes from.
+/// Where a secret comes from (mounts, roles, paths; no value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// `GET <mount>/creds/<role>`: a leased username/password.
