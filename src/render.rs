@@ -16,14 +16,13 @@
 //!
 //! Files are written to a temporary file in the same directory, created with
 //! the final mode, fsynced, renamed over the destination, and the directory
-//! is fsynced: a reader sees the old file or the new one, never half of one.
+//! is fsynced: a reader sees the old file or the new one, never half of one
+//! (`src/write.rs`: unguessable temporary names, no symlink followed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -334,7 +333,8 @@ pub fn quote(v: &str) -> (Zeroizing<String>, bool) {
     (q, false)
 }
 
-/// Writes `bytes` to `path` atomically with `mode` (and owner/group when given).
+/// Writes `bytes` to `path` atomically with `mode` (and owner/group when
+/// given); see [`crate::write`] for what a shared directory cannot do to it.
 pub fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -342,26 +342,7 @@ pub fn write_atomic(
     owner: Option<u32>,
     group: Option<u32>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.vaultlet-{}", std::process::id()));
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        // The umask may have narrowed the mode; set exactly what was asked.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if owner.is_some() || group.is_some() {
-            std::os::unix::fs::fchown(&f, owner, group)?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::write::write_file(path, bytes, mode, owner, group).map_err(Into::into)
 }
 
 /// Secrets by name, as templates see them.
@@ -487,6 +468,7 @@ async fn render_and_write(
 mod tests {
     use super::*;
     use secrecy::SecretString;
+    use std::os::unix::fs::PermissionsExt;
 
     fn secrets(pairs: &[(&str, &str, &str)]) -> BTreeMap<String, Arc<SecretData>> {
         let mut m: BTreeMap<String, SecretData> = BTreeMap::new();
