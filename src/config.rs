@@ -1060,6 +1060,19 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
+    fn socket_caps_default_and_bad_ones_are_named_with_line() {
+        let s = load(GOOD).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (1024, 128, 32));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = 10\nmax_waits_per_uid = 3\n");
+        let s = load(&src).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (10, 10, 3));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections_per_uid = 0\n");
+        expect_err(&src, "socket.max_connections_per_uid", 12);
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = -5\n");
+        expect_err(&src, "socket.max_connections", 12);
+    }
+
+    #[test]
     fn wrong_type_is_named_with_line() {
         let src = GOOD.replace("[socket]\n", "[socket]\nallow = [{ uid = \"root\" }]\n");
         expect_err(&src, "socket.allow[0].uid", 12);
