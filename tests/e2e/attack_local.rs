@@ -4,7 +4,7 @@
 //! (or a vaultlet running as an unprivileged uid, where root's powers would
 //! hide the attack).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,9 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(exit_leaves_a_socket_that_replaced_ours),
         t!(expect_uid_refuses_a_socket_served_by_another_uid),
         t!(caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban),
+        t!(accept_errors_under_descriptor_exhaustion_are_logged_once),
+        t!(metrics_socket_never_deletes_a_file_at_its_path),
+        t!(credential_files_writable_by_others_are_warned_about),
     ]
 }
 
@@ -676,5 +679,87 @@ async fn caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban(bed: Arc<Bed>) 
         }
     }
     ensure!(audits == bins.len(), "one JSON audit line per refusal: {audits}");
+    Ok(())
+}
+
+/// With so few descriptors (48) that a flood does exhaust them, accept
+/// errors back off and are logged once (per minute), not once per attempt;
+/// once the flood is over, root reads again.
+async fn accept_errors_under_descriptor_exhaustion_are_logged_once(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("emfile")?;
+    bed.approle("t_emfile", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let cfg = config(&bed, &dir, API_SECRET).replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
+    let d = Daemon::start_via(&["prlimit", "--nofile=48:48", bin(), "--log", "info"], &dir, &cfg, &["run"], &[], &[])?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let script = write_script(&dir, "flood.py", FLOOD)?;
+    let flood = as_nobody(PYTHON).arg(&script).arg(&d.socket).arg("6").output().await?;
+    ensure!(flood.status.success(), "flood: {flood:?}");
+    let log = d.log_text();
+    let failures = log.lines().filter(|l| l.contains("accept failed")).count();
+    println!("accept-failure lines after a 6 s flood at 48 descriptors: {failures}");
+    ensure!(failures >= 1, "descriptors must have run out for this test to mean anything:\n{log}");
+    ensure!(failures == 1, "accept errors logged once, not per attempt: {failures}\n{log}");
+    let ok = eventually(Duration::from_secs(15), "root reads again after the flood", || async {
+        let out = get_value(&d.socket, "api.stripe_key", &[]).await?;
+        Ok((out.status.success() && out.stdout == b"sk_test_demo123\n").then_some(()))
+    })
+    .await;
+    ok?;
+    d.stop().await?;
+    Ok(())
+}
+
+/// A regular file at the metrics socket's path is left alone (metrics are
+/// off, with the reason), and a metrics socket vaultlet made is removed at
+/// exit only while it is still its own.
+async fn metrics_socket_never_deletes_a_file_at_its_path(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("metricsock")?;
+    bed.approle("t_metricsock", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let path = dir.join("metrics.sock");
+    std::fs::write(&path, "not a socket\n")?;
+    let cfg = format!("{}\n[metrics]\nsocket = \"{}\"\n", config(&bed, &dir, API_SECRET), path.display());
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    eventually(Duration::from_secs(10), "metrics refusal logged", || async {
+        Ok(d.log_text().contains("exists and is not a socket").then_some(()))
+    })
+    .await?;
+    d.stop().await?;
+    ensure!(std::fs::read_to_string(&path)? == "not a socket\n", "the file at the metrics path is untouched");
+
+    std::fs::remove_file(&path)?;
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    eventually(Duration::from_secs(10), "metrics socket", || async {
+        Ok(std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()).then_some(()))
+    })
+    .await?;
+    let other = dir.join("other.sock");
+    let _theirs = std::os::unix::net::UnixListener::bind(&other)?;
+    std::fs::rename(&other, &path)?;
+    let ino = std::fs::symlink_metadata(&path)?.ino();
+    d.stop().await?;
+    ensure!(std::fs::symlink_metadata(&path)?.ino() == ino, "a metrics socket someone else put there stays");
+    Ok(())
+}
+
+/// A secret_id file anyone may rewrite decides which AppRole vaultlet logs
+/// in as: vaultlet says so at start, naming the key.
+async fn credential_files_writable_by_others_are_warned_about(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("loosecred")?;
+    bed.approle("t_loosecred", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, API_SECRET))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    d.stop().await?;
+    let before = std::fs::read_to_string(dir.join("vaultlet.log"))?;
+    ensure!(!before.contains("can be rewritten by other users"), "no warning for 0644 files:\n{before}");
+    chmod(&dir.join("secret_id"), 0o666)?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, API_SECRET))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("can be rewritten by other users")).map(str::to_owned);
+    let line = line.with_context(|| format!("warning for a 0666 secret_id file:\n{log}"))?;
+    ensure!(line.contains("auth.approle.secret_id_file") && !line.contains("role_id_file"), "names the key: {line}");
+    d.stop().await?;
     Ok(())
 }
