@@ -17,7 +17,8 @@
 //! The peer's uid/gid come from the kernel when the connection is accepted; a
 //! caller not on the allow list gets one 403 and the connection is closed
 //! (no keep-alive, 2 s to send its request). Open connections are capped
-//! globally and per uid, and long-polls and event streams per uid: a
+//! globally and per uid (callers on no allow list share one budget), and
+//! long-polls and event streams per uid: a
 //! connection over a cap is answered 503 and closed at once, so a local
 //! user flooding the socket runs out of its own budget, never vaultlet's
 //! descriptors, and allowed callers keep being served. Accept errors
@@ -120,8 +121,13 @@ struct LimitsInner {
     counts: Mutex<Counts>,
 }
 
-/// Open connections in total, and per uid: (connections, waits).
-type Counts = (usize, HashMap<u32, (usize, usize)>);
+/// Open connections in total, and per bucket: (connections, waits).
+type Counts = (usize, HashMap<Bucket, (usize, usize)>);
+
+/// Whose budget a connection counts against: its uid when it is on an allow
+/// list; one shared budget for every caller on none (they get nothing but a
+/// 403), so a thousand refused uids cannot fill the global cap either.
+type Bucket = Option<u32>;
 
 /// Which cap a connection or a wait ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,10 +150,11 @@ impl Limits {
         self.0.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn connect(&self, uid: u32) -> Result<Slot, Over> {
+    fn connect(&self, uid: u32, allowed: bool) -> Result<Slot, Over> {
+        let bucket = allowed.then_some(uid);
         let mut c = self.lock();
         let (total, per) = &mut *c;
-        let mine = per.entry(uid).or_default();
+        let mine = per.entry(bucket).or_default();
         if mine.0 >= self.0.per_uid {
             return Err(Over::Uid);
         }
@@ -156,24 +163,24 @@ impl Limits {
         }
         mine.0 += 1;
         *total += 1;
-        Ok(Slot { limits: self.clone(), uid, wait: false })
+        Ok(Slot { limits: self.clone(), bucket, wait: false })
     }
 
     fn wait(&self, uid: u32) -> Option<Slot> {
         let mut c = self.lock();
-        let mine = c.1.entry(uid).or_default();
+        let mine = c.1.entry(Some(uid)).or_default();
         if mine.1 >= self.0.waits_per_uid {
             return None;
         }
         mine.1 += 1;
-        Some(Slot { limits: self.clone(), uid, wait: true })
+        Some(Slot { limits: self.clone(), bucket: Some(uid), wait: true })
     }
 }
 
 /// One counted connection or wait; gives its place back on drop.
 struct Slot {
     limits: Limits,
-    uid: u32,
+    bucket: Bucket,
     wait: bool,
 }
 
@@ -181,7 +188,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.limits.lock();
         let (total, per) = &mut *c;
-        if let Some(mine) = per.get_mut(&self.uid) {
+        if let Some(mine) = per.get_mut(&self.bucket) {
             if self.wait {
                 mine.1 = mine.1.saturating_sub(1);
             } else {
@@ -189,7 +196,7 @@ impl Drop for Slot {
                 *total = total.saturating_sub(1);
             }
             if *mine == (0, 0) {
-                per.remove(&self.uid);
+                per.remove(&self.bucket);
             }
         }
     }
@@ -362,7 +369,7 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
     let mut conns = JoinSet::new();
     let mut backoff = Duration::ZERO;
     let mut accept_log = Sparse::new(Duration::from_secs(60));
-    let mut over_log: HashMap<u32, Sparse> = HashMap::new();
+    let mut over_log: HashMap<Bucket, Sparse> = HashMap::new();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -403,7 +410,7 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                 continue;
             }
         };
-        let slot = match limits.connect(peer.uid) {
+        let slot = match limits.connect(peer.uid, peer.allowed) {
             Ok(slot) => slot,
             Err(over) => {
                 let reason = match over {
@@ -415,7 +422,9 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                 if over_log.len() > 10_000 {
                     over_log.clear();
                 }
-                if let Some(skipped) = over_log.entry(peer.uid).or_insert_with(|| Sparse::new(DENY_WINDOW)).due() {
+                if let Some(skipped) =
+                    over_log.entry(peer.allowed.then_some(peer.uid)).or_insert_with(|| Sparse::new(DENY_WINDOW)).due()
+                {
                     tracing::warn!(
                         uid = peer.uid,
                         gid = peer.gid,
@@ -834,18 +843,24 @@ mod tests {
             max_waits_per_uid: 1,
         };
         let l = Limits::new(&cfg);
-        let a1 = l.connect(7).unwrap();
-        let _a2 = l.connect(7).unwrap();
-        assert_eq!(l.connect(7).err(), Some(Over::Uid));
-        let _b1 = l.connect(8).unwrap();
-        assert_eq!(l.connect(9).err(), Some(Over::Total));
+        let a1 = l.connect(7, true).unwrap();
+        let _a2 = l.connect(7, true).unwrap();
+        assert_eq!(l.connect(7, true).err(), Some(Over::Uid));
+        let _b1 = l.connect(8, true).unwrap();
+        assert_eq!(l.connect(9, true).err(), Some(Over::Total));
         drop(a1);
-        let _a3 = l.connect(7).unwrap();
+        let _a3 = l.connect(7, true).unwrap();
         let w = l.wait(7).unwrap();
         assert!(l.wait(7).is_none());
         assert!(l.wait(8).is_some());
         drop(w);
         assert!(l.wait(7).is_some());
+        // Callers on no allow list share one budget, whatever their uids.
+        let l = Limits::new(&cfg);
+        let _r1 = l.connect(100, false).unwrap();
+        let _r2 = l.connect(101, false).unwrap();
+        assert_eq!(l.connect(102, false).err(), Some(Over::Uid));
+        let _ok = l.connect(7, true).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
