@@ -17,7 +17,7 @@
 //! | `vaultlet_vault_request_duration_seconds` | histogram | `operation` |
 //! | `vaultlet_vault_requests_total` | counter | `operation`, `result` |
 //! | `vaultlet_socket_requests_total` | counter | `status` |
-//! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`) |
+//! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`, `connection_limit_uid`, `connection_limit`, `wait_limit`) |
 //! | `vaultlet_secret_lease_expiry_seconds` | gauge | `secret`: seconds until the served credential's lease ends |
 //! | `vaultlet_secret_lease_ttl_seconds` | gauge | `secret`: the TTL the lease was issued with |
 //! | `vaultlet_secret_version` | gauge | `secret` |
