@@ -18,11 +18,11 @@
 //! caller not on the allow list gets one 403 and the connection is closed
 //! (no keep-alive, 2 s to send its request). Open connections are capped
 //! globally and per uid (callers on no allow list share one budget), and
-//! long-polls and event streams per uid: a
-//! connection over a cap is answered 503 and closed at once, so a local
-//! user flooding the socket runs out of its own budget, never vaultlet's
-//! descriptors, and allowed callers keep being served. Accept errors
-//! (EMFILE…) back off and are logged once a minute, not once per attempt.
+//! long-polls and event streams per uid: a connection over a cap is
+//! answered 503 and closed at once, so a local user flooding the socket
+//! runs out of its own budget, never vaultlet's descriptors, and allowed
+//! callers keep being served. Accept errors (EMFILE…) back off and are
+//! logged once a minute, not once per attempt.
 //!
 //! The socket file is bound in a private directory, given its mode, then
 //! renamed into place (`src/write.rs`), so it is never reachable with a
