@@ -434,8 +434,10 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                     );
                 }
                 // Best effort, never waits: the caller learns why, and the
-                // descriptor is closed at once.
-                let _ = stream.try_write(OVER_CAP);
+                // descriptor is closed at once. (tokio's try_write would
+                // refuse: a fresh socket has no readiness yet.)
+                use rustix::net::SendFlags;
+                let _ = rustix::net::send(&stream, OVER_CAP, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
                 continue;
             }
         };

@@ -89,7 +89,7 @@ try:
 except socket.timeout:
     pass
 s.close()
-held, opened, failed = [], 0, 0
+held, opened, failed, over = [], 0, 0, []
 end = time.time() + secs
 while time.time() < end:
     c = socket.socket(socket.AF_UNIX)
@@ -102,6 +102,12 @@ while time.time() < end:
         time.sleep(0.002)
         continue
     opened += 1
+    if opened in (500, 1000, 1500):
+        # Far past any per-uid cap: what does a connection over it hear?
+        try:
+            over.append(c.recv(4096).split(b"\r\n", 1)[0].decode("latin-1"))
+        except OSError as e:
+            over.append(str(e))
     if opened % 10 == 0:
         try:
             c.send(b"GET /v1/secrets/api HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -112,7 +118,7 @@ while time.time() < end:
         held.pop(0).close()
     time.sleep(0.0003)
 print(json.dumps({"status": data.split(b"\r\n", 1)[0].decode("latin-1"), "closed": closed,
-                  "opened": opened, "failed": failed}))
+                  "opened": opened, "failed": failed, "over_cap": over}))
 "#;
 
 /// A uid on no allow list floods the socket with connections it holds open
@@ -155,6 +161,11 @@ async fn flood_by_a_refused_uid_does_not_starve_allowed_callers(bed: Arc<Bed>) -
     ensure!(report["status"].as_str().is_some_and(|s| s.contains(" 403")), "refused request answered: {report}");
     ensure!(report["closed"] == true, "refused connection closed after its answer: {report}");
     ensure!(log.contains("too many connections"), "the per-uid cap engaged:\n{log}");
+    let over = report["over_cap"].as_array().context("over_cap")?;
+    ensure!(
+        over.iter().any(|a| a.as_str().is_some_and(|s| s.contains(" 503"))),
+        "a connection over the cap is told 503: {report}"
+    );
     // Root's own 20 reads leave one audit line each; everything else is
     // the flood's doing.
     let lines = log.lines().skip(before).filter(|l| !(l.contains(" uid=0 ") && l.contains("outcome=allowed"))).count();
