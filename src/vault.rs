@@ -409,7 +409,9 @@ impl Vault {
             })
             .await?;
         let path = info.creation_path;
-        if !(path.starts_with("auth/") && path.ends_with("/secret-id")) {
+        // `…/secret-id` or `…/custom-secret-id`: the two AppRole endpoints
+        // that mint a secret_id.
+        if !(path.starts_with("auth/") && (path.ends_with("/secret-id") || path.ends_with("/custom-secret-id"))) {
             return Err(VaultError::Refused {
                 op: op.what,
                 status: 400,
