@@ -6,6 +6,7 @@ script on fake lockfiles against the shipped snapshot.
     python3 scripts/test_advisories.py
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -306,6 +307,18 @@ class Checker(unittest.TestCase):
         (db / "SNAPSHOT").write_text("(2000-01-01)")
         r = run_script("--db", db, "--lockfile", lockfile(self.dir, ("bytes", "1.0.0")))
         self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+
+
+class Coverage(unittest.TestCase):
+    def test_every_cargo_lockfile_in_the_repository_is_checked(self):
+        # A new Rust project with its own lockfile must not slip past the check.
+        found = set()
+        for dirpath, dirnames, filenames in os.walk(adv.ROOT):
+            dirnames[:] = [d for d in dirnames if d not in ("target", "node_modules", ".git")]
+            if "Cargo.lock" in filenames:
+                found.add(str((Path(dirpath) / "Cargo.lock").relative_to(adv.ROOT)))
+        self.assertIn("Cargo.lock", found)
+        self.assertEqual(found, set(adv.LOCKFILES))
 
 
 class NpmAudit(unittest.TestCase):
