@@ -13,7 +13,11 @@ that cannot read its data must not pass.
 
 A version is covered by an advisory when no requirement in its `[versions]`
 `patched` or `unaffected` lists matches it (the rustsec crate's rule, used by
-cargo-audit and cargo-deny); `withdrawn` advisories are skipped, and one whose
+cargo-audit and cargo-deny). Requirements are Cargo's syntax, read as
+intervals of semver precedence, as the rustsec crate reads them; the one
+difference is that partial `>`, `<=` and `=` mean what Cargo means (`> 0` is
+`>= 1.0.0`, where rustsec reads `> 0.0.0`; only a withdrawn advisory uses
+such a bound). `withdrawn` advisories are skipped, and one whose
 `[affected] os` list leaves out Linux is reported as not applicable, since
 vaultlet runs on Linux only. `[affected] arch` is not used to narrow: vaultlet
 builds for any Linux architecture. `[affected.functions]` is not used either
@@ -266,6 +270,54 @@ class Comparator:
             and (self.major, self.minor, self.patch) == (v.major, v.minor, v.patch)
         )
 
+    def contains(self, v: Version) -> bool:
+        """Membership by precedence alone: the comparator as an interval of
+        versions, the way the rustsec crate reads advisory ranges. For
+        release versions this agrees with `matches`; it differs only for
+        pre-releases, which Cargo's field-by-field rules do not order."""
+        lo, lo_incl, hi, hi_incl = self.interval()
+        if lo is not None and (v < lo if lo_incl else v <= lo):
+            return False
+        if hi is not None and (v > hi if hi_incl else v >= hi):
+            return False
+        return True
+
+    def interval(self) -> tuple:
+        """(low, low inclusive, high, high inclusive); None is unbounded.
+        An exclusive end at `X.Y.Z-0` (the lowest pre-release) keeps the next
+        release's pre-releases out, as `^`, `~` and partial versions mean."""
+        major, minor, patch = self.major, self.minor, self.patch
+        base = Version(major, minor or 0, patch or 0, self.pre)
+        zero = ((0, 0, ""),)
+        if minor is None:
+            after = Version(major + 1, 0, 0, zero)
+        elif patch is None:
+            after = Version(major, minor + 1, 0, zero)
+        else:
+            after = None  # a full version: the bound is the version itself
+        op = self.op
+        if op in ("=", "*"):
+            return (base, True, after, False) if after else (base, True, base, True)
+        if op == ">=":
+            return base, True, None, False
+        if op == "<":
+            return None, False, base, False
+        if op == ">":
+            # `>1.2` is `>=1.3.0`: past every 1.2.x.
+            return (Version(after.major, after.minor, after.patch), True, None, False) if after else (base, False, None, False)
+        if op == "<=":
+            return (None, False, after, False) if after else (None, False, base, True)
+        if op == "~":
+            return base, True, Version(major + 1, 0, 0, zero) if minor is None else Version(major, minor + 1, 0, zero), False
+        # Caret: the leftmost non-zero part may not change.
+        if major > 0 or minor is None:
+            end = Version(major + 1, 0, 0, zero)
+        elif minor > 0 or patch is None:
+            end = Version(0, minor + 1, 0, zero)
+        else:
+            end = Version(0, 0, patch + 1, zero)
+        return base, True, end, False
+
 
 # === impl Req ===
 
@@ -290,10 +342,13 @@ class Req:
     def matches(self, v: Version, prerelease_rule: bool = True) -> bool:
         """With `prerelease_rule` (Cargo's resolver), a pre-release version
         matches only if some comparator names the same major.minor.patch with
-        a pre-release; without it, versions are compared by precedence only."""
+        a pre-release; without it, versions are compared by precedence only
+        (each comparator an interval, see `Comparator.contains`)."""
+        if not prerelease_rule:
+            return all(c.contains(v) for c in self.comparators)
         if not all(c.matches(v) for c in self.comparators):
             return False
-        if not v.pre or not prerelease_rule:
+        if not v.pre:
             return True
         return any(c.same_release_with_pre(v) for c in self.comparators)
 

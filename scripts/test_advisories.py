@@ -14,6 +14,7 @@ import textwrap
 import unittest
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import advisories as adv  # noqa: E402
 from advisories import Req, SemverError, Version  # noqa: E402
@@ -139,6 +140,37 @@ class CargoRequirements(unittest.TestCase):
         # Caret and tilde keep their upper end below the next release's pre-releases.
         self.assertFalse(Req.parse("^1.2.3").matches(v("2.0.0-alpha.1"), prerelease_rule=False))
         self.assertFalse(Req.parse("~1.2").matches(v("1.3.0-alpha.1"), prerelease_rule=False))
+
+    def test_partial_bounds_order_prereleases_by_precedence(self):
+        # `< 0.8` is `< 0.8.0`, so 0.8.0-alpha is below it; `>= 2` is
+        # `>= 2.0.0`, so 2.1.0-rc.1 is above it (what the rustsec crate
+        # reads; Cargo's field-by-field rules answer no to both).
+        for req, ver, inside in [("< 0.8", "0.8.0-alpha", True), (">= 0.7.1, < 0.8", "0.8.0-rc.1", True),
+                                 (">= 2", "2.1.0-rc.1", True), (">= 2", "2.0.0-rc.1", False),
+                                 ("^0.7", "0.8.0-alpha", False), ("~1.2", "1.2.5-beta", True),
+                                 ("=1.2", "1.3.0-alpha", False), ("<=1.2", "1.2.9-rc.1", True),
+                                 (">1.2", "1.3.0-alpha", False), (">1.2", "1.3.1-alpha", True),
+                                 ("^0", "0.9.9", True), ("^0", "1.0.0-alpha", False),
+                                 ("^0.0", "0.0.9", True), ("^0.0", "0.1.0-alpha", False),
+                                 ("^0.0.3", "0.0.4-alpha", False), ("^0.0.3", "0.0.3", True),
+                                 ("~1", "1.9.0-rc.1", True), ("~1", "2.0.0-rc.1", False),
+                                 ("1.*", "1.5.0-rc.1", True), ("*", "0.1.0-alpha", True)]:
+            self.assertEqual(Req.parse(req).matches(v(ver), prerelease_rule=False), inside, f"{req} / {ver}")
+
+    def test_both_modes_agree_on_releases_for_every_requirement_in_the_snapshot(self):
+        advisories, _ = adv.load_db(adv.DB)
+        reqs = {str(r): r for a in advisories for r in a.patched + a.unaffected}
+        checked = 0
+        for r in reqs.values():
+            for c in r.comparators:
+                for d in [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 0, -1), (0, -1, 9), (-1, 9, 9)]:
+                    parts = [c.major + d[0], (c.minor or 0) + d[1], (c.patch or 0) + d[2]]
+                    if min(parts) < 0:
+                        continue
+                    x = Version(*parts)
+                    self.assertEqual(r.matches(x), r.matches(x, prerelease_rule=False), f"{r} / {x}")
+                    checked += 1
+        self.assertGreater(checked, 2000)
 
     def test_invalid_requirements_are_refused(self):
         for bad in ["", " ", ">=", ">= 1.x.2", "1.*.3", "~>1.0", "1.2.3.4", ">=1.*",
