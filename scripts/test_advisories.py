@@ -6,6 +6,9 @@ script on fake lockfiles against the shipped snapshot.
     python3 scripts/test_advisories.py
 """
 
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import tempfile
 import textwrap
 import unittest
 from pathlib import Path
+from unittest import mock
 
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -377,6 +381,57 @@ class NpmAudit(unittest.TestCase):
         self.assertEqual(out["status"], "unavailable")
         self.assertIn("405", out["reason"])
         self.assertEqual(adv.interpret_npm_audit("")["status"], "unavailable")
+
+
+class NpmAuditStep(unittest.TestCase):
+    """check_npm with a stand-in `npm` first on PATH that prints a given
+    audit answer, over a fake tree of Node projects."""
+
+    def run_check(self, answer, require=False):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            bin_ = root / "bin"
+            bin_.mkdir()
+            (bin_ / "answer.json").write_text(answer)
+            npm = bin_ / "npm"
+            npm.write_text(f"#!/bin/sh\ncat '{bin_ / 'answer.json'}'\nexit 1\n")
+            npm.chmod(0o755)
+            for d, lock in [("app", True), ("nolock", False), ("app/node_modules/dep", True)]:
+                (root / d).mkdir(parents=True, exist_ok=True)
+                (root / d / "package.json").write_text("{}")
+                if lock:
+                    (root / d / "package-lock.json").write_text("{}")
+            env = {"PATH": f"{bin_}:{os.environ['PATH']}", "VAULTLET_REQUIRE_NPM_AUDIT": "1" if require else ""}
+            out = io.StringIO()
+            with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out):
+                ok = adv.check_npm(root)
+            return ok, out.getvalue()
+
+    HIGH = json.dumps({"vulnerabilities": {"pg": {"severity": "high", "range": "<8.0.0"}},
+                       "metadata": {"vulnerabilities": {"high": 1, "critical": 0, "total": 1}}})
+    LOW = json.dumps({"vulnerabilities": {"pg": {"severity": "low", "range": "<8.0.0"}},
+                      "metadata": {"vulnerabilities": {"low": 1, "high": 0, "critical": 0, "total": 1}}})
+    REFUSED = json.dumps({"message": "405 Method Not Allowed - POST .../advisories/bulk", "statusCode": 405})
+
+    def test_high_advisory_in_a_lockfile_fails_the_step(self):
+        ok, out = self.run_check(self.HIGH)
+        self.assertFalse(ok, out)
+        self.assertIn("VULNERABLE (high) app: pg <8.0.0", out)
+        self.assertIn("npm audit: 1 lockfiles (app): 1 high/critical, 0 lower", out)
+        self.assertIn("nolock: no package-lock.json, not audited", out)
+        self.assertNotIn("node_modules", out)
+
+    def test_low_advisory_is_listed_and_passes(self):
+        ok, out = self.run_check(self.LOW)
+        self.assertTrue(ok, out)
+        self.assertIn("advisory (low) app: pg", out)
+
+    def test_audit_that_cannot_run_is_reported_and_fails_when_required(self):
+        ok, out = self.run_check(self.REFUSED)
+        self.assertTrue(ok, out)
+        self.assertIn("npm audit: NOT RUN for app (405 Method Not Allowed", out)
+        ok, out = self.run_check(self.REFUSED, require=True)
+        self.assertFalse(ok, out)
 
 
 if __name__ == "__main__":
