@@ -227,10 +227,10 @@ pub fn render_env(
     template: &str,
     secrets: &BTreeMap<String, Arc<SecretData>>,
 ) -> Result<Zeroizing<String>, RenderError> {
-    let mut out = Zeroizing::new(String::new());
+    let mut lines = Vec::new();
     for line in render_env_lines(template, secrets)? {
-        match line {
-            EnvLine::Verbatim(l) => out.push_str(&l),
+        lines.push(match line {
+            EnvLine::Verbatim(l) => (l, None),
             EnvLine::Pair { export, key, value } => {
                 let (quoted, portable) = quote(&value);
                 if !portable {
@@ -239,13 +239,18 @@ pub fn render_env(
                         "value holds ' together with \" \\ $ or `: written for sh; dotenv parsers will not read it exactly"
                     );
                 }
-                if export {
-                    out.push_str("export ");
-                }
-                out.push_str(&key);
-                out.push('=');
-                out.push_str(&quoted);
+                (if export { format!("export {key}=") } else { format!("{key}=") }, Some(quoted))
             }
+        });
+    }
+    // One allocation of the final size: a growing String frees its old
+    // buffers unwiped, each holding the values written so far.
+    let len = lines.iter().map(|(l, q)| l.len() + q.as_ref().map_or(0, |q| q.len()) + 1).sum();
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    for (l, q) in &lines {
+        out.push_str(l);
+        if let Some(q) = q {
+            out.push_str(q);
         }
         out.push('\n');
     }
@@ -272,7 +277,35 @@ pub fn render_raw(
     secrets: &BTreeMap<String, Arc<SecretData>>,
 ) -> Result<Zeroizing<String>, RenderError> {
     let env = environment();
-    env.render_str(template, context(secrets)).map(Zeroizing::new).map_err(|e| RenderError::Template(describe(&e)))
+    let tpl = env.template_from_str(template).map_err(|e| RenderError::Template(describe(&e)))?;
+    // minijinja's own output String grows as it renders and frees its old
+    // buffers unwiped: measure the output first, then render into one
+    // allocation of that size.
+    let mut count = Count(0);
+    tpl.render_captured_to(context(secrets), &mut count).map_err(|e| RenderError::Template(describe(&e)))?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
+    tpl.render_captured_to(context(secrets), &mut *buf).map_err(|e| RenderError::Template(describe(&e)))?;
+    match String::from_utf8(std::mem::take(&mut *buf)) {
+        Ok(s) => Ok(Zeroizing::new(s)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(RenderError::Template("output is not UTF-8".into()))
+        }
+    }
+}
+
+/// Counts bytes written, to size a buffer before filling it.
+struct Count(usize);
+
+impl Write for Count {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A valid environment variable name.
@@ -291,37 +324,43 @@ fn strip_quotes(v: &str) -> &str {
 }
 
 fn expand(raw: &str, values: &[Zeroizing<String>]) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(raw.len()));
-    let mut rest = raw;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let end = after.find(CLOSE).unwrap_or(after.len());
-        if let Some(v) = after[..end].parse::<usize>().ok().and_then(|i| values.get(i)) {
-            out.push_str(v);
+    // Two passes, the first only measuring, so the value is built in one
+    // allocation (growing would free unwiped partial copies).
+    let walk = |out: &mut dyn FnMut(&str)| {
+        let mut rest = raw;
+        while let Some(start) = rest.find(OPEN) {
+            out(&rest[..start]);
+            let after = &rest[start + 1..];
+            let end = after.find(CLOSE).unwrap_or(after.len());
+            if let Some(v) = after[..end].parse::<usize>().ok().and_then(|i| values.get(i)) {
+                out(v);
+            }
+            rest = after.get(end + 1..).unwrap_or("");
         }
-        rest = after.get(end + 1..).unwrap_or("");
-    }
-    out.push_str(rest);
+        out(rest);
+    };
+    let mut len = 0;
+    walk(&mut |s| len += s.len());
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    walk(&mut |s| out.push_str(s));
     out
 }
 
 /// Quotes a value for sh and dotenv; the bool says whether dotenv parsers
 /// read it back exactly.
 pub fn quote(v: &str) -> (Zeroizing<String>, bool) {
-    let mut q = Zeroizing::new(String::with_capacity(v.len() + 2));
-    if !v.contains('\'') {
-        q.push('\'');
+    // Each form is built in one allocation of its exact size: growing would
+    // free unwiped copies of the value.
+    let quotes = v.matches('\'').count();
+    if quotes == 0 || !v.contains(['"', '\\', '$', '`']) {
+        let mark = if quotes == 0 { '\'' } else { '"' };
+        let mut q = Zeroizing::new(String::with_capacity(v.len() + 2));
+        q.push(mark);
         q.push_str(v);
-        q.push('\'');
+        q.push(mark);
         return (q, true);
     }
-    if !v.contains(['"', '\\', '$', '`']) {
-        q.push('"');
-        q.push_str(v);
-        q.push('"');
-        return (q, true);
-    }
+    let mut q = Zeroizing::new(String::with_capacity(v.len() + 2 + 4 * quotes));
     q.push('\'');
     for c in v.chars() {
         if c == '\'' {
@@ -505,6 +544,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.as_str(), "# comment\nURL='postgresql://v-api-1:p@ss word$`\\@db/x'\nexport K=\"it's\"\n");
+    }
+
+    /// A buffer that grows is reallocated and its old block freed without
+    /// being wiped, leaving the secret written so far in free memory. Every
+    /// buffer that holds a rendered secret must therefore be allocated once at
+    /// its final size, which shows as capacity == length (growth doubles).
+    #[test]
+    fn rendered_secrets_are_built_in_one_allocation_of_their_final_size() {
+        let long = "Zq7-".repeat(40);
+        let nasty = format!("{long}'\"$`\\'{long}");
+        let s = secrets(&[("a", "k", &long), ("a", "n", &nasty)]);
+        let env = render_env("# c\nA=x{{ a.k }}y\nexport B={{ a.n }}\nC=-{{ a.k }}-{{ a.k }}-\n", &s).unwrap();
+        assert!(env.contains(&long));
+        assert_eq!(env.capacity(), env.len(), "env file");
+        for line in render_env_lines("A=x{{ a.k }}y\nB={{ a.n }}\n", &s).unwrap() {
+            if let EnvLine::Pair { value, .. } = line {
+                assert!(value.contains(&long));
+                assert_eq!(value.capacity(), value.len(), "expanded value");
+                let (q, _) = quote(&value);
+                assert_eq!(q.capacity(), q.len(), "quoted value");
+            }
+        }
+        for v in [long.as_str(), "it's", nasty.as_str()] {
+            let (q, _) = quote(v);
+            assert_eq!(q.capacity(), q.len(), "quote of a {}-byte value", v.len());
+        }
+        let raw = render_raw(
+            "{\"k\": \"{{ a.k }}\", \"k2\": \"{{ a.k }}\"}\n{% for i in range(3) %}{{ a.k }}{% endfor %}\n",
+            &s,
+        )
+        .unwrap();
+        assert!(raw.contains(&long));
+        assert_eq!(raw.capacity(), raw.len(), "template file");
     }
 
     #[test]
