@@ -127,7 +127,7 @@ fn parsers() -> BTreeMap<String, String> {
 
 fn shell_reads(shell: &str, file: &Path, accepted: &[(&str, &str)]) -> BTreeMap<String, String> {
     let script: String = accepted.iter().map(|(n, _)| format!("printf '%s\\0' \"${}\";", key(n))).collect();
-    let out = run(&mut Command::new(shell).arg("-c").arg(format!("set -a; . \"$1\"; {script}")).arg(shell).arg(file));
+    let out = run(Command::new(shell).arg("-c").arg(format!("set -a; . \"$1\"; {script}")).arg(shell).arg(file));
     accepted.iter().map(|(n, _)| key(n)).zip(out.split('\0').map(str::to_owned)).collect()
 }
 
@@ -144,7 +144,7 @@ fn sh_env_file_round_trips_through_dash_and_bash() {
 fn docker_env_file_round_trips_through_the_docker_cli_and_cannot_inject_a_variable() {
     let dir = tempfile::tempdir().unwrap();
     let (file, accepted) = render(EnvFormat::Docker, dir.path());
-    let out = run(&mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/docker-env-file.py")).arg(&file));
+    let out = run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/docker-env-file.py")).arg(&file));
     let list: Vec<String> = serde_json::from_str(&out).unwrap();
     let got = list.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     assert_exact("docker", &got, &accepted);
@@ -153,7 +153,7 @@ fn docker_env_file_round_trips_through_the_docker_cli_and_cannot_inject_a_variab
     let sh = render_env("A={{ t.newline }}\n", &secrets(), EnvFormat::Sh).unwrap();
     let old = dir.path().join("old.env");
     std::fs::write(&old, sh.as_bytes()).unwrap();
-    let out = run(&mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/docker-env-file.py")).arg(&old));
+    let out = run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/docker-env-file.py")).arg(&old));
     assert!(out.contains("INJECTED=1"), "the probe shows the injection it guards against: {out}");
 }
 
@@ -227,7 +227,7 @@ fn dotenv_node_env_file_round_trips_through_npm_dotenv() {
     let dir = tempfile::tempdir().unwrap();
     let (file, accepted) = render(EnvFormat::DotenvNode, dir.path());
     let p = parsers();
-    let out = run(&mut Command::new("node")
+    let out = run(Command::new("node")
         .arg("-e")
         .arg("const d = require(process.argv[1]); const fs = require('fs'); process.stdout.write(JSON.stringify(d.parse(fs.readFileSync(process.argv[2]))))")
         .arg(&p["NODE_DOTENV"])
@@ -240,7 +240,7 @@ fn dotenv_python_env_file_round_trips_through_python_dotenv() {
     let dir = tempfile::tempdir().unwrap();
     let (file, accepted) = render(EnvFormat::DotenvPython, dir.path());
     let p = parsers();
-    let out = run(&mut Command::new("python3")
+    let out = run(Command::new("python3")
         .arg("-c")
         .arg("import sys, json; sys.path.insert(0, sys.argv[1]); from dotenv import dotenv_values; sys.stdout.write(json.dumps(dotenv_values(sys.argv[2])))")
         .arg(&p["PYTHON_DOTENV"])
