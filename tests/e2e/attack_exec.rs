@@ -63,7 +63,7 @@ const OWN: &[(&str, &str)] = &[
     ("LISTEN_PID", "1"),
 ];
 
-/// 5. The child saw VAULT_TOKEN, CREDENTIALS_DIRECTORY, VAULTLET_CONFIG; a
+/// Attack 5: The child saw VAULT_TOKEN, CREDENTIALS_DIRECTORY, VAULTLET_CONFIG; a
 /// template command inherited the same. Now both see the default list, what
 /// `inherit_env` adds and what the config maps, and none of vaultlet's own.
 async fn exec_child_and_template_command_never_see_vaultlets_own_variables(bed: Arc<Bed>) -> Result<()> {
@@ -143,7 +143,7 @@ inherit_env = ["HOOK_ONLY"]
     Ok(())
 }
 
-/// 5. Running as vaultlet's uid, the child read the AppRole secret_id file
+/// Attack 5: Running as vaultlet's uid, the child read the AppRole secret_id file
 /// and a secret over the socket. With exec.user it can do neither; the
 /// same child without exec.user shows the attack the setting stops.
 async fn exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket(bed: Arc<Bed>) -> Result<()> {
@@ -202,7 +202,7 @@ async fn exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket(bed
     Ok(())
 }
 
-/// 5. Signals went to the child only: a shell wrapper died and the app it
+/// Attack 5: Signals went to the child only: a shell wrapper died and the app it
 /// started kept running. Now the stop signal reaches the whole group.
 async fn stop_signal_reaches_the_apps_grandchildren(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("x-group")?;
@@ -237,7 +237,7 @@ async fn stop_signal_reaches_the_apps_grandchildren(bed: Arc<Bed>) -> Result<()>
     reached
 }
 
-/// 5. As PID 1 (a container), vaultlet must reap the orphans the app leaves:
+/// Attack 5: As PID 1 (a container), vaultlet must reap the orphans the app leaves:
 /// here the app double-forks a `sleep` that exits while re-parented to
 /// vaultlet. Run in a PID namespace of its own, where vaultlet is PID 1.
 async fn orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1(bed: Arc<Bed>) -> Result<()> {
@@ -278,7 +278,7 @@ async fn orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1(bed: Arc<Bed>) -> 
     Ok(())
 }
 
-/// 8. A KV value with a line break gave a docker `--env-file` reader an
+/// Attack 8: A KV value with a line break gave a docker `--env-file` reader an
 /// extra `INJECTED=1`, and a KV value put `"admin": true` at the top level
 /// of a JSON template. Now the docker env file refuses the value (naming
 /// file and key, keeping the old file) and the JSON value stays a string.
