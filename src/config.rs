@@ -1196,6 +1196,33 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
+    fn exec_keys_are_checked_with_key_and_line() {
+        let exec = |body: &str| format!("{GOOD}[exec]\nenv = {{ K = \"api.stripe_key\" }}\n{body}");
+        let e = expect_err(&exec("inherit_env = [\"NODE_ENV\", \"VAULT_TOKEN\"]\n"), "exec.inherit_env[1]", 18);
+        assert!(e.message.contains("VAULT_*"), "{e}");
+        expect_err(&exec("inherit_env = [\"CREDENTIALS_DIRECTORY\"]\n"), "exec.inherit_env[0]", 18);
+        expect_err(&exec("inherit_env = [\"NOT A NAME\"]\n"), "exec.inherit_env[0]", 18);
+        expect_err(&exec("user = 65534\n"), "exec.user", 18);
+        expect_err(&exec("group = 65534\n"), "exec.group", 18);
+        let c = load(&exec("inherit_env = [\"NODE_ENV\", \"LC_*\"]\nuser = 65534\ngroup = 0\n")).unwrap();
+        let x = c.exec.unwrap();
+        assert_eq!(x.inherit_env, ["NODE_ENV", "LC_*"]);
+        assert_eq!(x.user, Some((65534, 0)));
+    }
+
+    #[test]
+    fn env_file_format_is_checked() {
+        let src =
+            GOOD.replace("path = \"/run/vaultlet/app.env\"", "path = \"/run/vaultlet/app.env\"\nformat = \"dotenv\"");
+        let e = expect_err(&src, "env_file[0].format", 15);
+        assert!(e.message.contains("dotenv-node"), "the choices are listed: {e}");
+        let src =
+            GOOD.replace("path = \"/run/vaultlet/app.env\"", "path = \"/run/vaultlet/app.env\"\nformat = \"docker\"");
+        assert_eq!(load(&src).unwrap().files[0].format, FileFormat::Env(EnvFormat::Docker));
+        assert_eq!(load(GOOD).unwrap().files[0].format, FileFormat::Env(EnvFormat::Sh), "sh by default");
+    }
+
+    #[test]
     fn credentials_directory_is_expanded() {
         let src = GOOD
             .replace("/etc/hostname", "$CREDENTIALS_DIRECTORY/role_id")
