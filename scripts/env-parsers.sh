@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the env-file readers that tests/env_formats.rs checks vaultlet's
-# encodings against (npm `dotenv`, python-dotenv), once, into the user's
-# cache folder, and prints where they are as KEY=VALUE lines.
+# Installs the readers that tests/env_formats.rs checks vaultlet's encodings
+# against (npm `dotenv`, python-dotenv, PyYAML), once, into the user's cache
+# folder, and prints where they are as KEY=VALUE lines.
 #
 #   scripts/env-parsers.sh
 set -euo pipefail
@@ -9,6 +9,7 @@ set -euo pipefail
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vaultlet-env-parsers"
 node_dotenv=16.6.1
 python_dotenv=1.0.1
+pyyaml=6.0.2
 
 node_dir="$cache/node-dotenv-$node_dotenv"
 if [ ! -f "$node_dir/node_modules/dotenv/package.json" ]; then
@@ -23,5 +24,11 @@ if [ ! -f "$py_dir/dotenv/__init__.py" ]; then
     python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$py_dir" "python-dotenv==$python_dotenv" >&2
 fi
 
+yaml_dir="$cache/pyyaml-$pyyaml"
+if [ ! -f "$yaml_dir/yaml/__init__.py" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$yaml_dir" "pyyaml==$pyyaml" >&2
+fi
+
 echo "NODE_DOTENV=$node_dir/node_modules/dotenv"
 echo "PYTHON_DOTENV=$py_dir"
+echo "PYYAML=$yaml_dir"

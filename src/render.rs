@@ -25,8 +25,9 @@
 //!
 //! `[[template]]`s whose path ends in `.json` are escaped by context: a
 //! value inside a JSON string is escaped as string content, a value outside
-//! one becomes a JSON string of its own, so no value can add a key. Other
-//! templates are written as rendered.
+//! one becomes a JSON string of its own, so no value can add a key. `.yaml`
+//! and `.yml` likewise, where YAML allows an exact escape, and refused
+//! elsewhere ([`render_yaml`]). Other templates are written as rendered.
 //!
 //! Files are written to a temporary file in the same directory, created with
 //! the final mode, fsynced, renamed over the destination, and the directory
@@ -300,16 +301,17 @@ pub fn render_raw(
     env.render_str(template, context(secrets)).map(Zeroizing::new).map_err(|e| RenderError::Template(describe(&e)))
 }
 
-/// Renders a JSON `[[template]]`: a value inside a JSON string literal is
-/// escaped as string content, a value outside one is written as a JSON
-/// value of its own (a string for secrets), so the structure is the
-/// template's whatever the values hold.
-pub fn render_json(
+/// A value kept aside while a template renders: (text as shown, as a JSON
+/// value).
+type Slot = (Zeroizing<String>, Zeroizing<String>);
+
+/// Renders `template` with every output replaced by a placeholder; the
+/// values come back beside the text, so the caller can escape each one for
+/// where it landed.
+fn render_slots(
     template: &str,
     secrets: &BTreeMap<String, Arc<SecretData>>,
-) -> Result<Zeroizing<String>, RenderError> {
-    // (text as shown, as a JSON value)
-    type Slot = (Zeroizing<String>, Zeroizing<String>);
+) -> Result<(Zeroizing<String>, Vec<Slot>), RenderError> {
     let values: Arc<Mutex<Vec<Slot>>> = Arc::default();
     let mut env = environment();
     let sink = values.clone();
@@ -324,7 +326,7 @@ pub fn render_json(
             _ => {
                 return Err(minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,
-                    "only strings, numbers and booleans are written into a JSON template",
+                    "only strings, numbers and booleans are written into a JSON or YAML template",
                 ));
             }
         });
@@ -336,23 +338,43 @@ pub fn render_json(
         Zeroizing::new(env.render_str(template, context(secrets)).map_err(|e| RenderError::Template(describe(&e)))?);
     drop(env);
     let values = std::mem::take(&mut *values.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((rendered, values))
+}
+
+/// The placeholder at the start of `rest` (just after [`OPEN`]): its slot
+/// and the text after it.
+fn slot<'a, 'v>(rest: &'a str, values: &'v [Slot]) -> (Option<&'v Slot>, &'a str) {
+    let end = rest.find(CLOSE).unwrap_or(rest.len());
+    (rest[..end].parse::<usize>().ok().and_then(|i| values.get(i)), rest.get(end + 1..).unwrap_or(""))
+}
+
+/// `s` as the content of a JSON (or YAML double-quoted) string, without
+/// the quotes.
+fn json_body(s: &str) -> Zeroizing<String> {
+    let q = Zeroizing::new(serde_json::to_string(s).unwrap_or_default());
+    Zeroizing::new(q.get(1..q.len().saturating_sub(1)).unwrap_or_default().to_owned())
+}
+
+/// Renders a JSON `[[template]]`: a value inside a JSON string literal is
+/// escaped as string content, a value outside one is written as a JSON
+/// value of its own (a string for secrets), so the structure is the
+/// template's whatever the values hold.
+pub fn render_json(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Zeroizing<String>, RenderError> {
+    let (rendered, values) = render_slots(template, secrets)?;
     let mut out = Zeroizing::new(String::with_capacity(rendered.len() + 64));
     let (mut in_string, mut escaped) = (false, false);
     let mut rest = rendered.as_str();
     while let Some(c) = rest.chars().next() {
         rest = &rest[c.len_utf8()..];
         if c == OPEN {
-            let end = rest.find(CLOSE).unwrap_or(rest.len());
-            if let Some((shown, json)) = rest[..end].parse::<usize>().ok().and_then(|i| values.get(i)) {
-                if in_string {
-                    // The JSON string without its quotes: exact content.
-                    let body = Zeroizing::new(serde_json::to_string(shown.as_str()).unwrap_or_default());
-                    out.push_str(&body[1..body.len().saturating_sub(1).max(1)]);
-                } else {
-                    out.push_str(json);
-                }
+            let (v, after) = slot(rest, &values);
+            if let Some((shown, json)) = v {
+                out.push_str(if in_string { json_body(shown) } else { json.clone() }.as_str());
             }
-            rest = rest.get(end + 1..).unwrap_or("");
+            rest = after;
             escaped = false;
             continue;
         }
@@ -363,6 +385,128 @@ pub fn render_json(
             (true, false, '"') => in_string = false,
             (false, _, '"') => in_string = true,
             _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Renders a YAML `[[template]]`. A value may stand:
+///
+/// * as a whole scalar (`key: {{ v }}`, `- {{ v }}`): written as a JSON
+///   string, which YAML reads as a double-quoted scalar;
+/// * inside `"…"`: escaped as JSON string content (valid YAML escapes);
+/// * inside `'…'`: `'` doubled; control characters refused (YAML folds
+///   line breaks there);
+/// * on a line of a block scalar (`|`, `>`): as it is, line breaks refused
+///   (they would end the block).
+///
+/// Anywhere else (inside a plain scalar, in a comment) the template is
+/// refused: vaultlet cannot tell what the value would become.
+pub fn render_yaml(
+    template: &str,
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+) -> Result<Zeroizing<String>, RenderError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Q {
+        Plain,
+        Double,
+        Single,
+    }
+    let (rendered, values) = render_slots(template, secrets)?;
+    let bad = |n: usize, why: &str| RenderError::Template(format!("line {n} of the rendered YAML: {why}"));
+    let mut out = Zeroizing::new(String::with_capacity(rendered.len() + 64));
+    let mut q = Q::Plain;
+    let mut escaped = false;
+    // Indentation of the line that opened a block scalar.
+    let mut block: Option<usize> = None;
+    for (i, line) in rendered.split_inclusive('\n').enumerate() {
+        let n = i + 1;
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let (Q::Plain, Some(parent)) = (q, block) {
+            if line.trim().is_empty() || indent > parent {
+                let mut rest = line;
+                while let Some(start) = rest.find(OPEN) {
+                    out.push_str(&rest[..start]);
+                    let (v, after) = slot(&rest[start + 1..], &values);
+                    if let Some((shown, _)) = v {
+                        if shown.contains(['\n', '\r']) {
+                            return Err(bad(n, "a value with a line break inside a block scalar"));
+                        }
+                        out.push_str(shown);
+                    }
+                    rest = after;
+                }
+                out.push_str(rest);
+                continue;
+            }
+            block = None;
+        }
+        let line_start = out.len();
+        let mut code_end: Option<usize> = None;
+        let mut rest = line;
+        while let Some(c) = rest.chars().next() {
+            rest = &rest[c.len_utf8()..];
+            // Where a scalar may begin: at the line's start or after an indicator.
+            let so_far = &out[line_start..];
+            let before = so_far.trim_end();
+            let scalar_start = before.is_empty() || before.ends_with([':', '-', '?', '[', '{', ',']);
+            let after_space = so_far.chars().next_back().is_none_or(char::is_whitespace);
+            if c == OPEN {
+                let (v, after) = slot(rest, &values);
+                if let Some((shown, json)) = v {
+                    match (code_end.is_some(), q) {
+                        (true, _) => return Err(bad(n, "a value inside a comment")),
+                        (false, Q::Double) => out.push_str(&json_body(shown)),
+                        (false, Q::Single) => {
+                            if shown.chars().any(char::is_control) {
+                                return Err(bad(
+                                    n,
+                                    "a value with a line break or control character inside '…'; use \"…\"",
+                                ));
+                            }
+                            out.push_str(&shown.replace('\'', "''"));
+                        }
+                        (false, Q::Plain) => {
+                            let next = after.split('\n').next().unwrap_or_default().trim_start();
+                            let scalar_end = next.is_empty() || next.starts_with(['#', ',', ']', '}', ':']);
+                            if !(scalar_start && scalar_end) {
+                                return Err(bad(n, "a value inside a plain scalar; put the whole scalar in \"…\""));
+                            }
+                            out.push_str(json);
+                        }
+                    }
+                }
+                rest = after;
+                escaped = false;
+                continue;
+            }
+            out.push(c);
+            if code_end.is_some() {
+                continue;
+            }
+            match q {
+                Q::Double if escaped => escaped = false,
+                Q::Double if c == '\\' => escaped = true,
+                Q::Double if c == '"' => q = Q::Plain,
+                Q::Single if c == '\'' => q = Q::Plain,
+                Q::Plain if c == '"' && scalar_start => q = Q::Double,
+                Q::Plain if c == '\'' && scalar_start => q = Q::Single,
+                Q::Plain if c == '#' && after_space => {
+                    code_end = Some(out.len() - 1);
+                }
+                _ => {}
+            }
+        }
+        if q == Q::Plain {
+            let code = out[line_start..code_end.unwrap_or(out.len())].trim_end();
+            let header = code.rsplit([' ', '\t']).next().unwrap_or_default();
+            let opens = header.starts_with(['|', '>'])
+                && header[1..].chars().all(|c| matches!(c, '+' | '-' | '1'..='9'))
+                && code[..code.len() - header.len()].trim_end().ends_with([':', '-'])
+                || code == header && header.starts_with(['|', '>']);
+            if opens {
+                block = Some(indent);
+            }
         }
     }
     Ok(out)
@@ -669,6 +813,10 @@ async fn run_command(cmd: &[String], inherit_env: &[String], timeout: Duration, 
     }
 }
 
+fn has_extension(path: &Path, exts: &[&str]) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
 /// Forgets a tracked pid however the wait ends.
 struct Untrack(Option<u32>);
 
@@ -685,9 +833,8 @@ async fn render_and_write(
 ) -> Result<bool, RenderError> {
     let text = match spec.format {
         FileFormat::Env(format) => render_env(&spec.template, secrets, format)?,
-        FileFormat::Raw if spec.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) => {
-            render_json(&spec.template, secrets)?
-        }
+        FileFormat::Raw if has_extension(&spec.path, &["json"]) => render_json(&spec.template, secrets)?,
+        FileFormat::Raw if has_extension(&spec.path, &["yaml", "yml"]) => render_yaml(&spec.template, secrets)?,
         FileFormat::Raw => render_raw(&spec.template, secrets)?,
     };
     // Compare by a keyed hash so we do not keep a second copy of the content.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use vaultlet::config::EnvFormat;
-use vaultlet::render::{RenderError, render_env};
+use vaultlet::render::{RenderError, render_env, render_yaml};
 use vaultlet::secret::SecretData;
 
 /// (name, value). The first 13 are the hard values of the report that the
@@ -249,4 +249,67 @@ fn dotenv_python_env_file_round_trips_through_python_dotenv() {
     let got: BTreeMap<String, Option<String>> = serde_json::from_str(&out).unwrap();
     let got = got.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
     assert_exact("dotenv-python", &got, &accepted);
+}
+
+/// A YAML template: every value lands as the exact string the template
+/// puts it in, read by PyYAML, and none adds a key; where vaultlet cannot
+/// escape a value (inside a plain scalar, a comment, a line break in '…' or
+/// a block scalar) the template is refused.
+#[test]
+fn yaml_template_values_cannot_add_keys_and_round_trip_through_pyyaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "# settings\nname: {{ t.v }}\nquoted: \"pre {{ t.v }} post\"\nsingle: 'pre {{ t.w }} post'\n\
+                    list:\n  - {{ t.v }}\nflow: {a: {{ t.v }}, b: \"x{{ t.v }}\"}\nblock: |\n  line {{ t.w }}\nrole: user\n";
+    let mut values: Vec<&str> = VALUES.iter().map(|(_, v)| *v).collect();
+    values.extend([
+        "x\nadmin: true",
+        "x\", \"admin\": true, \"y\": \"",
+        "a: b",
+        "- item",
+        "{x: 1}",
+        "' quote",
+        "&anchor *alias !tag",
+    ]);
+    let mut files = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let mut d = SecretData::default();
+        d.insert("v", SecretString::from(v.to_string()));
+        // '…' and block scalars cannot hold control characters.
+        let w: String = v.chars().filter(|c| !c.is_control()).collect();
+        d.insert("w", SecretString::from(w.clone()));
+        let text = render_yaml(template, &[("t".to_string(), Arc::new(d))].into())
+            .unwrap_or_else(|e| panic!("value {i}: {e}"));
+        let f = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&f, text.as_bytes()).unwrap();
+        files.push((f, v.to_string(), w));
+    }
+    let p = parsers();
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg("import sys, json; sys.path.insert(0, sys.argv[1]); import yaml; print(json.dumps([yaml.safe_load(open(f, encoding='utf-8')) for f in sys.argv[2:]]))")
+        .arg(&p["PYYAML"])
+        .args(files.iter().map(|(f, _, _)| f)));
+    let docs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for ((_, v, w), doc) in files.iter().zip(&docs) {
+        let want = serde_json::json!({
+            "name": v, "quoted": format!("pre {v} post"), "single": format!("pre {w} post"),
+            "list": [v], "flow": {"a": v, "b": format!("x{v}")}, "block": format!("line {w}\n"), "role": "user",
+        });
+        assert_eq!(doc, &want, "value {v:?}");
+    }
+    eprintln!("yaml: {} values round-trip in every position", docs.len());
+    // Where no escaping is exact, the template is refused.
+    let one = |tpl: &str, v: &str| {
+        let mut d = SecretData::default();
+        d.insert("v", SecretString::from(v.to_string()));
+        render_yaml(tpl, &[("t".to_string(), Arc::new(d))].into())
+    };
+    for (tpl, v) in [
+        ("url: http://{{ t.v }}/x\n", "h"),
+        ("# {{ t.v }}\n", "x"),
+        ("a: 'x{{ t.v }}'\n", "l1\nadmin: true"),
+        ("a: |\n  {{ t.v }}\n", "l1\nadmin: true"),
+    ] {
+        assert!(matches!(one(tpl, v), Err(RenderError::Template(_))), "{tpl:?} with {v:?} must be refused");
+    }
 }
