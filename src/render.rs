@@ -905,6 +905,20 @@ mod tests {
     }
 
     #[test]
+    fn content_digests_are_keyed_per_process_not_fixed() {
+        let digest = |mut h: Box<dyn Hasher>| {
+            "same content".hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(digest(Box::new(keyed_hasher())), digest(Box::new(keyed_hasher())), "stable within the process");
+        assert_ne!(
+            digest(Box::new(keyed_hasher())),
+            digest(Box::new(std::collections::hash_map::DefaultHasher::new())),
+            "not DefaultHasher's fixed keys"
+        );
+    }
+
+    #[test]
     fn json_template_value_cannot_add_a_top_level_key() {
         let evil = "x\", \"admin\": true, \"y\": \"";
         let s = secrets(&[("api", "k", evil)]);

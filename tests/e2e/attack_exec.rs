@@ -239,19 +239,23 @@ async fn stop_signal_reaches_the_apps_grandchildren(bed: Arc<Bed>) -> Result<()>
 
 /// Attack 5: As PID 1 (a container), vaultlet must reap the orphans the app leaves:
 /// here the app double-forks a `sleep` that exits while re-parented to
-/// vaultlet. Run in a PID namespace of its own, where vaultlet is PID 1.
+/// vaultlet, and still get the app's own exit status. Run in a PID
+/// namespace of its own, where vaultlet is PID 1.
 async fn orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("x-pid1")?;
     bed.approle("t_xpid1", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n[exec]\nenv = { K = \"api.stripe_key\" }\n");
     let (report, pid1) = (dir.join("zombies"), dir.join("pid1"));
-    // Prints vaultlet's pid as the app sees it, makes 5 orphans that exit
-    // soon, then counts zombies (state Z) among PID 1's children.
+    // Prints PID 1's name as the app sees it, makes 5 orphans that exit
+    // soon, then polls (up to 5 s) until none of them is alive or a zombie
+    // under PID 1, and reports how many zombies are left.
     let script = format!(
-        "cat /proc/1/comm > {pid1}; for i in 1 2 3 4 5; do sh -c 'sleep 0.2 &'; done; sleep 2; \
-         n=0; for f in /proc/[0-9]*/stat; do s=$(sed 's/.*) //' \"$f\" 2>/dev/null) || continue; \
-         set -- $s; [ \"$1\" = Z ] && [ \"$2\" = 1 ] && n=$((n+1)); done; echo $n > {report}.tmp; mv {report}.tmp {report}; \
-         while :; do sleep 0.1; done",
+        "cat /proc/1/comm > {pid1}; for i in 1 2 3 4 5; do sh -c 'sleep 0.2 &'; done; \
+         count() {{ z=0; l=0; for f in /proc/[0-9]*; do s=$(sed 's/.*) //' $f/stat 2>/dev/null) || continue; \
+         set -- $s; [ \"$2\" = 1 ] || continue; if [ \"$1\" = Z ]; then z=$((z+1)); \
+         elif [ \"$(cat $f/comm 2>/dev/null)\" = sleep ]; then l=$((l+1)); fi; done; }}; \
+         t=0; count; while [ $((z+l)) -gt 0 ] && [ $t -lt 50 ]; do sleep 0.1; t=$((t+1)); count; done; \
+         echo $z > {report}.tmp; mv {report}.tmp {report}; exit 7",
         pid1 = pid1.display(),
         report = report.display()
     );
@@ -271,10 +275,11 @@ async fn orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1(bed: Arc<Bed>) -> 
     let comm = std::fs::read_to_string(&pid1)?;
     ensure!(comm.trim() == "vaultlet", "vaultlet is PID 1 in the namespace: {comm}");
     ensure!(n == 0, "{n} zombies left under PID 1\n{}", d.log_text());
-    // unshare does not forward SIGTERM; --kill-child ends the namespace.
+    // The reaper did not take the app's own status: its code comes back
+    // (through unshare, which exits with vaultlet's).
     let mut d = d;
-    d.signal(rustix::process::Signal::KILL)?;
-    d.wait().await?;
+    let st = d.wait().await?;
+    ensure!(st.code() == Some(7), "the app's exit code passes through PID 1: {st}\n{}", d.log_text());
     Ok(())
 }
 
