@@ -371,6 +371,10 @@ pub fn render_json(
         rest = &rest[c.len_utf8()..];
         if c == OPEN {
             let (v, after) = slot(rest, &values);
+            if escaped {
+                // The template's `\` would escape the value's first character.
+                return Err(RenderError::Template("a value right after a backslash in a JSON string".into()));
+            }
             if let Some((shown, json)) = v {
                 out.push_str(if in_string { json_body(shown) } else { json.clone() }.as_str());
             }
@@ -453,6 +457,9 @@ pub fn render_yaml(
             let after_space = so_far.chars().next_back().is_none_or(char::is_whitespace);
             if c == OPEN {
                 let (v, after) = slot(rest, &values);
+                if escaped {
+                    return Err(bad(n, "a value right after a backslash in \"…\""));
+                }
                 if let Some((shown, json)) = v {
                     match (code_end.is_some(), q) {
                         (true, _) => return Err(bad(n, "a value inside a comment")),
@@ -933,6 +940,8 @@ mod tests {
         assert_eq!(v["bare"], evil);
         assert_eq!(v["url"], format!("k={evil};"));
         assert_eq!(v["n"], 2);
+        // A template backslash just before a value would eat its escaping.
+        assert!(render_json("{\"a\": \"\\{{ api.k }}\"}", &s).is_err());
     }
 
     #[test]
