@@ -901,6 +901,11 @@ mod tests {
         let map = render_env_map("# c\nPGUSER={{ db.username }}\nPGPASSWORD={{ db.password }}\n", &s).unwrap();
         let pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(pairs, [("PGUSER", "u"), ("PGPASSWORD", "p'\"w")]);
+        // Constant lines pass too (how an exec app learns the socket path).
+        let map =
+            render_env_map("VAULTLET_SOCKET=/run/vaultlet/vaultlet.sock\nPGUSER={{ db.username }}\n", &s).unwrap();
+        assert_eq!(map[0].0, "VAULTLET_SOCKET");
+        assert_eq!(map[0].1.as_str(), "/run/vaultlet/vaultlet.sock");
     }
 
     #[test]
