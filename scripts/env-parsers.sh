@@ -6,6 +6,19 @@
 #   scripts/env-parsers.sh
 set -euo pipefail
 
+# The docker CLI (its --env-file parser; no engine is needed), systemd's
+# env-file parser (systemd-analyze) and a private mount namespace (unshare)
+# come from Debian packages, installed only when the command is missing.
+need=()
+command -v docker >/dev/null || need+=(docker.io)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v node >/dev/null || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "env-parsers: installing ${need[*]} (apt-get)" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vaultlet-env-parsers"
 node_dotenv=16.6.1
 python_dotenv=1.0.1
