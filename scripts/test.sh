@@ -41,6 +41,10 @@ python3 scripts/advisories.py
 step "unit tests (including property tests)"
 cargo test --locked --lib --bins
 
+step "env file formats read back by their real readers (sh, bash, docker CLI, systemd, npm dotenv, python-dotenv)"
+scripts/env-parsers.sh >/dev/null
+cargo test --locked --test env_formats
+
 step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"
 
