@@ -33,13 +33,32 @@ use crate::store::{LeaseView, Store};
 use crate::vault::{Vault, VaultError};
 use schedule::{Backoff, LeaseTimes, Step};
 
-/// Every lease vaultlet holds, for revocation at shutdown.
+/// Shortest time between two credentials issued for one secret. A server
+/// that answers with tiny TTLs (or lies) gets at most one issue per second
+/// per secret; the test bed's 3 s leases are replaced every 1.5 s, so real
+/// short leases are not slowed.
+pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every lease vaultlet holds (with the token generation that issued it),
+/// for revocation at shutdown and to know when an old token is unused.
 #[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<HashMap<LeaseId, Instant>>>);
+pub struct Leases(Arc<Mutex<HashMap<LeaseId, (Instant, u64)>>>);
 
 impl Leases {
-    fn add(&self, id: &LeaseId, expires_at: Instant) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), expires_at);
+    fn add(&self, id: &LeaseId, expires_at: Instant, generation: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (expires_at, generation));
+    }
+
+    fn extend(&self, id: &LeaseId, expires_at: Instant) {
+        if let Some(e) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            e.0 = expires_at;
+        }
+    }
+
+    /// Whether a lease issued under token `generation` is still live.
+    pub fn uses_generation(&self, generation: u64) -> bool {
+        let now = Instant::now();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().any(|(end, g)| *g == generation && *end > now)
     }
 
     fn remove(&self, id: &LeaseId) {
@@ -50,7 +69,7 @@ impl Leases {
     pub fn take_live(&self) -> Vec<LeaseId> {
         let now = Instant::now();
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.drain().filter(|(_, end)| *end > now).map(|(id, _)| id).collect()
+        m.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
     }
 }
 
@@ -110,6 +129,8 @@ struct Database {
     cx: Cx,
     spec: SecretSpec,
     cur: Option<Held>,
+    /// When the last credential was issued (or asked for).
+    last_issue: Option<Instant>,
     /// Lifetime (issue → cap) learned from an earlier lease of this secret.
     learned: Option<Duration>,
     transient: Backoff,
@@ -122,6 +143,7 @@ impl Database {
             cx,
             spec,
             cur: None,
+            last_issue: None,
             learned: None,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
@@ -148,7 +170,7 @@ impl Database {
                         tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
                         self.learned = Some(max);
                         if let Some(h) = self.cur.as_mut() {
-                            h.cap = Some(h.lease.issued_at + max);
+                            h.cap = Some(schedule::after(h.lease.issued_at, max));
                         }
                     }
                     Ok(None) => {}
@@ -167,6 +189,11 @@ impl Database {
             let step = match &self.cur {
                 None => Step::Replace(now),
                 Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+            };
+            // Whatever the lease times say, issues of one secret are spaced.
+            let step = match (step, self.last_issue) {
+                (Step::Replace(t), Some(last)) => Step::Replace(t.max(schedule::after(last, MIN_ISSUE_INTERVAL))),
+                (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
             tokio::select! {
@@ -206,7 +233,7 @@ impl Database {
                     };
                     tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "database secret");
                     self.cx.store.set_problem(&name, e.to_string());
-                    let until = Instant::now() + wait;
+                    let until = schedule::after(Instant::now(), wait);
                     let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
                     tokio::select! {
                         _ = self.cx.shutdown.cancelled() => return,
@@ -230,19 +257,20 @@ impl Database {
     }
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
+        self.last_issue = Some(Instant::now());
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
         crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
             issued_at: now,
-            expires_at: now + creds.ttl,
+            expires_at: schedule::after(now, creds.ttl),
             ttl: creds.ttl,
             renewable: creds.renewable,
         };
-        self.cx.leases.add(&lease.id, lease.expires_at);
+        self.cx.leases.add(&lease.id, lease.expires_at, token.generation);
         let held = Held {
-            cap: self.learned.map(|l| now + l),
+            cap: self.learned.map(|l| schedule::after(now, l)),
             lease,
             token_generation: token.generation,
             token_end: token.hard_end,
@@ -265,7 +293,7 @@ impl Database {
         match res {
             Ok(r) => {
                 let now = Instant::now();
-                h.lease.expires_at = now + r.ttl;
+                h.lease.expires_at = schedule::after(now, r.ttl);
                 h.lease.renewable = r.renewable;
                 if r.capped {
                     // Capped: this is the role's max_ttl. Remember the lifetime
@@ -273,7 +301,7 @@ impl Database {
                     h.cap = Some(h.lease.expires_at);
                     self.learned = Some(h.lease.expires_at - h.lease.issued_at);
                 }
-                self.cx.leases.add(&h.lease.id, h.lease.expires_at);
+                self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
@@ -290,7 +318,7 @@ impl Database {
 
 /// Keeps a replaced lease usable for `drain`, then revokes it (or lets it run out).
 async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
-    let drain_end = Instant::now() + spec.drain;
+    let drain_end = schedule::after(Instant::now(), spec.drain);
     let mut token_rx = cx.auth.token.clone();
     loop {
         let now = Instant::now();
@@ -329,11 +357,11 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
         match cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl).await {
             Ok(r) => {
                 let now = Instant::now();
-                old.lease.expires_at = now + r.ttl;
+                old.lease.expires_at = schedule::after(now, r.ttl);
                 if r.capped {
                     old.cap = Some(old.lease.expires_at);
                 }
-                cx.leases.add(&old.lease.id, old.lease.expires_at);
+                cx.leases.extend(&old.lease.id, old.lease.expires_at);
             }
             Err(e) if e.is_lease_gone() => {
                 cx.leases.remove(&old.lease.id);

@@ -222,7 +222,13 @@ fn vaultlet_requests(audit: &Path, skip: usize) -> Result<Vec<(String, f64)>> {
         if v["type"] != "request" {
             continue;
         }
-        let path = v["request"]["path"].as_str().unwrap_or_default().to_owned();
+        let mut path = v["request"]["path"].as_str().unwrap_or_default().to_owned();
+        // Lease operations carry the lease id in the path; group them.
+        for op in ["sys/leases/renew", "sys/leases/revoke"] {
+            if path.starts_with(&format!("{op}/")) {
+                path = op.to_owned();
+            }
+        }
         let who = v["auth"]["display_name"].as_str().unwrap_or_default();
         if who == "root" || (who.is_empty() && path != "auth/approle/login") {
             continue;

@@ -52,8 +52,8 @@ pub const TEST_POLICY: &str = r#"
 path "database/creds/*" { capabilities = ["read"] }
 path "secret/data/*" { capabilities = ["read"] }
 path "kv/*" { capabilities = ["read"] }
-path "sys/leases/renew" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/renew/database/creds/*" { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/*" { capabilities = ["update"] }
 "#;
 
 pub async fn prepare(bed: &Bed) -> Result<()> {
