@@ -36,6 +36,9 @@ fi
 step "unit tests (including property tests)"
 cargo test --locked --lib --bins
 
+step "hostile Vault (fake servers: redirects, absurd TTLs, huge bodies)"
+cargo test --locked --test hostile_vault
+
 step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"
 
