@@ -6,6 +6,7 @@
 //! substring to run only matching tests: `cargo test --test e2e -- rotation`.
 
 mod apps;
+mod attack_vault;
 mod bed;
 mod rotation;
 mod security;

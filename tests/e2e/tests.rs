@@ -21,7 +21,7 @@ macro_rules! t {
 }
 
 pub fn all() -> Vec<(&'static str, TestFn)> {
-    vec![
+    let mut v = vec![
         t!(core_slice_with_shipped_policy),
         t!(kv_change_bumps_version_and_rewrites_env_file),
         t!(long_poll_and_events_announce_new_versions),
@@ -43,7 +43,9 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(modes_owner_and_memory_hold_under_permissive_umask),
         t!(no_secret_in_logs_at_trace_level),
         t!(tls_verifies_against_the_configured_ca_only),
-    ]
+    ];
+    v.extend(crate::attack_vault::all());
+    v
 }
 
 /// Broad policy for the per-test AppRoles (the shipped least-privilege policy
