@@ -47,9 +47,9 @@ pub const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a replaced token is checked for leases still using it.
 const RETIRE_CHECK: Duration = Duration::from_secs(2);
 
-/// A replaced token is kept at least this long, for requests made with it
-/// that are still in flight (a credential issued under it lands after).
-const RETIRE_GRACE: Duration = Duration::from_secs(20);
+/// A replaced token is kept at least this long: lease tasks see the new
+/// token only at their next turn (issues in flight are tracked exactly).
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
 /// What lease tasks hold: the current token, if logged in.
 pub type TokenRx = watch::Receiver<Option<Arc<Token>>>;

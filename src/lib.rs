@@ -182,15 +182,19 @@ pub const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Revokes every live lease at once, then the tokens, all under one
 /// deadline: the leases first, because revoking a token revokes its leases
-/// but Vault then does it in the background, after we have exited.
+/// but Vault then does it in the background, after we have exited. The
+/// tokens keep the last 1.5 s of it, so a Vault that hangs on lease
+/// revocations still gets them (and with them, the leases).
 async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &lease::Leases) {
-    let deadline = tokio::time::Instant::now() + REVOKE_DEADLINE;
+    let start = tokio::time::Instant::now();
+    let deadline = start + REVOKE_DEADLINE;
+    let leases_deadline = deadline - Duration::from_millis(1500);
     let Some(token) = auth.token.borrow().clone() else { return };
     let ids = leases.take_live();
     let revokes = ids.iter().map(|id| {
         let secret = &token.secret;
         async move {
-            match tokio::time::timeout_at(deadline, vault.revoke_lease(secret, id)).await {
+            match tokio::time::timeout_at(leases_deadline, vault.revoke_lease(secret, id)).await {
                 Ok(Ok(())) => tracing::info!(lease = ?id, "revoked lease"),
                 Ok(Err(e)) => tracing::warn!(lease = ?id, error = %e, "could not revoke lease"),
                 Err(_) => tracing::warn!(lease = ?id, "revoking lease timed out"),

@@ -36,6 +36,8 @@ enum Answer {
     Json(u16, Vec<(String, String)>, String),
     /// `n` bytes of a JSON-looking body, no Content-Length, until EOF.
     Endless(usize),
+    /// No answer for this long, then the connection closes.
+    Hang(Duration),
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
@@ -172,6 +174,10 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
                 out.push_str("\r\n");
                 out.push_str(&body);
                 s.write_all(out.as_bytes()).await?;
+            }
+            Answer::Hang(d) => {
+                tokio::time::sleep(d).await;
+                return Ok(());
             }
             Answer::Endless(n) => {
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n").await?;
@@ -324,12 +330,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(vault: &str, secret: &str) -> Result<Daemon> {
+        Self::start_with(vault, "", secret, &[])
+    }
+
+    fn start_with(vault: &str, top: &str, secret: &str, env: &[(&str, &str)]) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("role_id"), ROLE_ID)?;
         std::fs::write(d.join("secret_id"), SECRET_ID)?;
         let cfg = format!(
-            "[vault]\naddress = \"{vault}\"\nrequest_timeout = \"5s\"\nconnect_timeout = \"1s\"\n\
+            "{top}\n[vault]\naddress = \"{vault}\"\nrequest_timeout = \"5s\"\nconnect_timeout = \"1s\"\n\
              [auth.approle]\nrole_id_file = \"{p}/role_id\"\nsecret_id_file = \"{p}/secret_id\"\n\
              [socket]\npath = \"{p}/vaultlet.sock\"\n{secret}\n",
             p = d.display()
@@ -338,6 +348,7 @@ impl Daemon {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultlet"))
             .args(["--log", "debug", "run", "-c"])
             .arg(d.join("vaultlet.toml"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("log"))?)
             .kill_on_drop(true)
@@ -479,5 +490,110 @@ async fn huge_login_answer_is_refused_with_bounded_memory() -> Result<()> {
     println!("200 MiB login answer: refused, peak RSS {} MiB (before the fix: 608 MiB)", hwm / 1024);
     ensure!(hwm < 96 * 1024, "peak RSS {hwm} KiB");
     ensure!(!d.log().contains("aaaaaaaa"), "the body reached the log");
+    Ok(())
+}
+
+// === failover and shutdown ===
+
+#[tokio::test]
+async fn timed_out_credential_issue_is_not_repeated_on_the_next_address() -> Result<()> {
+    let hang: Handler = Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)));
+    let a = Fake::start("127.0.0.1", false, hang).await?;
+    let b = Fake::start("127.0.0.2", false, vault_like(3600, 60, true)).await?;
+    let mut cfg = vault_config(&[a.url("http"), b.url("http")], None);
+    cfg.request_timeout = Duration::from_secs(1);
+    let vault = Vault::new(&cfg)?;
+
+    // A got the issue and never answered: it may have issued a credential,
+    // so it is not issued again on B within the same call.
+    let first = vault.db_creds(&s(TOKEN), "database", "api").await;
+    ensure!(first.is_err(), "a timed-out issue came back as a success");
+    ensure!(count(&a.seen(), "/database/creds/") == 1, "A: {:?}", a.seen());
+    ensure!(count(&b.seen(), "/database/creds/") == 0, "the issue was repeated on B: {:?}", b.seen());
+    // The caller's next attempt goes to the next address.
+    let second = vault.db_creds(&s(TOKEN), "database", "api").await?;
+    ensure!(second.lease_id.as_str() == "database/creds/api/lease1");
+    ensure!(count(&a.seen(), "/database/creds/") == 1, "A: {:?}", a.seen());
+    // An idempotent read is retried on the next address at once.
+    let a2 = Fake::start("127.0.0.1", false, Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)))).await?;
+    let mut cfg = vault_config(&[a2.url("http"), b.url("http")], None);
+    cfg.request_timeout = Duration::from_secs(1);
+    let vault = Vault::new(&cfg)?;
+    vault.kv(&s(TOKEN), "secret", "api", 2).await?;
+    ensure!(count(&b.seen(), "/secret/data/") == 1, "B: {:?}", b.seen());
+    // Connection refused: surely not sent, so even an issue moves on at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let vault = Vault::new(&vault_config(&[format!("http://{closed}"), b.url("http")], None))?;
+    vault.db_creds(&s(TOKEN), "database", "api").await?;
+    ensure!(count(&b.seen(), "/database/creds/") == 2, "B: {:?}", b.seen());
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_revocation_against_a_hanging_vault_ends_within_the_deadline() -> Result<()> {
+    let normal = vault_like(3600, 600, true);
+    let handler: Handler = Arc::new(move |r: &Seen| {
+        if r.path.contains("/sys/leases/revoke") || r.path.contains("/auth/token/revoke-self") {
+            Answer::Hang(Duration::from_secs(60))
+        } else {
+            normal(r)
+        }
+    });
+    let fake = Fake::start("127.0.0.1", false, handler).await?;
+    let secrets = (1..=3).map(|i| format!("[secret.db{i}]\ndatabase = {{ role = \"api\" }}\n")).collect::<String>();
+    let mut d = Daemon::start_with(&fake.url("http"), "revoke_on_shutdown = true", &secrets, &[])?;
+    for i in 1..=3 {
+        d.served(&format!("db{i}"), Duration::from_secs(20)).await?;
+    }
+    let pid = rustix::process::Pid::from_raw(d.child.id().context("exited")? as i32).context("pid")?;
+    let t = tokio::time::Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let st = tokio::time::timeout(Duration::from_secs(30), d.child.wait()).await??;
+    let took = t.elapsed();
+    let seen = fake.seen();
+    println!(
+        "shutdown against a hanging vault: {took:?}, {} lease revocations sent",
+        count(&seen, "/sys/leases/revoke/")
+    );
+    ensure!(st.success(), "exit {st}:\n{}", d.log());
+    ensure!(count(&seen, "/sys/leases/revoke/") == 3, "every lease revocation was sent: {seen:?}");
+    ensure!(count(&seen, "/auth/token/revoke-self") >= 1, "the token revocation was sent: {seen:?}");
+    // 5 s deadline for everything; before the fix 10 s per lease, one at a time.
+    ensure!(took < Duration::from_secs(8), "stopping took {took:?}");
+    Ok(())
+}
+
+// === TLS roots ===
+
+#[tokio::test]
+async fn ssl_cert_file_in_the_environment_adds_no_trusted_root() -> Result<()> {
+    let fake = Fake::start("127.0.0.1", true, vault_like(3600, 60, true)).await?;
+    let ca = fixtures().join("hostile-ca.pem");
+    let ca_s = ca.display().to_string();
+    let kv = "[secret.app]\nkv = { path = \"api\" }\n";
+    // SSL_CERT_FILE / SSL_CERT_DIR name the fake's CA; vault.ca_cert is unset.
+    let fixtures_dir = fixtures().display().to_string();
+    let env = [("SSL_CERT_FILE", ca_s.as_str()), ("SSL_CERT_DIR", fixtures_dir.as_str())];
+    let mut d = Daemon::start_with(&fake.url("https"), "", kv, &env)?;
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        d.alive()?;
+        if let Ok((503, v)) = d.get("/v1/ready").await {
+            let r = v.to_string();
+            if r.contains("login failed") {
+                break r;
+            }
+        }
+        ensure!(tokio::time::Instant::now() < end, "no login failure within 20 s:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(reason.to_lowercase().contains("cert"), "not a certificate error: {reason}");
+    ensure!(fake.seen().is_empty(), "a request got through TLS: {:?}", fake.seen());
+    drop(d);
+    // Control: the same CA given as vault.ca_cert is trusted.
+    let with_ca = format!("{}\"\nca_cert = \"{ca_s}", fake.url("https"));
+    let mut d = Daemon::start_with(&with_ca, "", kv, &[])?;
+    let v = d.served("app", Duration::from_secs(20)).await?;
+    ensure!(v["data"]["v"] == "kv-value", "{v}");
     Ok(())
 }

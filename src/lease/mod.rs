@@ -42,34 +42,68 @@ pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Every lease vaultlet holds (with the token generation that issued it),
 /// for revocation at shutdown and to know when an old token is unused.
 #[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<HashMap<LeaseId, (Instant, u64)>>>);
+pub struct Leases(Arc<Mutex<LeaseMap>>);
+
+#[derive(Default)]
+struct LeaseMap {
+    live: HashMap<LeaseId, (Instant, u64)>,
+    /// Issues in flight per token generation: their lease is not known yet.
+    pending: HashMap<u64, usize>,
+}
+
+/// An issue in flight under one token generation (see [`Leases::pending`]).
+pub struct Pending(Leases, u64);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.pending.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.pending.remove(&self.1);
+            }
+        }
+    }
+}
 
 impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks an issue under `generation` as in flight until dropped.
+    fn pending(&self, generation: u64) -> Pending {
+        *self.lock().pending.entry(generation).or_default() += 1;
+        Pending(self.clone(), generation)
+    }
+
     fn add(&self, id: &LeaseId, expires_at: Instant, generation: u64) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (expires_at, generation));
+        self.lock().live.insert(id.clone(), (expires_at, generation));
     }
 
     fn extend(&self, id: &LeaseId, expires_at: Instant) {
-        if let Some(e) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+        if let Some(e) = self.lock().live.get_mut(id) {
             e.0 = expires_at;
         }
     }
 
-    /// Whether a lease issued under token `generation` is still live.
+    /// Whether a lease issued under token `generation` is still live, or
+    /// an issue under it is in flight.
     pub fn uses_generation(&self, generation: u64) -> bool {
         let now = Instant::now();
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().any(|(end, g)| *g == generation && *end > now)
+        let m = self.lock();
+        m.pending.contains_key(&generation) || m.live.values().any(|(end, g)| *g == generation && *end > now)
     }
 
     fn remove(&self, id: &LeaseId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.lock().live.remove(id);
     }
 
     /// Takes every lease that has not ended yet.
     pub fn take_live(&self) -> Vec<LeaseId> {
         let now = Instant::now();
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
+        let mut m = self.lock();
+        m.live.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
     }
 }
 
@@ -258,6 +292,7 @@ impl Database {
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
         self.last_issue = Some(Instant::now());
+        let _pending = self.cx.leases.pending(token.generation);
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
         crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
         let now = Instant::now();

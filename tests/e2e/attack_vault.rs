@@ -22,6 +22,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         t!(shipped_policy_cannot_renew_or_revoke_a_foreign_lease),
         t!(scoped_policy_still_renews_and_revokes_own_leases),
+        t!(replaced_token_is_revoked_once_no_lease_uses_it),
     ]
 }
 
@@ -165,5 +166,78 @@ async fn scoped_policy_still_renews_and_revokes_own_leases(bed: Arc<Bed>) -> Res
         bail!("lease not revoked at shutdown:\n{}", std::fs::read_to_string(log)?);
     }
     ensure!(bed.pg_login(&user, &pass).await.is_err(), "credential still logs in after revocation");
+    Ok(())
+}
+
+/// Accessors of the live tokens of AppRole role `role`, with their expiry
+/// (seconds since the epoch).
+async fn role_tokens(bed: &Bed, role: &str) -> Result<Vec<(String, f64)>> {
+    let list = bed.api(reqwest::Method::GET, "auth/token/accessors?list=true", None, None).await?;
+    let mut out = Vec::new();
+    for a in list["data"]["keys"].as_array().context("accessors")? {
+        let a = a.as_str().context("accessor")?;
+        let Ok(v) = bed.write("auth/token/lookup-accessor", json!({ "accessor": a })).await else { continue };
+        if v["data"]["meta"]["role_name"] == role {
+            let exp = v["data"]["expire_time"].as_str().unwrap_or_default();
+            out.push((a.to_owned(), epoch(exp)));
+        }
+    }
+    Ok(out)
+}
+
+/// `2026-12-01T19:50:00.123456789Z` → seconds since the epoch (UTC).
+fn epoch(t: &str) -> f64 {
+    let (date, time) = t.split_once('T').unwrap_or(("1970-01-01", "00:00:00Z"));
+    let mut d = date.split('-').map(|x| x.parse::<i64>().unwrap_or(0));
+    let (y, m, day) = (d.next().unwrap_or(1970), d.next().unwrap_or(1), d.next().unwrap_or(1));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = time.trim_end_matches('Z').split(':').fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0));
+    days as f64 * 86400.0 + secs
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Before: every re-login left the old token alive until its max TTL. Now
+/// the replaced token is revoked as soon as no lease issued under it is
+/// served or draining — before it would have expired — and the credential
+/// served meanwhile keeps working.
+async fn replaced_token_is_revoked_once_no_lease_uses_it(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("retire")?;
+    bed.db_role("t_retire", "1h", "2h").await?;
+    // The token's max TTL forces a re-login at ⅔ of 30 s; its leases are
+    // replaced before it ends, the old one drains 1 s and is revoked.
+    bed.approle("t_retire", "vaultlet-test", "30s", "30s", &dir, false).await?;
+    let d =
+        Daemon::start(&dir, &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_retire\" }\ndrain = \"1s\"\n"))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let first = role_tokens(&bed, "t_retire").await?;
+    ensure!(first.len() == 1, "tokens at start: {first:?}");
+    let (old, old_expiry) = first[0].clone();
+    let gone_at = eventually(Duration::from_secs(40), "the replaced token is revoked", || async {
+        let now = role_tokens(&bed, "t_retire").await?;
+        Ok((!now.iter().any(|(a, _)| *a == old)).then_some((now_epoch(), now)))
+    })
+    .await
+    .with_context(|| d.log_text())?;
+    let (t, now) = gone_at;
+    ensure!(now.len() == 1, "a new token replaced it: {now:?}");
+    ensure!(
+        t < old_expiry - 0.5,
+        "the old token only expired (gone {:.1} s after its expiry)\n{}",
+        t - old_expiry,
+        d.log_text()
+    );
+    let (user, pass, _) = d.creds("db").await?;
+    bed.pg_login(&user, &pass).await.context("the served credential must outlive the old token")?;
+    println!("  old token revoked {:.1} s before it would have expired", old_expiry - t);
+    d.stop().await?;
     Ok(())
 }
