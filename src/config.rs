@@ -1141,6 +1141,18 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
+    fn max_response_size_takes_bytes_or_units_within_bounds() {
+        assert_eq!(load(GOOD).unwrap().vault.max_response_size, 1 << 20);
+        let with = |v: &str| GOOD.replace("[auth.approle]", &format!("max_response_size = {v}\n[auth.approle]"));
+        assert_eq!(load(&with("\"512KiB\"")).unwrap().vault.max_response_size, 512 << 10);
+        assert_eq!(load(&with("\"4MiB\"")).unwrap().vault.max_response_size, 4 << 20);
+        assert_eq!(load(&with("65536")).unwrap().vault.max_response_size, 65536);
+        for bad in ["\"1KiB\"", "\"65MiB\"", "\"lots\"", "0", "\"99999999999999999999MiB\""] {
+            expect_err(&with(bad), "vault.max_response_size", 4);
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
