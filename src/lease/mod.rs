@@ -7,6 +7,11 @@
 //! drain task that keeps it renewed until `drain` has passed and then revokes
 //! it (or just lets it run out with `revoke_old_after = "never"`).
 //!
+//! Whatever the lease times say, two credentials of one secret are issued at
+//! least [`MIN_ISSUE_INTERVAL`] apart, so a server answering tiny TTLs cannot
+//! make vaultlet hammer it (the issue bucket in [`crate::vault`] caps all
+//! secrets together).
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
