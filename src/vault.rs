@@ -275,6 +275,45 @@ struct RevokeLeaseRequest {
     lease_id: String,
 }
 
+/// The unscoped forms, lease id in the body: only for policies written
+/// before vaultlet used the path forms (see [`Vault::renew_lease`]).
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/renew", method = "PUT", response = "serde_json::Value")]
+struct RenewLeaseBodyRequest {
+    lease_id: String,
+    increment: u64,
+}
+
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/revoke", method = "PUT", response = "serde_json::Value")]
+struct RevokeLeaseBodyRequest {
+    lease_id: String,
+}
+
+static UNSCOPED_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// After a 403 on a path form: the old body form, for policies that grant
+/// only plain `sys/leases/renew|revoke`. Warns once when that works.
+async fn unscoped_fallback<F, Fut>(first: VaultError, f: F) -> Result<Zeroizing<Vec<u8>>, VaultError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Zeroizing<Vec<u8>>, VaultError>>,
+{
+    match f().await {
+        Ok(body) => {
+            if !UNSCOPED_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the token's policy allows lease renew/revoke only in the unscoped form (lease id in the body), \
+                     which covers every lease in Vault; grant sys/leases/renew/<mount>/creds/<role>/* and \
+                     sys/leases/revoke/<mount>/creds/<role>/* instead (see policies/README.md)"
+                );
+            }
+            Ok(body)
+        }
+        Err(_) => Err(first),
+    }
+}
+
 /// The response envelope, kept whole (vaultrs's `exec_with_result` strips it).
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -964,15 +1003,24 @@ impl Vault {
         if !valid_lease_id(lease.as_str()) {
             return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
-        let body = self
+        let inc = increment.as_secs().max(1);
+        let id = lease.as_str();
+        let body = match self
             .call(&op, Some(token), |c| async move {
-                raw(
-                    &c,
-                    RenewLeaseRequest { lease_id: lease.as_str().to_owned(), increment: increment.as_secs().max(1) },
-                )
-                .await
+                raw(&c, RenewLeaseRequest { lease_id: id.to_owned(), increment: inc }).await
             })
-            .await?;
+            .await
+        {
+            Err(e) if e.is_forbidden() => {
+                unscoped_fallback(e, || {
+                    self.call(&op, Some(token), |c| async move {
+                        raw(&c, RenewLeaseBodyRequest { lease_id: id.to_owned(), increment: inc }).await
+                    })
+                })
+                .await?
+            }
+            r => r?,
+        };
         let env: Envelope<serde::de::IgnoredAny> = parse(&op, &body)?;
         let ttl = server_ttl(op.kind, env.lease_duration);
         // OpenBao grants exactly the increment unless max_ttl is in the way,
@@ -993,11 +1041,20 @@ impl Vault {
         if !valid_lease_id(lease.as_str()) {
             return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
-        self.call(&op, Some(token), |c| async move {
-            raw(&c, RevokeLeaseRequest { lease_id: lease.as_str().to_owned() }).await
-        })
-        .await
-        .map(drop)
+        let id = lease.as_str();
+        match self
+            .call(&op, Some(token), |c| async move { raw(&c, RevokeLeaseRequest { lease_id: id.to_owned() }).await })
+            .await
+        {
+            Err(e) if e.is_forbidden() => unscoped_fallback(e, || {
+                self.call(&op, Some(token), |c| async move {
+                    raw(&c, RevokeLeaseBodyRequest { lease_id: id.to_owned() }).await
+                })
+            })
+            .await
+            .map(drop),
+            r => r.map(drop),
+        }
     }
 
     /// Reads a KV secret (v1 or v2) as a map of strings; non-string values

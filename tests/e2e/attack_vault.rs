@@ -22,6 +22,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         t!(shipped_policy_cannot_renew_or_revoke_a_foreign_lease),
         t!(scoped_policy_still_renews_and_revokes_own_leases),
+        t!(unscoped_lease_policy_from_before_keeps_working_with_a_warning),
         t!(replaced_token_is_revoked_once_no_lease_uses_it),
     ]
 }
@@ -127,24 +128,49 @@ async fn shipped_policy_cannot_renew_or_revoke_a_foreign_lease(bed: Arc<Bed>) ->
 /// vaultlet itself, with the shipped policy adapted to its role (as
 /// policies/README.md says), renews its lease and revokes it at shutdown.
 async fn scoped_policy_still_renews_and_revokes_own_leases(bed: Arc<Bed>) -> Result<()> {
-    let dir = test_dir("scoped-policy")?;
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/vaultlet.hcl"))?;
     let policy = shipped.replace("database/creds/api", "database/creds/t_scoped");
     ensure!(policy.contains("sys/leases/renew/database/creds/t_scoped/*"), "policy shape changed:\n{policy}");
-    bed.write("sys/policies/acl/vaultlet-scoped", json!({ "policy": policy })).await?;
-    bed.db_role("t_scoped", "4s", "1m").await?;
-    bed.approle("t_scoped", "vaultlet-scoped", "10m", "1h", &dir, false).await?;
-    bed.write("auth/approle/role/t_scoped", json!({ "token_no_default_policy": true })).await?;
+    let log = renews_and_revokes_own_lease(&bed, "t_scoped", &policy, true).await?;
+    ensure!(!log.contains("unscoped form"), "the scoped policy fell back to the body form:\n{log}");
+    Ok(())
+}
+
+/// A policy written for earlier versions (plain `sys/leases/renew` and
+/// `revoke`, lease id in the body) keeps working, with a warning to update it.
+async fn unscoped_lease_policy_from_before_keeps_working_with_a_warning(bed: Arc<Bed>) -> Result<()> {
+    let policy = r#"
+path "database/creds/t_unscoped" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+"#;
+    let log = renews_and_revokes_own_lease(&bed, "t_unscoped", policy, false).await?;
+    ensure!(log.contains("unscoped form"), "no warning about the unscoped policy:\n{log}");
+    Ok(())
+}
+
+/// Runs vaultlet with `policy` on database role `role` (TTL 4 s): its lease
+/// must be renewed, and revoked at shutdown. Returns the log.
+async fn renews_and_revokes_own_lease(bed: &Bed, role: &str, policy: &str, no_default: bool) -> Result<String> {
+    let dir = test_dir(role)?;
+    bed.write(&format!("sys/policies/acl/{role}"), json!({ "policy": policy })).await?;
+    bed.db_role(role, "4s", "1m").await?;
+    bed.approle(role, role, "10m", "1h", &dir, false).await?;
+    if no_default {
+        bed.write(&format!("auth/approle/role/{role}"), json!({ "token_no_default_policy": true })).await?;
+    }
     let d = Daemon::start(
         &dir,
         &format!(
             "revoke_on_shutdown = true\n{}",
-            config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_scoped\" }\n")
+            config(bed, &dir, &format!("[secret.db]\ndatabase = {{ role = \"{role}\" }}\n"))
         ),
     )?;
     d.wait_ready(Duration::from_secs(30)).await?;
     let (user, pass, _) = d.creds("db").await?;
-    let keys = bed.api(reqwest::Method::GET, "sys/leases/lookup/database/creds/t_scoped?list=true", None, None).await?;
+    let keys = bed
+        .api(reqwest::Method::GET, &format!("sys/leases/lookup/database/creds/{role}?list=true"), None, None)
+        .await?;
     let keys: Vec<String> = keys["data"]["keys"]
         .as_array()
         .context("lease keys")?
@@ -152,21 +178,22 @@ async fn scoped_policy_still_renews_and_revokes_own_leases(bed: Arc<Bed>) -> Res
         .filter_map(|k| k.as_str().map(str::to_owned))
         .collect();
     ensure!(keys.len() == 1, "leases: {keys:?}");
-    let lease = format!("database/creds/t_scoped/{}", keys[0]);
+    let lease = format!("database/creds/{role}/{}", keys[0]);
     eventually(Duration::from_secs(15), "vaultlet renews its lease", || async {
-        Ok(lookup(&bed, &lease).await?.filter(|l| !l["last_renewal"].is_null()).map(drop))
+        Ok(lookup(bed, &lease).await?.filter(|l| !l["last_renewal"].is_null()).map(drop))
     })
     .await
     .with_context(|| d.log_text())?;
     bed.pg_login(&user, &pass).await?;
     let log = d.log.clone();
     let st = d.stop().await?;
+    let text = std::fs::read_to_string(log)?;
     ensure!(st.success(), "exit {st}");
-    if lookup(&bed, &lease).await?.is_some() {
-        bail!("lease not revoked at shutdown:\n{}", std::fs::read_to_string(log)?);
+    if lookup(bed, &lease).await?.is_some() {
+        bail!("lease not revoked at shutdown:\n{text}");
     }
     ensure!(bed.pg_login(&user, &pass).await.is_err(), "credential still logs in after revocation");
-    Ok(())
+    Ok(text)
 }
 
 /// Accessors of the live tokens of AppRole role `role`, with their expiry
@@ -215,8 +242,14 @@ async fn replaced_token_is_revoked_once_no_lease_uses_it(bed: Arc<Bed>) -> Resul
     // The token's max TTL forces a re-login at ⅔ of 30 s; its leases are
     // replaced before it ends, the old one drains 1 s and is revoked.
     bed.approle("t_retire", "vaultlet-test", "30s", "30s", &dir, false).await?;
-    let d =
-        Daemon::start(&dir, &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_retire\" }\ndrain = \"1s\"\n"))?;
+    let d = Daemon::start(
+        &dir,
+        &config(
+            &bed,
+            &dir,
+            "[secret.db]\ndatabase = { role = \"t_retire\" }\ndrain = \"1s\"\nrotate_before = \"20s\"\n",
+        ),
+    )?;
     d.wait_ready(Duration::from_secs(30)).await?;
     let first = role_tokens(&bed, "t_retire").await?;
     ensure!(first.len() == 1, "tokens at start: {first:?}");
