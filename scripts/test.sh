@@ -45,6 +45,9 @@ step "env file formats read back by their real readers (sh, bash, docker CLI, sy
 scripts/env-parsers.sh >/dev/null
 cargo test --locked --test env_formats
 
+step "hostile Vault (fake servers: redirects, absurd TTLs, huge bodies)"
+cargo test --locked --test hostile_vault
+
 step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"
 

@@ -98,6 +98,8 @@ pub struct VaultConfig {
     pub request_timeout: Duration,
     /// Client certificate and key (PEM) for TLS client authentication.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Largest response body read from Vault, in bytes.
+    pub max_response_size: usize,
 }
 
 /// `[auth.approle]`
@@ -346,6 +348,15 @@ struct RawVault {
     client_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     allow_insecure_http: bool,
+    max_response_size: Option<Spanned<RawSize>>,
+}
+
+/// A size: bytes as a number, or a string like `"512KiB"`, `"4MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -540,6 +551,28 @@ impl Cx<'_> {
                 Some(_) => self.err(s.span(), key, "must be greater than zero"),
                 None => self.err(s.span(), key, "not a duration; write e.g. \"30s\", \"5m\", \"1h30m\""),
             },
+        }
+    }
+
+    /// `vault.max_response_size`: 4 KiB ..= 64 MiB, default 1 MiB.
+    fn max_response_size(&self, v: &Option<Spanned<RawSize>>) -> Result<usize, ConfigError> {
+        const KEY: &str = "vault.max_response_size";
+        let Some(v) = v else { return Ok(crate::vault::DEFAULT_MAX_RESPONSE) };
+        let n = match v.get_ref() {
+            RawSize::Bytes(n) => Some(*n),
+            RawSize::Text(t) => {
+                let t = t.trim();
+                let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("B", 1)]
+                    .iter()
+                    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
+                    .unwrap_or((t, 1));
+                num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+            }
+        };
+        match n {
+            Some(n) if ((4 << 10)..=(64 << 20)).contains(&n) => Ok(n as usize),
+            Some(_) => self.err(v.span(), KEY, "must be between 4KiB and 64MiB"),
+            None => self.err(v.span(), KEY, "not a size; write e.g. \"1MiB\", \"512KiB\" or a number of bytes"),
         }
     }
 
@@ -904,6 +937,7 @@ impl Cx<'_> {
             namespace: v.namespace,
             connect_timeout: self.duration(&v.connect_timeout, "vault.connect_timeout", Duration::from_secs(5))?,
             request_timeout: self.duration(&v.request_timeout, "vault.request_timeout", Duration::from_secs(15))?,
+            max_response_size: self.max_response_size(&v.max_response_size)?,
         })
     }
 
@@ -1235,6 +1269,18 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let c = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap();
         assert_eq!(c.auth.role_id_file, dir.path().join("role_id"));
         assert_eq!(c.auth.secret_id_file, dir.path().join("secret_id"));
+    }
+
+    #[test]
+    fn max_response_size_takes_bytes_or_units_within_bounds() {
+        assert_eq!(load(GOOD).unwrap().vault.max_response_size, 1 << 20);
+        let with = |v: &str| GOOD.replace("[auth.approle]", &format!("max_response_size = {v}\n[auth.approle]"));
+        assert_eq!(load(&with("\"512KiB\"")).unwrap().vault.max_response_size, 512 << 10);
+        assert_eq!(load(&with("\"4MiB\"")).unwrap().vault.max_response_size, 4 << 20);
+        assert_eq!(load(&with("65536")).unwrap().vault.max_response_size, 65536);
+        for bad in ["\"1KiB\"", "\"65MiB\"", "\"lots\"", "0", "\"99999999999999999999MiB\""] {
+            expect_err(&with(bad), "vault.max_response_size", 4);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod apps;
 mod attack_exec;
+mod attack_vault;
 mod bed;
 mod rotation;
 mod security;

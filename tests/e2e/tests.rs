@@ -45,6 +45,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(tls_verifies_against_the_configured_ca_only),
     ];
     v.extend(crate::attack_exec::all());
+    v.extend(crate::attack_vault::all());
     v
 }
 
@@ -54,8 +55,8 @@ pub const TEST_POLICY: &str = r#"
 path "database/creds/*" { capabilities = ["read"] }
 path "secret/data/*" { capabilities = ["read"] }
 path "kv/*" { capabilities = ["read"] }
-path "sys/leases/renew" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/renew/database/creds/*" { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/*" { capabilities = ["update"] }
 "#;
 
 pub async fn prepare(bed: &Bed) -> Result<()> {
