@@ -39,8 +39,20 @@ else
     echo "(cargo-deny not installed; the check above applies the same rules)"
 fi
 
+step "known vulnerabilities (RustSec snapshot in supply-chain/advisory-db, npm audit)"
+out=$(python3 scripts/test_advisories.py 2>&1) || { printf '%s\n' "$out"; exit 1; }
+printf 'advisory checker: %s ok\n' "$(printf '%s\n' "$out" | grep -Eo '^Ran [0-9]+ tests')"
+python3 scripts/advisories.py
+
 step "unit tests (including property tests)"
 cargo test --locked --lib --bins
+
+step "env file formats read back by their real readers (sh, bash, docker CLI, systemd, npm dotenv, python-dotenv)"
+scripts/env-parsers.sh >/dev/null
+cargo test --locked --test env_formats
+
+step "hostile Vault (fake servers: redirects, absurd TTLs, huge bodies)"
+cargo test --locked --test hostile_vault
 
 step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"

@@ -7,6 +7,11 @@
 //! drain task that keeps it renewed until `drain` has passed and then revokes
 //! it (or just lets it run out with `revoke_old_after = "never"`).
 //!
+//! Whatever the lease times say, two credentials of one secret are issued at
+//! least [`MIN_ISSUE_INTERVAL`] apart, so a server answering tiny TTLs cannot
+//! make vaultlet hammer it (the issue bucket in [`crate::vault`] caps all
+//! secrets together).
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
@@ -33,24 +38,77 @@ use crate::store::{LeaseView, Store};
 use crate::vault::{Vault, VaultError};
 use schedule::{Backoff, LeaseTimes, Step};
 
-/// Every lease vaultlet holds, for revocation at shutdown.
+/// Shortest time between two credentials issued for one secret. A server
+/// that answers with tiny TTLs (or lies) gets at most one issue per second
+/// per secret; the test bed's 3 s leases are replaced every 1.5 s, so real
+/// short leases are not slowed.
+pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every lease vaultlet holds (with the token generation that issued it),
+/// for revocation at shutdown and to know when an old token is unused.
 #[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<HashMap<LeaseId, Instant>>>);
+pub struct Leases(Arc<Mutex<LeaseMap>>);
+
+#[derive(Default)]
+struct LeaseMap {
+    live: HashMap<LeaseId, (Instant, u64)>,
+    /// Issues in flight per token generation: their lease is not known yet.
+    pending: HashMap<u64, usize>,
+}
+
+/// An issue in flight under one token generation (see [`Leases::pending`]).
+pub struct Pending(Leases, u64);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.pending.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.pending.remove(&self.1);
+            }
+        }
+    }
+}
 
 impl Leases {
-    fn add(&self, id: &LeaseId, expires_at: Instant) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), expires_at);
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks an issue under `generation` as in flight until dropped.
+    fn pending(&self, generation: u64) -> Pending {
+        *self.lock().pending.entry(generation).or_default() += 1;
+        Pending(self.clone(), generation)
+    }
+
+    fn add(&self, id: &LeaseId, expires_at: Instant, generation: u64) {
+        self.lock().live.insert(id.clone(), (expires_at, generation));
+    }
+
+    fn extend(&self, id: &LeaseId, expires_at: Instant) {
+        if let Some(e) = self.lock().live.get_mut(id) {
+            e.0 = expires_at;
+        }
+    }
+
+    /// Whether a lease issued under token `generation` is still live, or
+    /// an issue under it is in flight.
+    pub fn uses_generation(&self, generation: u64) -> bool {
+        let now = Instant::now();
+        let m = self.lock();
+        m.pending.contains_key(&generation) || m.live.values().any(|(end, g)| *g == generation && *end > now)
     }
 
     fn remove(&self, id: &LeaseId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.lock().live.remove(id);
     }
 
     /// Takes every lease that has not ended yet.
     pub fn take_live(&self) -> Vec<LeaseId> {
         let now = Instant::now();
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.drain().filter(|(_, end)| *end > now).map(|(id, _)| id).collect()
+        let mut m = self.lock();
+        m.live.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
     }
 }
 
@@ -110,6 +168,8 @@ struct Database {
     cx: Cx,
     spec: SecretSpec,
     cur: Option<Held>,
+    /// When the last credential was issued (or asked for).
+    last_issue: Option<Instant>,
     /// Lifetime (issue → cap) learned from an earlier lease of this secret.
     learned: Option<Duration>,
     transient: Backoff,
@@ -122,6 +182,7 @@ impl Database {
             cx,
             spec,
             cur: None,
+            last_issue: None,
             learned: None,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
@@ -148,7 +209,7 @@ impl Database {
                         tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
                         self.learned = Some(max);
                         if let Some(h) = self.cur.as_mut() {
-                            h.cap = Some(h.lease.issued_at + max);
+                            h.cap = Some(schedule::after(h.lease.issued_at, max));
                         }
                     }
                     Ok(None) => {}
@@ -167,6 +228,11 @@ impl Database {
             let step = match &self.cur {
                 None => Step::Replace(now),
                 Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+            };
+            // Whatever the lease times say, issues of one secret are spaced.
+            let step = match (step, self.last_issue) {
+                (Step::Replace(t), Some(last)) => Step::Replace(t.max(schedule::after(last, MIN_ISSUE_INTERVAL))),
+                (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
             tokio::select! {
@@ -206,7 +272,7 @@ impl Database {
                     };
                     tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "database secret");
                     self.cx.store.set_problem(&name, e.to_string());
-                    let until = Instant::now() + wait;
+                    let until = schedule::after(Instant::now(), wait);
                     let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
                     tokio::select! {
                         _ = self.cx.shutdown.cancelled() => return,
@@ -230,19 +296,21 @@ impl Database {
     }
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
+        self.last_issue = Some(Instant::now());
+        let _pending = self.cx.leases.pending(token.generation);
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
         crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
             issued_at: now,
-            expires_at: now + creds.ttl,
+            expires_at: schedule::after(now, creds.ttl),
             ttl: creds.ttl,
             renewable: creds.renewable,
         };
-        self.cx.leases.add(&lease.id, lease.expires_at);
+        self.cx.leases.add(&lease.id, lease.expires_at, token.generation);
         let held = Held {
-            cap: self.learned.map(|l| now + l),
+            cap: self.learned.map(|l| schedule::after(now, l)),
             lease,
             token_generation: token.generation,
             token_end: token.hard_end,
@@ -265,7 +333,7 @@ impl Database {
         match res {
             Ok(r) => {
                 let now = Instant::now();
-                h.lease.expires_at = now + r.ttl;
+                h.lease.expires_at = schedule::after(now, r.ttl);
                 h.lease.renewable = r.renewable;
                 if r.capped {
                     // Capped: this is the role's max_ttl. Remember the lifetime
@@ -273,7 +341,7 @@ impl Database {
                     h.cap = Some(h.lease.expires_at);
                     self.learned = Some(h.lease.expires_at - h.lease.issued_at);
                 }
-                self.cx.leases.add(&h.lease.id, h.lease.expires_at);
+                self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
@@ -290,7 +358,7 @@ impl Database {
 
 /// Keeps a replaced lease usable for `drain`, then revokes it (or lets it run out).
 async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
-    let drain_end = Instant::now() + spec.drain;
+    let drain_end = schedule::after(Instant::now(), spec.drain);
     let mut token_rx = cx.auth.token.clone();
     loop {
         let now = Instant::now();
@@ -329,11 +397,11 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
         match cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl).await {
             Ok(r) => {
                 let now = Instant::now();
-                old.lease.expires_at = now + r.ttl;
+                old.lease.expires_at = schedule::after(now, r.ttl);
                 if r.capped {
                     old.cap = Some(old.lease.expires_at);
                 }
-                cx.leases.add(&old.lease.id, old.lease.expires_at);
+                cx.leases.extend(&old.lease.id, old.lease.expires_at);
             }
             Err(e) if e.is_lease_gone() => {
                 cx.leases.remove(&old.lease.id);

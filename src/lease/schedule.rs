@@ -28,10 +28,16 @@ use tokio::time::Instant;
 /// Floor of the default `rotate_before`.
 pub const ROTATE_FLOOR: Duration = Duration::from_secs(30);
 
+/// `t + d` without the panic `Instant + Duration` has on overflow: a time
+/// past what the clock can hold is as good as never.
+pub fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(crate::vault::MAX_TTL)).unwrap_or(t)
+}
+
 /// When to renew a lease ending at `expires_at`. `jitter` is in `[0, 1)`.
 pub fn renew_at(now: Instant, expires_at: Instant, jitter: f64) -> Instant {
     let left = expires_at.saturating_duration_since(now);
-    now + left.mul_f64(2.0 / 3.0 - 0.1 * jitter.clamp(0.0, 1.0))
+    after(now, left.mul_f64(2.0 / 3.0 - 0.1 * jitter.clamp(0.0, 1.0)))
 }
 
 /// How long before its end a lease of `lifetime` is replaced.
@@ -188,6 +194,18 @@ mod tests {
         // The lease could live a day, but its token dies in 10 minutes.
         let l = LeaseTimes { issued_at: now, expires_at: now + s(3600), renewable: true, hard_end: Some(now + s(600)) };
         assert_eq!(next_step(now, l, None, 0.0), Step::Replace(now + s(400)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_durations_never_overflow_the_clock() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now);
+        let far = after(now, Duration::MAX);
+        let l = LeaseTimes { issued_at: now, expires_at: far, renewable: true, hard_end: Some(far) };
+        let step = next_step(now, l, None, 0.5);
+        assert!(step.at() >= now);
+        let l = LeaseTimes { renewable: false, hard_end: None, ..l };
+        assert!(next_step(now, l, Some(Duration::MAX), 0.999).at() >= now);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! substring to run only matching tests: `cargo test --test e2e -- rotation`.
 
 mod apps;
+mod attack_exec;
 mod attack_local;
+mod attack_vault;
 mod bed;
 mod rotation;
 mod security;
