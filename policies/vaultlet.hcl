@@ -68,3 +68,17 @@ path "auth/token/lookup-self" {
 path "auth/token/revoke-self" {
   capabilities = ["update"]
 }
+
+# POST pki/issue/internal - issue TLS certificates ([secret.NAME] pki = {...}).
+# Each call mints a new certificate and private key; the CA key never leaves
+# Vault.
+path "pki/issue/internal" {
+  capabilities = ["update"]
+}
+
+# POST pki/revoke - only needed with revoke_old = true or revoke_on_shutdown
+# for PKI secrets (revocation grows the CRL, so it is opt-in). Drop this
+# block when revocation is off.
+path "pki/revoke" {
+  capabilities = ["update"]
+}

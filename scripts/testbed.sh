@@ -40,6 +40,9 @@
 #     pg and role api (default_ttl 1h, max_ttl 24h)
 #     secret/api: stripe_key=sk_test_demo123 greeting=hello
 #     kv/api:     smtp_password=smtp_demo456 greeting=hello-v1
+#     pki/ with a root CA (EC P-256, PEM in DIR/pki_ca.pem = PKI_CA_FILE)
+#     and role internal (localhost, *.vaultlet.internal, IP SANs, EC keys,
+#     max_ttl 72h, not_before 5s back)
 #     policy vaultlet (policies/vaultlet.hcl); AppRole role vaultlet
 #     (token_ttl 1h, token_max_ttl 4h) with DIR/role_id and DIR/secret_id
 #
@@ -878,6 +881,17 @@ EOF
   "${bao[@]}" kv put -mount=secret api stripe_key=sk_test_demo123 greeting=hello >/dev/null
   "${bao[@]}" write kv/api smtp_password=smtp_demo456 greeting=hello-v1 >/dev/null
 
+  step "enabling pki/ (root CA, role internal)"
+  "${bao[@]}" secrets enable -path=pki pki >/dev/null
+  "${bao[@]}" secrets tune -max-lease-ttl=8760h pki >/dev/null
+  "${bao[@]}" write -field=certificate pki/root/generate/internal \
+    common_name="vaultlet test bed root CA" ttl=8760h key_type=ec key_bits=256 >"$dir/pki_ca.pem"
+  [ -s "$dir/pki_ca.pem" ] || die "pki/root/generate/internal returned no certificate"
+  "${bao[@]}" write pki/roles/internal \
+    allowed_domains=localhost,vaultlet.internal allow_subdomains=true allow_bare_domains=true \
+    allow_localhost=true allow_ip_sans=true key_type=ec key_bits=256 \
+    max_ttl=72h ttl=1h not_before_duration=5s >/dev/null
+
   step "writing policy vaultlet from policies/vaultlet.hcl"
   "${bao[@]}" policy write vaultlet "$POLICY_FILE" >/dev/null
 
@@ -917,6 +931,7 @@ EOF
     printf 'PGPASSWORD=%s\n' "$pg_password"
     printf 'ROLE_ID_FILE=%s\n' "$dir/role_id"
     printf 'SECRET_ID_FILE=%s\n' "$dir/secret_id"
+    printf 'PKI_CA_FILE=%s\n' "$dir/pki_ca.pem"
     if [ "$cluster" = 1 ]; then
       local a p l
       a="$(IFS=,; printf '%s' "${NODE_ADDRS[*]}")"
