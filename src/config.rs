@@ -157,6 +157,8 @@ pub enum SecretSource {
         /// Role name.
         role: String,
     },
+    /// `POST <mount>/issue/<role>`: a TLS certificate and its private key.
+    Pki(PkiRequest),
     /// A KV secret.
     Kv {
         /// Secrets engine mount.
@@ -166,6 +168,23 @@ pub enum SecretSource {
         /// 1 or 2.
         version: u8,
     },
+}
+
+/// What a PKI secret asks Vault for (names only; the key is made by Vault).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiRequest {
+    /// Secrets engine mount, default `pki`.
+    pub mount: String,
+    /// Role name.
+    pub role: String,
+    /// The certificate's common name.
+    pub common_name: String,
+    /// DNS subject alternative names.
+    pub alt_names: Vec<String>,
+    /// IP subject alternative names.
+    pub ip_sans: Vec<std::net::IpAddr>,
+    /// Requested lifetime; `None` means the role's default.
+    pub ttl: Option<Duration>,
 }
 
 /// `[socket]`
@@ -395,8 +414,11 @@ struct RawAppRole {
 struct RawSecret {
     database: Option<RawDatabase>,
     kv: Option<RawKv>,
+    pki: Option<Spanned<RawPki>>,
     refresh: Option<Spanned<String>>,
     rotate_before: Option<Spanned<String>>,
+    reissue_before: Option<Spanned<String>>,
+    revoke_old: Option<Spanned<bool>>,
     drain: Option<Spanned<String>>,
     revoke_old_after: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
@@ -408,6 +430,24 @@ struct RawDatabase {
     #[serde(default = "default_db_mount")]
     mount: String,
     role: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPki {
+    #[serde(default = "default_pki_mount")]
+    mount: Spanned<String>,
+    role: Spanned<String>,
+    common_name: Spanned<String>,
+    #[serde(default)]
+    alt_names: Vec<Spanned<String>>,
+    #[serde(default)]
+    ip_sans: Vec<Spanned<String>>,
+    ttl: Option<Spanned<String>>,
+}
+
+fn default_pki_mount() -> Spanned<String> {
+    Spanned::new(0..0, "pki".into())
 }
 
 fn default_db_mount() -> String {
@@ -1029,35 +1069,74 @@ impl Cx<'_> {
         if !valid_name(&name) {
             return self.err(span, &key, "secret names are letters, digits and `_`, starting with a letter");
         }
-        let source = match (s.database, s.kv) {
-            (Some(d), None) => SecretSource::Database { mount: d.mount, role: d.role },
-            (None, Some(k)) => {
+        let source = match (s.database, s.kv, s.pki) {
+            (Some(d), None, None) => SecretSource::Database { mount: d.mount, role: d.role },
+            (None, None, Some(p)) => SecretSource::Pki(self.pki(&key, p)?),
+            (None, Some(k), None) => {
                 let version = *k.version.get_ref();
                 if version != 1 && version != 2 {
                     return self.err(k.version.span(), &format!("{key}.kv.version"), "must be 1 or 2");
                 }
                 SecretSource::Kv { mount: k.mount, path: k.path, version }
             }
-            _ => return self.err(span, &key, "needs exactly one of `database = {…}` or `kv = {…}`"),
+            _ => return self.err(span, &key, "needs exactly one of `database = {…}`, `kv = {…}` or `pki = {…}`"),
         };
         let is_db = matches!(source, SecretSource::Database { .. });
+        let is_pki = matches!(source, SecretSource::Pki(_));
         let refresh = self.duration(&s.refresh, &format!("{key}.refresh"), Duration::from_secs(300))?;
         let rotate_before = match &s.rotate_before {
             None => None,
             Some(_) => Some(self.duration(&s.rotate_before, &format!("{key}.rotate_before"), Duration::ZERO)?),
         };
+        // A certificate is re-issued where a credential is replaced: the
+        // same schedule, under the name PKI users look for.
+        let rotate_before = match &s.reissue_before {
+            None => rotate_before,
+            Some(v) => {
+                let d = self.duration(&s.reissue_before, &format!("{key}.reissue_before"), Duration::ZERO)?;
+                if let SecretSource::Pki(PkiRequest { ttl: Some(ttl), .. }) = &source
+                    && d >= *ttl
+                {
+                    return self.err(v.span(), &format!("{key}.reissue_before"), "must be shorter than pki.ttl");
+                }
+                Some(d)
+            }
+        };
         let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
         let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+            // Revoking a certificate grows the CRL: opt-in for PKI.
+            None if is_pki => {
+                if s.revoke_old.as_ref().is_some_and(|v| *v.get_ref()) {
+                    RevokeOld::Drain
+                } else {
+                    RevokeOld::Never
+                }
+            }
             None | Some((_, "drain")) => RevokeOld::Drain,
             Some((_, "never")) => RevokeOld::Never,
             Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
         };
-        for (k, v) in
-            [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)]
-        {
+        for (k, v) in [("rotate_before", &s.rotate_before), ("revoke_old_after", &s.revoke_old_after)] {
             if let (false, Some(v)) = (is_db, v) {
-                return self.err(v.span(), &format!("{key}.{k}"), "only applies to database secrets");
+                let hint = if is_pki { "; PKI secrets use reissue_before and revoke_old" } else { "" };
+                return self.err(v.span(), &format!("{key}.{k}"), format!("only applies to database secrets{hint}"));
             }
+        }
+        if let (false, false, Some(v)) = (is_db, is_pki, &s.drain) {
+            return self.err(v.span(), &format!("{key}.drain"), "only applies to database and pki secrets");
+        }
+        if let (false, Some(v)) = (is_pki, &s.reissue_before) {
+            return self.err(v.span(), &format!("{key}.reissue_before"), "only applies to pki secrets");
+        }
+        if let (false, Some(v)) = (is_pki, &s.revoke_old) {
+            return self.err(v.span(), &format!("{key}.revoke_old"), "only applies to pki secrets");
+        }
+        if let (true, Some(v)) = (is_pki, &s.refresh) {
+            return self.err(
+                v.span(),
+                &format!("{key}.refresh"),
+                "only applies to kv secrets; pki secrets follow their certificate",
+            );
         }
         if let (true, Some(v)) = (is_db, &s.refresh) {
             return self.err(
@@ -1069,6 +1148,79 @@ impl Cx<'_> {
         let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
         Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, allow })
     }
+}
+
+impl Cx<'_> {
+    fn pki(&self, key: &str, p: Spanned<RawPki>) -> Result<PkiRequest, ConfigError> {
+        let p = p.into_inner();
+        let key = format!("{key}.pki");
+        let mount = p.mount.get_ref();
+        if mount.is_empty() || !mount.split('/').all(valid_path_segment) {
+            return self.err(p.mount.span(), &format!("{key}.mount"), "not a mount path (letters, digits, `-_.`, `/`)");
+        }
+        if !valid_path_segment(p.role.get_ref()) {
+            return self.err(p.role.span(), &format!("{key}.role"), "not a role name (letters, digits, `-_.`)");
+        }
+        if !valid_host_name(p.common_name.get_ref()) {
+            return self.err(p.common_name.span(), &format!("{key}.common_name"), "not a DNS name");
+        }
+        let mut alt_names = Vec::new();
+        for a in &p.alt_names {
+            if !valid_host_name(a.get_ref()) {
+                return self.err(a.span(), &format!("{key}.alt_names"), format!("`{}` is not a DNS name", a.get_ref()));
+            }
+            alt_names.push(a.get_ref().clone());
+        }
+        let mut ip_sans = Vec::new();
+        for a in &p.ip_sans {
+            match a.get_ref().parse::<std::net::IpAddr>() {
+                Ok(ip) => ip_sans.push(ip),
+                Err(_) => {
+                    return self.err(
+                        a.span(),
+                        &format!("{key}.ip_sans"),
+                        format!("`{}` is not an IP address", a.get_ref()),
+                    );
+                }
+            }
+        }
+        let ttl = match &p.ttl {
+            None => None,
+            Some(_) => Some(self.duration(&p.ttl, &format!("{key}.ttl"), Duration::ZERO)?),
+        };
+        Ok(PkiRequest {
+            mount: mount.clone(),
+            role: p.role.into_inner(),
+            common_name: p.common_name.into_inner(),
+            alt_names,
+            ip_sans,
+            ttl,
+        })
+    }
+}
+
+/// A mount or role path segment: what Vault accepts, and nothing that could
+/// walk to another path (`..`, `?`, `#`, `%`).
+fn valid_path_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A DNS name (optionally a `*.` wildcard): labels of letters, digits and
+/// `-`, at most 253 bytes.
+fn valid_host_name(s: &str) -> bool {
+    let body = s.strip_prefix("*.").unwrap_or(s);
+    !body.is_empty()
+        && s.len() <= 253
+        && body.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn is_loopback(u: &reqwest::Url) -> bool {
@@ -1250,6 +1402,65 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     fn missing_role_id_file_is_named() {
         let src = GOOD.replace("/etc/hostname", "/nonexistent/role_id");
         expect_err(&src, "auth.approle.role_id_file", 5);
+    }
+
+    fn with_pki(pki: &str, extra: &str) -> String {
+        GOOD.replace("[socket]\n", &format!("[secret.tls]\npki = {{ {pki} }}\n{extra}[socket]\n"))
+    }
+
+    const PKI: &str = r#"role = "internal", common_name = "api.vaultlet.internal", alt_names = ["localhost"], ip_sans = ["127.0.0.1", "::1"], ttl = "72h""#;
+
+    #[test]
+    fn pki_secret_loads_with_defaults() {
+        let c = load(&with_pki(PKI, "")).unwrap();
+        let s = c.secrets.iter().find(|s| s.name == "tls").unwrap();
+        let SecretSource::Pki(r) = &s.source else { panic!("not pki: {:?}", s.source) };
+        assert_eq!((r.mount.as_str(), r.role.as_str()), ("pki", "internal"));
+        assert_eq!(r.alt_names, ["localhost"]);
+        assert_eq!(r.ip_sans, ["127.0.0.1".parse::<std::net::IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(r.ttl, Some(Duration::from_secs(72 * 3600)));
+        assert_eq!(s.rotate_before, None);
+        // Revoking grows the CRL: off unless asked for.
+        assert_eq!(s.revoke_old, RevokeOld::Never);
+        let c = load(&with_pki(PKI, "reissue_before = \"24h\"\nrevoke_old = true\ndrain = \"5m\"\n")).unwrap();
+        let s = c.secrets.iter().find(|s| s.name == "tls").unwrap();
+        assert_eq!(s.rotate_before, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!((s.revoke_old, s.drain), (RevokeOld::Drain, Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn bad_pki_settings_are_named_with_line() {
+        let e = expect_err(&with_pki(&PKI.replace("\"::1\"", "\"localhost\""), ""), "secret.tls.pki.ip_sans", 12);
+        assert!(e.message.contains("`localhost` is not an IP address"), "{e}");
+        expect_err(&with_pki(&PKI.replace("72h", "soon"), ""), "secret.tls.pki.ttl", 12);
+        expect_err(&with_pki(&PKI.replace("\"internal\"", "\"../sys\""), ""), "secret.tls.pki.role", 12);
+        expect_err(&with_pki(&format!("mount = \"pki/../sys\", {PKI}"), ""), "secret.tls.pki.mount", 12);
+        expect_err(
+            &with_pki(&PKI.replace("api.vaultlet.internal", "api vaultlet"), ""),
+            "secret.tls.pki.common_name",
+            12,
+        );
+        expect_err(&with_pki(&PKI.replace("[\"localhost\"]", "[\"-x.example\"]"), ""), "secret.tls.pki.alt_names", 12);
+        let e = expect_err(&with_pki(PKI, "reissue_before = \"72h\"\n"), "secret.tls.reissue_before", 13);
+        assert!(e.message.contains("shorter than pki.ttl"), "{e}");
+        expect_err(&with_pki(PKI, "reissue_before = \"1 day\"\n"), "secret.tls.reissue_before", 13);
+        let e = expect_err(&with_pki(PKI, "rotate_before = \"1h\"\n"), "secret.tls.rotate_before", 13);
+        assert!(e.message.contains("reissue_before"), "{e}");
+        expect_err(&with_pki(PKI, "refresh = \"1h\"\n"), "secret.tls.refresh", 13);
+        expect_err(&with_pki(PKI, "revoke_old = \"yes\"\n"), "secret.tls.revoke_old", 13);
+        let src = GOOD.replace("[secret.db]\n", "[secret.db]\nreissue_before = \"1h\"\n");
+        expect_err(&src, "secret.db.reissue_before", 8);
+        let src = GOOD.replace("[secret.api]\n", "[secret.api]\ndrain = \"1h\"\n");
+        expect_err(&src, "secret.api.drain", 10);
+    }
+
+    #[test]
+    fn pki_template_fields_are_checked() {
+        let t = "[[template]]\npath = \"/run/vaultlet/tls.key\"\ntemplate = \"{{ tls.private_key }}{{ tls.certificate }}\"\n";
+        load(&format!("{}{t}", with_pki(PKI, ""))).unwrap();
+        let bad = t.replace("tls.certificate", "tls.password");
+        let e = load(&format!("{}{bad}", with_pki(PKI, ""))).unwrap_err();
+        assert!(e.message.contains("pki secrets have"), "{e}");
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct Running {
     store: store::Store,
     auth: auth::AuthHandle,
     leases: lease::Leases,
+    certs: lease::pki::Certs,
     tasks: CancellationToken,
     set: JoinSet<()>,
     auth_task: tokio::task::JoinHandle<()>,
@@ -93,7 +94,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         auth: auth.clone(),
         leases: leases.clone(),
         shutdown: tasks.clone(),
+        certs: lease::pki::Certs::default(),
     };
+    let certs = cx.certs.clone();
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {
@@ -117,6 +120,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         store,
         auth,
         leases,
+        certs,
         tasks,
         set,
         auth_task,
@@ -150,7 +154,7 @@ impl Running {
         while self.set.join_next().await.is_some() {}
         let _ = self.auth_task.await;
         if self.revoke_on_shutdown {
-            revoke_all(&self.vault, &self.auth, &self.leases).await;
+            revoke_all(&self.vault, &self.auth, &self.leases, &self.certs).await;
         }
         tracing::info!("stopped");
     }
@@ -186,7 +190,7 @@ pub const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
 /// but Vault then does it in the background, after we have exited. The
 /// tokens keep the last 1.5 s of it, so a Vault that hangs on lease
 /// revocations still gets them (and with them, the leases).
-async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &lease::Leases) {
+async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &lease::Leases, certs: &lease::pki::Certs) {
     let start = tokio::time::Instant::now();
     let deadline = start + REVOKE_DEADLINE;
     let leases_deadline = deadline - Duration::from_millis(1500);
@@ -199,6 +203,18 @@ async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &leas
                 Ok(Ok(())) => tracing::info!(lease = ?id, "revoked lease"),
                 Ok(Err(e)) => tracing::warn!(lease = ?id, error = %e, "could not revoke lease"),
                 Err(_) => tracing::warn!(lease = ?id, "revoking lease timed out"),
+            }
+        }
+    });
+    futures_util::future::join_all(revokes).await;
+    let certs = certs.take_live();
+    let revokes = certs.iter().map(|(mount, serial)| {
+        let secret = &token.secret;
+        async move {
+            match tokio::time::timeout_at(leases_deadline, vault.pki_revoke(secret, mount, serial)).await {
+                Ok(Ok(())) => tracing::info!(%serial, "revoked certificate"),
+                Ok(Err(e)) => tracing::warn!(%serial, error = %e, "could not revoke certificate"),
+                Err(_) => tracing::warn!(%serial, "revoking certificate timed out"),
             }
         }
     });

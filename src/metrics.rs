@@ -20,6 +20,8 @@
 //! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`, `connection_limit_uid`, `connection_limit`, `wait_limit`) |
 //! | `vaultlet_secret_lease_expiry_seconds` | gauge | `secret`: seconds until the served credential's lease ends |
 //! | `vaultlet_secret_lease_ttl_seconds` | gauge | `secret`: the TTL the lease was issued with |
+//! | `vaultlet_certificate_expiry_seconds` | gauge | `secret`: seconds until the served certificate's `notAfter` (PKI secrets) |
+//! | `vaultlet_certificates_issued_total` | counter | `secret`, `result` |
 //! | `vaultlet_secret_version` | gauge | `secret` |
 //! | `vaultlet_secret_available` | gauge | `secret`: 1 when served, 0 when missing or expired |
 //! | `vaultlet_ready` | gauge | 1 when every secret is available |
@@ -45,6 +47,13 @@ struct Registry {
     counters: BTreeMap<Key, u64>,
     /// operation → (bucket counts, sum, count)
     latency: BTreeMap<&'static str, ([u64; BUCKETS.len()], f64, u64)>,
+    /// secret → the served certificate's end (PKI secrets).
+    cert_ends: BTreeMap<Arc<str>, std::time::SystemTime>,
+}
+
+/// Records the end of the certificate a PKI secret now serves.
+pub fn cert_expiry(secret: &str, end: std::time::SystemTime) {
+    registry().cert_ends.insert(Arc::from(secret), end);
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
@@ -134,6 +143,7 @@ pub fn render(store: &Store) -> String {
             }
         }
     }
+    let cert_ends = registry().cert_ends.clone();
     let snap = store.snapshot();
     let now = Instant::now();
     let mut gauge = |name: &str, rows: Vec<(Arc<str>, f64)>| {
@@ -147,6 +157,15 @@ pub fn render(store: &Store) -> String {
     gauge(
         "vaultlet_secret_lease_expiry_seconds",
         leased.iter().map(|(n, l)| (n.clone(), l.expires_at.saturating_duration_since(now).as_secs_f64())).collect(),
+    );
+    let wall = std::time::SystemTime::now();
+    gauge(
+        "vaultlet_certificate_expiry_seconds",
+        cert_ends
+            .into_iter()
+            .filter(|(n, _)| snap.get(n).is_some_and(|e| e.live(now).is_some()))
+            .map(|(n, end)| (n, end.duration_since(wall).unwrap_or_default().as_secs_f64()))
+            .collect(),
     );
     gauge("vaultlet_secret_lease_ttl_seconds", leased.iter().map(|(n, l)| (n.clone(), l.ttl.as_secs_f64())).collect());
     gauge("vaultlet_secret_version", snap.iter().map(|(n, e)| (n.clone(), e.version as f64)).collect());

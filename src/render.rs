@@ -126,6 +126,16 @@ pub fn check_template(template: &str, kinds: &BTreeMap<&str, &SecretSource>) -> 
                     return Err(format!("refers to `{name}.{f}`; database secrets have `username` and `password`"));
                 }
             }
+            Some(SecretSource::Pki(_)) => {
+                if let Some(f) = field
+                    && !crate::lease::pki::FIELDS.contains(&f)
+                {
+                    return Err(format!(
+                        "refers to `{name}.{f}`; pki secrets have {}",
+                        crate::lease::pki::FIELDS.map(|f| format!("`{f}`")).join(", ")
+                    ));
+                }
+            }
             Some(SecretSource::Kv { .. }) => {}
         }
         uses.insert(name.to_owned());

@@ -73,7 +73,7 @@ use vaultrs::api::EndpointMiddleware;
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::VaultConfig;
+use crate::config::{PkiRequest, VaultConfig};
 use crate::secret::{LeaseId, SecretData};
 
 /// Default cap on a response body (`vault.max_response_size`). Vault's
@@ -206,6 +206,21 @@ pub struct DbCreds {
     pub ttl: Duration,
     /// Whether the lease can be renewed.
     pub renewable: bool,
+}
+
+/// An issued certificate. `Debug` shows key names and the serial only.
+#[derive(Debug)]
+pub struct PkiCert {
+    /// `certificate`, `private_key`, `issuing_ca`, `ca_chain`, `serial_number`.
+    pub data: SecretData,
+    /// The serial number (not secret), for logs and revocation.
+    pub serial: String,
+    /// Unix seconds, as Vault says.
+    pub not_before: Option<i64>,
+    /// Unix seconds, as Vault says.
+    pub expiration: i64,
+    /// Only when the role sets `generate_lease` (never renewable).
+    pub lease: Option<LeaseId>,
 }
 
 /// The outcome of `sys/leases/renew`.
@@ -354,6 +369,50 @@ struct DbCredsData {
 impl Drop for DbCredsData {
     fn drop(&mut self) {
         self.password.zeroize();
+    }
+}
+
+/// `POST <mount>/issue/<role>`. Lists go comma-joined, as Vault's API
+/// takes them; `ttl` empty means the role's default.
+#[derive(Endpoint)]
+#[endpoint(path = "{self.mount}/issue/{self.role}", method = "POST", response = "serde_json::Value")]
+struct PkiIssueRequest {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    role: String,
+    common_name: String,
+    alt_names: String,
+    ip_sans: String,
+    ttl: String,
+}
+
+/// `POST <mount>/revoke` by serial number.
+#[derive(Endpoint)]
+#[endpoint(path = "{self.mount}/revoke", method = "POST", response = "serde_json::Value")]
+struct PkiRevokeRequest {
+    #[endpoint(skip)]
+    mount: String,
+    serial_number: String,
+}
+
+#[derive(Deserialize)]
+struct PkiIssueData {
+    certificate: String,
+    private_key: String,
+    #[serde(default)]
+    issuing_ca: String,
+    #[serde(default)]
+    ca_chain: Vec<String>,
+    serial_number: String,
+    expiration: i64,
+    #[serde(default)]
+    not_before: Option<i64>,
+}
+
+impl Drop for PkiIssueData {
+    fn drop(&mut self) {
+        self.private_key.zeroize();
     }
 }
 
@@ -923,6 +982,76 @@ impl Vault {
         };
         self.call(&op, Some(token), |c| async move {
             raw(&c, vaultrs::api::token::requests::RevokeTokenSelfRequest {}).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `POST <mount>/issue/<role>`: a new certificate and private key.
+    pub async fn pki_issue(&self, token: &SecretString, req: &PkiRequest) -> Result<PkiCert, VaultError> {
+        let op = Op {
+            kind: "pki_issue",
+            what: format!("certificate {}/issue/{}", req.mount, req.role),
+            capability: "update",
+            path: format!("{}/issue/{}", req.mount, req.role),
+            idempotent: false,
+        };
+        self.issues.take().await;
+        let join = |v: &[String]| v.join(",");
+        let ips: Vec<String> = req.ip_sans.iter().map(|ip| ip.to_string()).collect();
+        let ttl = req.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default();
+        let body = self
+            .call(&op, Some(token), |c| {
+                let e = PkiIssueRequest {
+                    mount: req.mount.clone(),
+                    role: req.role.clone(),
+                    common_name: req.common_name.clone(),
+                    alt_names: join(&req.alt_names),
+                    ip_sans: join(&ips),
+                    ttl: ttl.clone(),
+                };
+                async move { raw(&c, e).await }
+            })
+            .await?;
+        let env: Envelope<PkiIssueData> = parse(&op, &body)?;
+        let Some(d) = env.data.as_ref() else { return Err(malformed(&op, "no data")) };
+        if !d.certificate.starts_with("-----BEGIN CERTIFICATE-----") {
+            return Err(malformed(&op, "a certificate that is not PEM"));
+        }
+        if !d.private_key.starts_with("-----BEGIN ") || d.private_key.contains("CERTIFICATE") {
+            return Err(malformed(&op, "a private key that is not PEM"));
+        }
+        if d.serial_number.is_empty() || !d.serial_number.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return Err(malformed(&op, "a serial number that is not hex"));
+        }
+        let chain = if d.ca_chain.is_empty() { d.issuing_ca.clone() } else { d.ca_chain.join("\n") };
+        let mut data = SecretData::default();
+        data.insert("certificate", SecretString::from(d.certificate.clone()));
+        data.insert("private_key", SecretString::from(d.private_key.clone()));
+        data.insert("issuing_ca", SecretString::from(d.issuing_ca.clone()));
+        data.insert("ca_chain", SecretString::from(chain));
+        data.insert("serial_number", SecretString::from(d.serial_number.clone()));
+        Ok(PkiCert {
+            data,
+            serial: d.serial_number.clone(),
+            not_before: d.not_before,
+            expiration: d.expiration,
+            lease: (!env.lease_id.is_empty() && valid_lease_id(&env.lease_id))
+                .then(|| LeaseId::new(env.lease_id.clone())),
+        })
+    }
+
+    /// `POST <mount>/revoke` by serial number.
+    pub async fn pki_revoke(&self, token: &SecretString, mount: &str, serial: &str) -> Result<(), VaultError> {
+        let op = Op {
+            kind: "pki_revoke",
+            what: format!("certificate revocation {mount}/revoke"),
+            capability: "update",
+            path: format!("{mount}/revoke"),
+            idempotent: true,
+        };
+        self.call(&op, Some(token), |c| async move {
+            raw(&c, PkiRevokeRequest { mount: mount.to_owned(), serial_number: serial.to_owned() }).await
         })
         .await
         .map(drop)

@@ -22,6 +22,7 @@
 //! human must fix (403, unknown role). A held value stays served until its
 //! lease ends; then it is withdrawn.
 
+pub mod pki;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -125,6 +126,8 @@ pub struct Cx {
     pub leases: Leases,
     /// Stops the task.
     pub shutdown: CancellationToken,
+    /// Held certificates (PKI secrets).
+    pub certs: pki::Certs,
 }
 
 /// Runs the task for one secret until shutdown.
@@ -132,6 +135,7 @@ pub async fn run(cx: Cx, spec: SecretSpec) {
     match spec.source.clone() {
         SecretSource::Database { mount, role } => Database::new(cx, spec).run(&mount, &role).await,
         SecretSource::Kv { mount, path, version } => run_kv(cx, spec, &mount, &path, version).await,
+        SecretSource::Pki(req) => pki::run(cx, spec, req).await,
     }
 }
 

@@ -1,0 +1,250 @@
+//! A PKI secret's task: issue a certificate, re-issue it before it expires.
+//!
+//! `POST <mount>/issue/<role>` carries no lease (unless the role sets
+//! `generate_lease`, and then a non-renewable one), so the certificate's own
+//! `expiration` is the deadline: it is scheduled like a non-renewable lease
+//! ([`schedule::next_step`]), re-issued `reissue_before` ahead of it (default
+//! ⅓ of its lifetime, at most half), published at once with a new version.
+//!
+//! A failed re-issue keeps the current certificate served until it expires,
+//! with the database task's backoff (fast for transient failures, slow for
+//! refusals such as a role that does not allow the common name) and the
+//! reason in `/v1/ready`. A certificate that arrives already expired, or not
+//! valid yet (`not_before` ahead of this host's clock), is refused: serving
+//! it would only make every handshake fail.
+//!
+//! Replaced certificates are revoked after `drain` only with
+//! `revoke_old = true` (each revocation grows the CRL); `revoke_on_shutdown`
+//! revokes the live ones ([`Certs`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::SecretString;
+use tokio::time::{Instant, sleep_until};
+
+use super::schedule::{self, Backoff, LeaseTimes};
+use super::{Cx, MIN_ISSUE_INTERVAL};
+use crate::auth::current_token;
+use crate::config::{PkiRequest, RevokeOld, SecretSpec};
+use crate::store::LeaseView;
+use crate::vault::VaultError;
+
+/// The fields a PKI secret has on the socket and in templates.
+pub const FIELDS: [&str; 7] =
+    ["certificate", "private_key", "issuing_ca", "ca_chain", "serial_number", "expiration", "not_before"];
+
+/// Certificates vaultlet holds (mount, serial, end), for `revoke_on_shutdown`.
+#[derive(Clone, Default)]
+pub struct Certs(Arc<Mutex<Vec<(String, String, SystemTime)>>>);
+
+// === impl Certs ===
+
+impl Certs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, String, SystemTime)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, mount: &str, serial: &str, end: SystemTime) {
+        self.lock().push((mount.to_owned(), serial.to_owned(), end));
+    }
+
+    fn remove(&self, serial: &str) {
+        self.lock().retain(|(_, s, _)| s != serial);
+    }
+
+    /// Takes every certificate that has not expired yet: (mount, serial).
+    pub fn take_live(&self) -> Vec<(String, String)> {
+        let now = SystemTime::now();
+        self.lock().drain(..).filter(|(_, _, end)| *end > now).map(|(m, s, _)| (m, s)).collect()
+    }
+}
+
+/// Why an issue did not give a usable certificate.
+#[derive(Debug, thiserror::Error)]
+enum IssueError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "certificate {serial} from {what} arrived already expired (expiration {at}); check the role's ttl and both clocks"
+    )]
+    Expired { serial: String, what: String, at: String },
+    #[error(
+        "certificate {serial} from {what} is not valid before {at}, {ahead}s ahead of this host's clock; refused (clock skew?)"
+    )]
+    NotYetValid { serial: String, what: String, at: String, ahead: u64 },
+}
+
+impl IssueError {
+    fn is_transient(&self) -> bool {
+        matches!(self, IssueError::Vault(e) if e.is_transient())
+    }
+}
+
+/// The served certificate's times and serial.
+struct Held {
+    serial: String,
+    issued_at: Instant,
+    expires_at: Instant,
+}
+
+fn unix(t: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
+}
+
+/// Runs the task for one PKI secret until shutdown.
+pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
+    let name = spec.name.clone();
+    let what = format!("{}/issue/{}", req.mount, req.role);
+    let mut token_rx = cx.auth.token.clone();
+    let mut cur: Option<Held> = None;
+    let mut last_issue: Option<Instant> = None;
+    let mut transient = Backoff::transient();
+    let mut permanent = Backoff::permanent();
+    loop {
+        let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+        let now = Instant::now();
+        let mut at = match &cur {
+            None => now,
+            Some(h) => {
+                let times =
+                    LeaseTimes { issued_at: h.issued_at, expires_at: h.expires_at, renewable: false, hard_end: None };
+                schedule::next_step(now, times, spec.rotate_before, schedule::jitter()).at()
+            }
+        };
+        if let Some(last) = last_issue {
+            at = at.max(schedule::after(last, MIN_ISSUE_INTERVAL));
+        }
+        let expiry = cur.as_ref().map(|h| h.expires_at);
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            _ = token_rx.changed() => continue,
+            _ = sleep_until(at) => {}
+            _ = sleep_until(expiry.unwrap_or(at)), if expiry.is_some_and(|e| e < at) => {
+                expired(&cx, &name, &mut cur, "certificate expired before it could be re-issued");
+                continue;
+            }
+        }
+        if token_rx.has_changed().unwrap_or(false) {
+            continue;
+        }
+        last_issue = Some(Instant::now());
+        let res = tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            r = issue(&cx, &spec, &req, &what, &token.secret) => r,
+        };
+        crate::metrics::inc(
+            "vaultlet_certificates_issued_total",
+            &[("secret", &name), ("result", crate::metrics::result(&res))],
+        );
+        match res {
+            Ok(held) => {
+                transient.reset();
+                permanent.reset();
+                if let Some(old) = cur.replace(held)
+                    && spec.revoke_old == RevokeOld::Drain
+                {
+                    tokio::spawn(drain(cx.clone(), spec.clone(), req.mount.clone(), old));
+                }
+            }
+            Err(e) => {
+                if let IssueError::Vault(v) = &e
+                    && v.is_forbidden()
+                {
+                    cx.auth.rejected(token.generation);
+                }
+                let wait = if e.is_transient() {
+                    transient.next(schedule::jitter())
+                } else {
+                    permanent.next(schedule::jitter())
+                };
+                tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "pki secret");
+                cx.store.set_problem(&name, e.to_string());
+                let until = schedule::after(Instant::now(), wait);
+                let expiry = cur.as_ref().map(|h| h.expires_at);
+                tokio::select! {
+                    _ = cx.shutdown.cancelled() => return,
+                    _ = sleep_until(until) => {}
+                    _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
+                }
+                if cur.as_ref().is_some_and(|h| h.expires_at <= Instant::now()) {
+                    expired(&cx, &name, &mut cur, "certificate expired while no new one could be issued");
+                }
+            }
+        }
+    }
+}
+
+fn expired(cx: &Cx, name: &str, cur: &mut Option<Held>, why: &str) {
+    if let Some(h) = cur.take() {
+        cx.certs.remove(&h.serial);
+        tracing::error!(secret = %name, serial = %h.serial, "{why}; certificate withdrawn");
+    }
+    cx.store.withdraw(name, why.to_owned());
+}
+
+async fn issue(
+    cx: &Cx,
+    spec: &SecretSpec,
+    req: &PkiRequest,
+    what: &str,
+    token: &SecretString,
+) -> Result<Held, IssueError> {
+    let mut cert = cx.vault.pki_issue(token, req).await?;
+    let (now_sys, now) = (SystemTime::now(), Instant::now());
+    let end = unix(cert.expiration);
+    let Ok(left) = end.duration_since(now_sys) else {
+        return Err(IssueError::Expired { serial: cert.serial, what: what.to_owned(), at: crate::api::rfc3339(end) });
+    };
+    if left.is_zero() {
+        return Err(IssueError::Expired { serial: cert.serial, what: what.to_owned(), at: crate::api::rfc3339(end) });
+    }
+    let not_before = cert.not_before.map(unix);
+    if let Some(nb) = not_before
+        && let Ok(ahead) = nb.duration_since(now_sys)
+        && !ahead.is_zero()
+    {
+        return Err(IssueError::NotYetValid {
+            serial: cert.serial,
+            what: what.to_owned(),
+            at: crate::api::rfc3339(nb),
+            ahead: ahead.as_secs().max(1),
+        });
+    }
+    let left = left.min(crate::vault::MAX_TTL);
+    cert.data.insert("expiration", SecretString::from(crate::api::rfc3339(end)));
+    cert.data.insert("not_before", SecretString::from(not_before.map(crate::api::rfc3339).unwrap_or_default()));
+    let expires_at = schedule::after(now, left);
+    let view = LeaseView { expires_at, ttl: left, renewable: false };
+    cx.certs.add(&req.mount, &cert.serial, end);
+    crate::metrics::cert_expiry(&spec.name, end);
+    let version = cx.store.publish(&spec.name, cert.data, Some(view));
+    tracing::info!(secret = %spec.name, version, serial = %cert.serial, ttl = ?left, lease = ?cert.lease, "issued certificate");
+    Ok(Held { serial: cert.serial, issued_at: now, expires_at })
+}
+
+/// Lets a replaced certificate serve `drain` longer, then revokes it.
+async fn drain(cx: Cx, spec: SecretSpec, mount: String, old: Held) {
+    let until = schedule::after(Instant::now(), spec.drain);
+    if old.expires_at <= until {
+        // It expires before the drain ends: revoking it would only grow the CRL.
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => {}
+            _ = sleep_until(old.expires_at) => cx.certs.remove(&old.serial),
+        }
+        return;
+    }
+    tokio::select! {
+        _ = cx.shutdown.cancelled() => return,
+        _ = sleep_until(until) => {}
+    }
+    let mut token_rx = cx.auth.token.clone();
+    let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+    match cx.vault.pki_revoke(&token.secret, &mount, &old.serial).await {
+        Ok(()) => tracing::info!(secret = %spec.name, serial = %old.serial, "revoked replaced certificate"),
+        Err(e) => {
+            tracing::warn!(secret = %spec.name, serial = %old.serial, error = %e, "could not revoke replaced certificate; it will expire")
+        }
+    }
+    cx.certs.remove(&old.serial);
+}
