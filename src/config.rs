@@ -287,6 +287,9 @@ pub struct FileSpec {
     pub inherit_env: Vec<String>,
     /// Secrets the template refers to.
     pub uses: BTreeSet<String>,
+    /// `[[template]] bundle = "NAME"`: files of one bundle switch together
+    /// (see [`crate::write::write_group`]).
+    pub bundle: Option<String>,
 }
 
 /// What `vaultlet exec` does when the app's environment changes.
@@ -511,6 +514,7 @@ struct RawTemplate {
     command: Option<Spanned<Vec<String>>>,
     command_timeout: Option<Spanned<String>>,
     inherit_env: Option<Spanned<Vec<String>>>,
+    bundle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -733,6 +737,7 @@ impl Cx<'_> {
                 command_timeout: Duration::from_secs(30),
                 inherit_env: Vec::new(),
                 uses,
+                bundle: None,
             });
         }
         for (i, t) in raw.template.into_iter().enumerate() {
@@ -762,6 +767,21 @@ impl Cx<'_> {
             let command_timeout =
                 self.duration(&t.command_timeout, &format!("{key}.command_timeout"), Duration::from_secs(30))?;
             let inherit_env = self.inherit_env(&t.inherit_env, &format!("{key}.inherit_env"))?;
+            if let Some(b) = &t.bundle {
+                let n = b.get_ref();
+                if n.is_empty() || !n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+                    return self.err(b.span(), &format!("{key}.bundle"), "letters, digits, `-` and `_` only");
+                }
+                // One directory: one symlink switch covers the whole bundle.
+                let dir = t.path.parent();
+                if let Some(other) = files.iter().find(|f| f.bundle.as_ref() == Some(n) && f.path.parent() != dir) {
+                    return self.err(
+                        b.span(),
+                        &format!("{key}.bundle"),
+                        format!("files of one bundle must share a directory; {} is elsewhere", other.path.display()),
+                    );
+                }
+            }
             files.push(FileSpec {
                 path: t.path,
                 template,
@@ -773,6 +793,7 @@ impl Cx<'_> {
                 command_timeout,
                 inherit_env,
                 uses,
+                bundle: t.bundle.map(Spanned::into_inner),
             });
         }
         let mut seen = BTreeSet::new();
@@ -1461,6 +1482,24 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let bad = t.replace("tls.certificate", "tls.password");
         let e = load(&format!("{}{bad}", with_pki(PKI, ""))).unwrap_err();
         assert!(e.message.contains("pki secrets have"), "{e}");
+    }
+
+    #[test]
+    fn bundle_files_share_a_directory_and_a_plain_name() {
+        let t = |p: &str, b: &str| {
+            format!("[[template]]\npath = \"{p}\"\ntemplate = \"{{{{ tls.certificate }}}}\"\nbundle = \"{b}\"\n")
+        };
+        let base = with_pki(PKI, "");
+        let c = load(&format!("{base}{}{}", t("/run/tls/a.crt", "tls"), t("/run/tls/a.key", "tls"))).unwrap();
+        assert_eq!(c.files.iter().filter(|f| f.bundle.as_deref() == Some("tls")).count(), 2);
+        let lines = base.lines().count();
+        let e = expect_err(
+            &format!("{base}{}{}", t("/run/tls/a.crt", "tls"), t("/run/x/a.key", "tls")),
+            "template[1].bundle",
+            lines + 8,
+        );
+        assert!(e.message.contains("share a directory"), "{e}");
+        expect_err(&format!("{base}{}", t("/run/tls/a.crt", "../x")), "template[0].bundle", lines + 4);
     }
 
     #[test]

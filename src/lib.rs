@@ -103,7 +103,16 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         set.spawn(lease::run(cx.clone(), spec));
     }
     let mut first_writes = Vec::new();
-    for spec in config.files.iter().cloned() {
+    let mut bundles: std::collections::BTreeMap<String, Vec<config::FileSpec>> = Default::default();
+    for spec in config.files.iter().filter(|f| f.bundle.is_some()) {
+        bundles.entry(spec.bundle.clone().unwrap_or_default()).or_default().push(spec.clone());
+    }
+    for (bundle, specs) in bundles {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        first_writes.push(rx);
+        set.spawn(render::run_bundle(bundle, specs, store.subscribe(), tasks.clone(), Some(tx)));
+    }
+    for spec in config.files.iter().filter(|f| f.bundle.is_none()).cloned() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         first_writes.push(rx);
         set.spawn(render::run_file(spec, store.subscribe(), tasks.clone(), Some(tx)));

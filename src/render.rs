@@ -873,17 +873,123 @@ impl Drop for Untrack {
     }
 }
 
+fn render_text(spec: &FileSpec, secrets: &BTreeMap<String, Arc<SecretData>>) -> Result<Zeroizing<String>, RenderError> {
+    Ok(match spec.format {
+        FileFormat::Env(format) => render_env(&spec.template, secrets, format)?,
+        FileFormat::Raw if has_extension(&spec.path, &["json"]) => render_json(&spec.template, secrets)?,
+        FileFormat::Raw if has_extension(&spec.path, &["yaml", "yml"]) => render_yaml(&spec.template, secrets)?,
+        FileFormat::Raw => render_raw(&spec.template, secrets)?,
+    })
+}
+
+/// Keeps the files of one `bundle` up to date until shutdown: all are
+/// rendered from one snapshot and switched together by
+/// [`crate::write::write_group`]; each distinct after-change command runs
+/// once per switch, after it.
+pub async fn run_bundle(
+    bundle: String,
+    specs: Vec<FileSpec>,
+    mut rx: watch::Receiver<Snapshot>,
+    shutdown: CancellationToken,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let uses: BTreeSet<String> = specs.iter().flat_map(|s| s.uses.iter().cloned()).collect();
+    let dir = specs[0].path.parent().unwrap_or(Path::new("/")).to_owned();
+    let mut commands: Vec<&FileSpec> = Vec::new();
+    for s in &specs {
+        if s.command.is_some() && !commands.iter().any(|c| c.command == s.command) {
+            commands.push(s);
+        }
+    }
+    let mut written: Option<u64> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if let Some((secrets, versions)) = live_secrets(&snap, &uses) {
+            match render_and_switch(&bundle, &dir, &specs, &secrets, &mut written).await {
+                Ok(true) => {
+                    tracing::info!(bundle = %bundle, dir = %dir.display(), files = specs.len(), versions = %versions.join(","), "switched file bundle");
+                    last_error = None;
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                    for c in &commands {
+                        if let Some(cmd) = &c.command {
+                            run_command(cmd, &c.inherit_env, c.command_timeout, &c.path).await;
+                        }
+                    }
+                }
+                Ok(false) => last_error = None,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_ref() != Some(&msg) {
+                        tracing::error!(bundle = %bundle, error = %msg, "file bundle not written");
+                    }
+                    last_error = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        if written.is_some() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(BATCH) => {}
+            }
+        }
+    }
+}
+
+async fn render_and_switch(
+    bundle: &str,
+    dir: &Path,
+    specs: &[FileSpec],
+    secrets: &BTreeMap<String, Arc<SecretData>>,
+    written: &mut Option<u64>,
+) -> Result<bool, RenderError> {
+    let mut texts = Vec::with_capacity(specs.len());
+    let mut h = keyed_hasher();
+    for s in specs {
+        let t = render_text(s, secrets)?;
+        t.hash(&mut h);
+        texts.push(t);
+    }
+    let digest = h.finish();
+    if *written == Some(digest) {
+        return Ok(false);
+    }
+    let meta: Vec<_> =
+        specs.iter().map(|s| (s.path.file_name().unwrap_or_default().to_owned(), s.mode, s.owner, s.group)).collect();
+    let (b, d) = (bundle.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let files: Vec<_> = meta
+            .iter()
+            .zip(&texts)
+            .map(|((name, mode, owner, group), t)| crate::write::GroupFile {
+                name,
+                bytes: t.as_bytes(),
+                mode: *mode,
+                owner: *owner,
+                group: *group,
+            })
+            .collect();
+        crate::write::write_group(&d, &b, &files)
+    })
+    .await
+    .map_err(|e| RenderError::Io { path: dir.display().to_string(), source: std::io::Error::other(e) })?
+    .map_err(|e| RenderError::Io { path: dir.display().to_string(), source: e.into() })?;
+    *written = Some(digest);
+    Ok(true)
+}
+
 async fn render_and_write(
     spec: &FileSpec,
     secrets: &BTreeMap<String, Arc<SecretData>>,
     written: &mut Option<u64>,
 ) -> Result<bool, RenderError> {
-    let text = match spec.format {
-        FileFormat::Env(format) => render_env(&spec.template, secrets, format)?,
-        FileFormat::Raw if has_extension(&spec.path, &["json"]) => render_json(&spec.template, secrets)?,
-        FileFormat::Raw if has_extension(&spec.path, &["yaml", "yml"]) => render_yaml(&spec.template, secrets)?,
-        FileFormat::Raw => render_raw(&spec.template, secrets)?,
-    };
+    let text = render_text(spec, secrets)?;
     // Compare by a keyed hash so we do not keep a second copy of the content.
     let mut h = keyed_hasher();
     text.hash(&mut h);
@@ -1096,6 +1202,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             inherit_env: Vec::new(),
             uses: ["a".to_string(), "b".to_string()].into(),
+            bundle: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run_file(spec, store.subscribe(), shutdown.clone(), None));

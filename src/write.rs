@@ -210,6 +210,182 @@ pub fn write_file(
     Err(io(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary name after 16 tries")))
 }
 
+// === file groups ===
+
+/// One file of a group: its name in the group's directory, content, mode,
+/// owner and group.
+pub struct GroupFile<'a> {
+    /// File name (no directory part).
+    pub name: &'a std::ffi::OsStr,
+    /// Content.
+    pub bytes: &'a [u8],
+    /// Mode.
+    pub mode: u32,
+    /// Owner uid to set.
+    pub owner: Option<u32>,
+    /// Group gid to set.
+    pub group: Option<u32>,
+}
+
+/// The link every file of group `bundle` resolves through.
+pub fn group_link(bundle: &str) -> String {
+    format!(".vaultlet-{bundle}")
+}
+
+/// Writes every file of a group so that they switch together, as
+/// Kubernetes' atomic writer does: the files go into a fresh directory
+/// `dir/.vaultlet-<bundle>.<random>/`, then one `renameat` of a symlink
+/// switches `dir/.vaultlet-<bundle>` to it. Each `dir/<name>` is a symlink
+/// to `.vaultlet-<bundle>/<name>`, so every path moves to the new version at
+/// the same instant; a reader never finds a new certificate next to an old
+/// key. The previous version's directory is kept until the next switch, so
+/// a reader that resolved the link just before a switch can still finish.
+pub fn write_group(dir_path: &Path, bundle: &str, files: &[GroupFile<'_>]) -> Result<(), PlaceError> {
+    let dir = open_dir(dir_path, "a file group", Shared::Sticky)?;
+    let io = io_at(dir_path);
+    let link = group_link(bundle);
+    let prefix = format!("{link}.");
+    // 1. The new version's directory, private until it is complete.
+    let mut version = None;
+    for _ in 0..ATTEMPTS {
+        let name = format!("{prefix}{:016x}", rand::random::<u64>());
+        match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => {
+                version = Some(name);
+                break;
+            }
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(io(e.into())),
+        }
+    }
+    let Some(version) = version else {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free directory name after 16 tries",
+        )));
+    };
+    let filled = (|| -> std::io::Result<()> {
+        let vdir = rustix::fs::openat(
+            &dir,
+            version.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for f in files {
+            let fd = rustix::fs::openat(
+                &vdir,
+                f.name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            if f.owner.is_some() || f.group.is_some() {
+                rustix::fs::fchown(
+                    &fd,
+                    f.owner.map(rustix::fs::Uid::from_raw),
+                    f.group.map(rustix::fs::Gid::from_raw),
+                )?;
+            }
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(f.mode))?;
+            let mut w = std::fs::File::from(fd);
+            w.write_all(f.bytes)?;
+            w.sync_all()?;
+        }
+        // Readers of a file given to another group must be able to enter.
+        if let Some(gid) = files.iter().find_map(|f| f.group) {
+            rustix::fs::fchown(&vdir, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+        }
+        rustix::fs::fchmod(&vdir, Mode::from_raw_mode(DIR_MODE))?;
+        rustix::fs::fsync(&vdir)?;
+        Ok(())
+    })();
+    if let Err(e) = filled {
+        remove_version(&dir, &version);
+        return Err(io(e));
+    }
+    // 2. The switch: one rename of a symlink.
+    let previous = rustix::fs::readlinkat(&dir, link.as_str(), Vec::new()).ok();
+    if let Err(e) = replace_with_symlink(&dir, &version, &link) {
+        remove_version(&dir, &version);
+        return Err(io(e));
+    }
+    // 3. The stable names, made once (or taken over from plain files).
+    for f in files {
+        let mut target = std::ffi::OsString::from(format!("{link}/"));
+        target.push(f.name);
+        let current = rustix::fs::readlinkat(&dir, f.name, Vec::new()).ok();
+        if current.as_ref().map(|c| c.as_bytes()) != Some(target.as_bytes()) {
+            replace_with_symlink(&dir, &target, f.name).map_err(&io)?;
+        }
+    }
+    rustix::fs::fsync(&dir).map_err(|e| io(e.into()))?;
+    // 4. Older versions go; the new one and the one just replaced stay.
+    let keep = previous.as_ref().map(|p| p.as_bytes().to_vec());
+    if let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) {
+        let mut stale = Vec::new();
+        while let Some(Ok(e)) = entries.next() {
+            let n = e.file_name().to_bytes();
+            let is_version =
+                n.strip_prefix(prefix.as_bytes()).is_some_and(|r| r.len() == 16 && r.iter().all(u8::is_ascii_hexdigit));
+            if is_version && n != version.as_bytes() && Some(n) != keep.as_deref() {
+                stale.push(String::from_utf8_lossy(n).into_owned());
+            }
+        }
+        for n in stale {
+            remove_version(&dir, &n);
+        }
+    }
+    Ok(())
+}
+
+/// Puts a symlink to `target` at `name`, replacing whatever is there in one
+/// `renameat`.
+fn replace_with_symlink(
+    dir: &OwnedFd,
+    target: impl AsRef<std::ffi::OsStr>,
+    name: impl AsRef<std::ffi::OsStr>,
+) -> std::io::Result<()> {
+    let name = name.as_ref();
+    for _ in 0..ATTEMPTS {
+        let tmp = temp_name(name, ".tmp");
+        match rustix::fs::symlinkat(target.as_ref(), dir, tmp.as_os_str()) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = rustix::fs::renameat(dir, tmp.as_os_str(), dir, name) {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_os_str(), AtFlags::empty());
+            return Err(e.into());
+        }
+        return Ok(());
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary name after 16 tries"))
+}
+
+/// Removes a version directory and the files in it (never following links).
+fn remove_version(dir: &OwnedFd, name: &str) {
+    let Ok(vdir) = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let mut names = Vec::new();
+    if let Ok(mut entries) = rustix::fs::Dir::read_from(&vdir) {
+        while let Some(Ok(e)) = entries.next() {
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(std::ffi::OsStr::from_bytes(n).to_owned());
+            }
+        }
+    }
+    for n in names {
+        let _ = rustix::fs::unlinkat(&vdir, n.as_os_str(), AtFlags::empty());
+    }
+    let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+}
+
 // === sockets ===
 
 /// The socket vaultlet created: removed at exit only if it is still there.
@@ -307,6 +483,38 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<(std::os::unix::net::UnixLi
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn group(dir: &Path, cert: &str, key: &str) {
+        let files = [
+            GroupFile { name: "tls.crt".as_ref(), bytes: cert.as_bytes(), mode: 0o644, owner: None, group: None },
+            GroupFile { name: "tls.key".as_ref(), bytes: key.as_bytes(), mode: 0o600, owner: None, group: None },
+        ];
+        write_group(dir, "tls", &files).unwrap();
+    }
+
+    #[test]
+    fn a_file_group_switches_with_one_link_and_keeps_one_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        // A plain file from before the group is taken over.
+        std::fs::write(dir.path().join("tls.key"), "old plain").unwrap();
+        for v in 1..=4 {
+            group(dir.path(), &format!("cert{v}"), &format!("key{v}"));
+            assert_eq!(std::fs::read_to_string(dir.path().join("tls.crt")).unwrap(), format!("cert{v}"));
+            assert_eq!(std::fs::read_to_string(dir.path().join("tls.key")).unwrap(), format!("key{v}"));
+        }
+        let key = dir.path().join("tls.key");
+        assert_eq!(std::fs::read_link(&key).unwrap(), Path::new(".vaultlet-tls/tls.key"));
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o7777, 0o600);
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        // The link, the current and the previous version, the two names: no temp files.
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert_eq!(names.iter().filter(|n| n.starts_with(".vaultlet-tls.")).count(), 2, "{names:?}");
+        let cur = std::fs::read_link(dir.path().join(".vaultlet-tls")).unwrap();
+        let vmode = std::fs::metadata(dir.path().join(&cur)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(vmode, 0o750);
+    }
 
     #[test]
     fn write_sets_exact_mode_and_leaves_no_temp_file() {
