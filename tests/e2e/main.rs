@@ -10,6 +10,7 @@ mod attack_exec;
 mod attack_local;
 mod attack_vault;
 mod bed;
+mod pki;
 mod rotation;
 mod security;
 mod tests;

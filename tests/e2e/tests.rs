@@ -47,6 +47,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::attack_local::all());
     v.extend(crate::attack_exec::all());
     v.extend(crate::attack_vault::all());
+    v.extend(crate::pki::all());
     v
 }
 
