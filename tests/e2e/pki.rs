@@ -31,6 +31,9 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     ]
 }
 
+/// (certificate, key) as read from the files together.
+type Pairs = HashSet<(String, String)>;
+
 const PKI_POLICY: &str = r#"
 path "pki/issue/internal" { capabilities = ["update"] }
 path "pki/revoke" { capabilities = ["update"] }
@@ -229,7 +232,7 @@ bundle = "tls"
     // bundle link did not move saw one moment of the directory.
     let prober = {
         let (stop, tls) = (stop.clone(), tls.clone());
-        tokio::task::spawn_blocking(move || -> Result<(u64, u64, HashSet<(String, String)>)> {
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64, Pairs)> {
             let (mut reads, mut straddled, mut pairs) = (0u64, 0u64, HashSet::new());
             let link = tls.join(".vaultlet-tls");
             while !stop.is_cancelled() {
