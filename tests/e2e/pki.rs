@@ -203,6 +203,13 @@ bundle = "tls"
     );
     let d = Daemon::start(&dir, &config(&bed, &dir, &body))?;
     d.wait_ready(Duration::from_secs(30)).await?;
+    // The socket is ready once the certificate is held; the files and nginx
+    // (started by the first after-change command) follow.
+    let client = tls_client(bed.get("PKI_CA_FILE"))?;
+    eventually(Duration::from_secs(15), "first bundle switch and nginx up", || async {
+        Ok((tls.join(".vaultlet-tls").exists() && handshake(&client, port).await.is_ok()).then_some(()))
+    })
+    .await?;
 
     // Pairs issued together, as the socket serves them: certificate → key.
     let issued: Arc<Mutex<HashMap<String, String>>> = Arc::default();
@@ -253,7 +260,6 @@ bundle = "tls"
             Ok((reads, straddled, pairs))
         })
     };
-    let client = tls_client(bed.get("PKI_CA_FILE"))?;
     let (mut handshakes, mut failed, mut served_certs) = (0u32, Vec::new(), Vec::<Vec<u8>>::new());
     let t0 = Instant::now();
     let mut version = v0;
