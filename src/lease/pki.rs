@@ -192,25 +192,8 @@ async fn issue(
 ) -> Result<Held, IssueError> {
     let mut cert = cx.vault.pki_issue(token, req).await?;
     let (now_sys, now) = (SystemTime::now(), Instant::now());
+    let (left, not_before) = check_times(&cert.serial, what, now_sys, cert.not_before, cert.expiration)?;
     let end = unix(cert.expiration);
-    let Ok(left) = end.duration_since(now_sys) else {
-        return Err(IssueError::Expired { serial: cert.serial, what: what.to_owned(), at: crate::api::rfc3339(end) });
-    };
-    if left.is_zero() {
-        return Err(IssueError::Expired { serial: cert.serial, what: what.to_owned(), at: crate::api::rfc3339(end) });
-    }
-    let not_before = cert.not_before.map(unix);
-    if let Some(nb) = not_before
-        && let Ok(ahead) = nb.duration_since(now_sys)
-        && !ahead.is_zero()
-    {
-        return Err(IssueError::NotYetValid {
-            serial: cert.serial,
-            what: what.to_owned(),
-            at: crate::api::rfc3339(nb),
-            ahead: ahead.as_secs().max(1),
-        });
-    }
     let left = left.min(crate::vault::MAX_TTL);
     cert.data.insert("expiration", SecretString::from(crate::api::rfc3339(end)));
     cert.data.insert("not_before", SecretString::from(not_before.map(crate::api::rfc3339).unwrap_or_default()));
@@ -221,6 +204,39 @@ async fn issue(
     let version = cx.store.publish(&spec.name, cert.data, Some(view));
     tracing::info!(secret = %spec.name, version, serial = %cert.serial, ttl = ?left, lease = ?cert.lease, "issued certificate");
     Ok(Held { serial: cert.serial, issued_at: now, expires_at })
+}
+
+/// How long a certificate issued at `now` has left, and its `not_before`;
+/// refuses one already expired or not valid yet.
+fn check_times(
+    serial: &str,
+    what: &str,
+    now: SystemTime,
+    not_before: Option<i64>,
+    expiration: i64,
+) -> Result<(Duration, Option<SystemTime>), IssueError> {
+    let end = unix(expiration);
+    let left = end.duration_since(now).unwrap_or_default();
+    if left.is_zero() {
+        return Err(IssueError::Expired {
+            serial: serial.to_owned(),
+            what: what.to_owned(),
+            at: crate::api::rfc3339(end),
+        });
+    }
+    let not_before = not_before.map(unix);
+    if let Some(nb) = not_before
+        && let Ok(ahead) = nb.duration_since(now)
+        && !ahead.is_zero()
+    {
+        return Err(IssueError::NotYetValid {
+            serial: serial.to_owned(),
+            what: what.to_owned(),
+            at: crate::api::rfc3339(nb),
+            ahead: ahead.as_secs().max(1),
+        });
+    }
+    Ok((left, not_before))
 }
 
 /// Lets a replaced certificate serve `drain` longer, then revokes it.
@@ -247,4 +263,35 @@ async fn drain(cx: Cx, spec: SecretSpec, mount: String, old: Held) {
         }
     }
     cx.certs.remove(&old.serial);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    fn check(nb: Option<i64>, exp: i64) -> Result<Duration, String> {
+        check_times("0a:0b", "pki/issue/internal", unix(NOW), nb, exp).map(|(l, _)| l).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn certificate_already_expired_is_refused_with_a_clear_message() {
+        let e = check(Some(NOW - 60), NOW - 1).unwrap_err();
+        assert!(e.contains("0a:0b") && e.contains("already expired") && e.contains("2026-11-18T11:06:39Z"), "{e}");
+        assert!(check(Some(NOW - 60), NOW).is_err(), "expiring this very second is expired");
+    }
+
+    #[test]
+    fn certificate_not_valid_yet_is_refused_with_a_clear_message() {
+        let e = check(Some(NOW + 90), NOW + 3600).unwrap_err();
+        assert!(e.contains("not valid before 2026-11-18T11:08:10Z") && e.contains("90s ahead"), "{e}");
+    }
+
+    #[test]
+    fn valid_certificate_has_its_time_left() {
+        assert_eq!(check(Some(NOW - 30), NOW + 6).unwrap(), Duration::from_secs(6));
+        assert_eq!(check(None, NOW + 6).unwrap(), Duration::from_secs(6));
+        assert_eq!(check(Some(NOW), NOW + 6).unwrap(), Duration::from_secs(6));
+    }
 }
