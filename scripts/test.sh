@@ -16,13 +16,20 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-step "test bed prerequisites (OpenBao, PostgreSQL)"
+step "test bed prerequisites (OpenBao, PostgreSQL, nginx)"
 scripts/testbed.sh install >/dev/null
 # fail2ban-regex checks examples/fail2ban against real audit lines (e2e).
 if ! command -v fail2ban-regex >/dev/null 2>&1; then
     echo "installing fail2ban (for fail2ban-regex) with apt-get"
     { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban ||
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban; }; } >/dev/null
+fi
+
+# nginx serves the PKI certificates vaultlet renders (e2e pki_nginx_*).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "installing nginx with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }; } >/dev/null
 fi
 
 step "cargo fmt --check, clippy"
