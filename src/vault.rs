@@ -1050,11 +1050,18 @@ impl Vault {
             path: format!("{mount}/revoke"),
             idempotent: true,
         };
-        self.call(&op, Some(token), |c| async move {
-            raw(&c, PkiRevokeRequest { mount: mount.to_owned(), serial_number: serial.to_owned() }).await
-        })
-        .await
-        .map(drop)
+        let body = self
+            .call(&op, Some(token), |c| async move {
+                raw(&c, PkiRevokeRequest { mount: mount.to_owned(), serial_number: serial.to_owned() }).await
+            })
+            .await?;
+        // OpenBao answers 200 with only a warning when it declines (e.g. a
+        // certificate it counts as expired): that is not a revocation.
+        let env: Envelope<serde_json::Value> = parse(&op, &body)?;
+        match env.data.as_ref().and_then(|d| d.get("revocation_time")).and_then(|t| t.as_i64()) {
+            Some(t) if t > 0 => Ok(()),
+            _ => Err(malformed(&op, "no revocation_time (Vault declined with a warning, e.g. already expired)")),
+        }
     }
 
     /// `GET <mount>/creds/<role>`, keeping the lease.
