@@ -495,6 +495,66 @@ function watch(name, callback, opts = {}) {
   };
 }
 
+// ------------------------------------------------------------------ TLS
+
+/** `{ cert, key }` for tls.createSecureContext from a PKI secret's data. */
+function tlsContextOf(secret, name) {
+  const d = (secret && secret.data) || {};
+  if (typeof d.certificate !== 'string' || typeof d.private_key !== 'string') {
+    throw new TypeError(`vaultlet: secret "${name}" has no certificate/private_key (is it a pki secret?)`);
+  }
+  // The leaf first, then the chain up to the CA, as TLS sends it.
+  const chain = typeof d.ca_chain === 'string' && d.ca_chain && !d.ca_chain.includes(d.certificate.trim()) ? `\n${d.ca_chain}` : '';
+  return { cert: `${d.certificate.trim()}${chain}\n`, key: d.private_key };
+}
+
+/**
+ * Gives a tls.Server or https.Server its certificate from PKI secret `name`
+ * and swaps it live with server.setSecureContext() on every new version: no
+ * restart; connections already open keep the context they started with.
+ * Resolves once the first certificate is in place (listen after that).
+ */
+async function serveTls(server, name, opts = {}) {
+  checkName(name);
+  if (!server || typeof server.setSecureContext !== 'function') {
+    throw new TypeError('vaultlet: serveTls(server, name) needs a tls.Server or https.Server');
+  }
+  const timeoutMs = positive(opts.timeoutMs, 30000);
+  let settle;
+  const first = new Promise((resolve, reject) => (settle = { resolve, reject }));
+  let version;
+  const w = watch(
+    name,
+    (secret) => {
+      server.setSecureContext({ ...(opts.secureContext || {}), ...tlsContextOf(secret, name) });
+      version = secret.version;
+      settle.resolve();
+      if (typeof opts.onUpdate === 'function') opts.onUpdate(secret);
+    },
+    opts,
+  );
+  const timer = setTimeout(() => settle.reject(timeoutError(`certificate "${name}"`, timeoutMs, undefined, socketPath(opts))), timeoutMs);
+  try {
+    await first;
+  } catch (err) {
+    w.close();
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  return {
+    close() {
+      w.close();
+    },
+    get version() {
+      return version;
+    },
+    get closed() {
+      return w.closed;
+    },
+  };
+}
+
 // ------------------------------------------------------------------ PostgreSQL
 
 function loadPg() {
@@ -689,4 +749,6 @@ module.exports = {
   waitUntilReady,
   watch,
   createPgPool,
+  serveTls,
+  tlsContextOf,
 };

@@ -163,6 +163,49 @@ export declare function watch<D extends Record<string, string> = Record<string, 
   opts?: WatchOptions,
 ): Watcher<D>;
 
+/** Fields of a PKI secret's `data` (all PEM or RFC 3339 text). */
+export interface PkiCertificate extends Record<string, string> {
+  certificate: string;
+  private_key: string;
+  issuing_ca: string;
+  ca_chain: string;
+  serial_number: string;
+  expiration: string;
+  not_before: string;
+}
+
+/** A server whose certificate can be replaced live (tls.Server, https.Server). */
+export interface SecureContextServer {
+  setSecureContext(options: { cert?: string; key?: string; [k: string]: unknown }): void;
+}
+
+export interface ServeTlsOptions extends WatchOptions {
+  /** How long to wait for the first certificate (default 30000): TIMEOUT after it. */
+  timeoutMs?: number;
+  /** More tls.createSecureContext options (ciphers, minVersion, ca for client certs…). */
+  secureContext?: Record<string, unknown>;
+  /** Called after each new certificate is in place. */
+  onUpdate?: (secret: Secret<PkiCertificate>) => void;
+}
+
+export interface TlsServing {
+  /** Stops following the secret; the server keeps its current certificate. */
+  close(): void;
+  /** Version of the certificate in place. */
+  readonly version: number | undefined;
+  readonly closed: boolean;
+}
+
+/**
+ * Gives the server its certificate from PKI secret `name` and swaps it with
+ * `server.setSecureContext()` on every new version: no restart, no dropped connection.
+ * Resolves once the first certificate is in place.
+ */
+export declare function serveTls(server: SecureContextServer, name: string, opts?: ServeTlsOptions): Promise<TlsServing>;
+
+/** `{ cert, key }` (leaf then chain) for tls.createSecureContext from a PKI secret. */
+export declare function tlsContextOf(secret: Secret<Record<string, string>>, name: string): { cert: string; key: string };
+
 /** The parts of node-postgres createPgPool uses (structural, so `pg` stays optional). */
 export interface PgModuleLike<P extends PgPoolLike = PgPoolLike> {
   Pool: new (config: any) => P;
