@@ -24,3 +24,18 @@ const r = await pool.query('SELECT 1');
 void r.rows;
 const p2: RotatingPgPool = pool;
 void [user, ttl, key, p2, vaultlet.getSecret];
+
+// serveTls: an https server whose certificate follows a PKI secret.
+import { serveTls, tlsContextOf } from 'vaultlet';
+import type { PkiCertificate, TlsServing } from 'vaultlet';
+// Structural: anything with setSecureContext (tls.Server, https.Server); no @types/node here.
+const server = { setSecureContext(_o: { cert?: string; key?: string }): void {} };
+const serving: TlsServing = await serveTls(server, 'tls', {
+  timeoutMs: 5000,
+  secureContext: { minVersion: 'TLSv1.3' },
+  onUpdate: (s) => void (s.data satisfies PkiCertificate).serial_number,
+});
+const v: number | undefined = serving.version;
+serving.close();
+const ctx: { cert: string; key: string } = tlsContextOf(await getSecret<PkiCertificate>('tls'), 'tls');
+void v, ctx;
