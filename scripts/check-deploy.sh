@@ -217,7 +217,7 @@ echo "sysusers: ok"
 
 step "vaultlet check on the example configurations"
 # Point every file the config must find (role_id, secret_id, CA) at a temporary file.
-for cfg in examples/systemd/vaultlet.toml examples/compose/vaultlet.toml examples/vault-agent-migration/vaultlet.toml; do
+for cfg in examples/systemd/vaultlet.toml examples/compose/vaultlet.toml examples/vault-agent-migration/vaultlet.toml examples/pki-tls/vaultlet.toml; do
     d="$work/check/$(dirname "$cfg")"
     mkdir -p "$d/files"
     "$py" - "$cfg" "$d" <<'EOF'
