@@ -412,9 +412,13 @@ async fn pki_certificates_are_revoked_by_serial_only_when_asked(bed: Arc<Bed>) -
             "[secret.tls]\npki = {{ role = \"internal\", common_name = \"localhost\", ttl = \"20s\" }}\nreissue_before = \"15s\"\n{extra}"
         )
     };
+    let port = free_port()?;
     let d_on = Daemon::start(
         &on,
-        &format!("revoke_on_shutdown = true\n{}", config(&bed, &on, &secret("revoke_old = true\ndrain = \"1s\"\n"))),
+        &format!(
+            "revoke_on_shutdown = true\n{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            config(&bed, &on, &secret("revoke_old = true\ndrain = \"1s\"\n"))
+        ),
     )?;
     let d_off = Daemon::start(&off, &config(&bed, &off, &secret("")))?;
     d_on.wait_ready(Duration::from_secs(30)).await?;
@@ -432,6 +436,18 @@ async fn pki_certificates_are_revoked_by_serial_only_when_asked(bed: Arc<Bed>) -
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The certificate's time left, next to the lease gauges.
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+    let left: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vaultlet_certificate_expiry_seconds{secret=\"tls\"} "))
+        .with_context(|| format!("no certificate expiry gauge:\n{text}"))?
+        .parse()?;
+    ensure!(left > 0.0 && left <= 20.0, "certificate expiry gauge {left}");
+    ensure!(
+        text.contains("vaultlet_certificates_issued_total{secret=\"tls\",result=\"ok\"}"),
+        "issue counter:\n{text}"
+    );
     let log_on = d_on.log_text();
     d_on.stop().await?;
     d_off.stop().await?;
@@ -453,6 +469,7 @@ async fn pki_certificates_are_revoked_by_serial_only_when_asked(bed: Arc<Bed>) -
     for sn in &s_off {
         n_off += usize::from(revoked(sn.clone()).await?);
     }
+    println!("  pki metrics: vaultlet_certificate_expiry_seconds{{secret=\"tls\"}} {left:.1}");
     println!(
         "  pki revoke: with revoke_old+revoke_on_shutdown {n_on}/{} revoked; without {n_off}/{} revoked",
         s_on.len(),
