@@ -7,6 +7,7 @@
 //! | `GET /v1/secrets` | `{"secrets": {name: secret}, "unavailable": {name: reason}}` |
 //! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "ttl_seconds", "renewable"}}` (no `lease` for KV) |
 //! | `GET /v1/secrets/{name}?wait=30s&after=N` | long-poll: answers once a version newer than `N` is available, or when the wait (at most 5 min) is over |
+//! | `POST /v1/secrets/{name}/rejected?version=N` | the app's database refused version `N`: the lease is checked at once and replaced if gone; `{"name", "version", "replaced"}` once the version to use is published (see [`crate::rejected`]) |
 //! | `GET /v1/events` | server-sent events: `secret` `{"name", "version"}` per available secret and per change, `unavailable` `{"name", "reason"}` |
 //! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
@@ -311,6 +312,7 @@ pub fn router(store: Store, acl: Arc<Acl>) -> Router {
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
+        .route("/v1/secrets/{name}/rejected", axum::routing::post(rejected))
         .route("/v1/events", get(events))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
@@ -521,6 +523,25 @@ async fn one(
             audit(&peer, &name, None, "unavailable");
             error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default())
         }
+    }
+}
+
+/// `POST /v1/secrets/{name}/rejected?version=N` (logic in [`crate::rejected`]).
+async fn rejected(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if !valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "invalid secret name");
+    }
+    if !api.acl.may_read(&peer, &name) {
+        return deny(&api.denials, &peer, &name, "secret");
+    }
+    match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
+        Ok(a) => json(&serde_json::json!({ "name": name, "version": a.version, "replaced": a.replaced })),
+        Err(e) => error(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), e.to_string()),
     }
 }
 

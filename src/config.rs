@@ -22,6 +22,16 @@ use toml::Spanned;
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 
+/// Default `verify_every`: one `sys/leases/lookup` per database secret per
+/// minute. A revoked lease is noticed within this bound; a minute keeps the
+/// cost at about a third of a renewal rhythm for hour-long leases, and far
+/// below the request budget of one sidecar (see the README).
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(60);
+/// Shortest `verify_every` (tests use 2 s).
+pub const MIN_VERIFY_EVERY: Duration = Duration::from_secs(1);
+/// Longest `verify_every`.
+pub const MAX_VERIFY_EVERY: Duration = Duration::from_secs(3600);
+
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -143,6 +153,9 @@ pub struct SecretSpec {
     pub drain: Duration,
     /// Whether replaced leases are revoked.
     pub revoke_old: RevokeOld,
+    /// Database: how often the held lease is checked with `sys/leases/lookup`,
+    /// so a lease revoked behind vaultlet's back is noticed within this bound.
+    pub verify_every: Duration,
     /// Who may read it on the socket; `None` means the socket's allow list.
     pub allow: Option<Vec<Allow>>,
 }
@@ -386,6 +399,7 @@ struct RawSecret {
     rotate_before: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     revoke_old_after: Option<Spanned<String>>,
+    verify_every: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
 }
 
@@ -1009,14 +1023,22 @@ impl Cx<'_> {
             Some(_) => Some(self.duration(&s.rotate_before, &format!("{key}.rotate_before"), Duration::ZERO)?),
         };
         let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
+        let verify_every = self.duration(&s.verify_every, &format!("{key}.verify_every"), DEFAULT_VERIFY_EVERY)?;
+        if s.verify_every.is_some() && !(MIN_VERIFY_EVERY..=MAX_VERIFY_EVERY).contains(&verify_every) {
+            let sp = s.verify_every.as_ref().map_or(0..0, |v| v.span());
+            return self.err(sp, &format!("{key}.verify_every"), "must be between 1s and 1h");
+        }
         let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
             None | Some((_, "drain")) => RevokeOld::Drain,
             Some((_, "never")) => RevokeOld::Never,
             Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
         };
-        for (k, v) in
-            [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)]
-        {
+        for (k, v) in [
+            ("rotate_before", &s.rotate_before),
+            ("drain", &s.drain),
+            ("revoke_old_after", &s.revoke_old_after),
+            ("verify_every", &s.verify_every),
+        ] {
             if let (false, Some(v)) = (is_db, v) {
                 return self.err(v.span(), &format!("{key}.{k}"), "only applies to database secrets");
             }
@@ -1029,7 +1051,7 @@ impl Cx<'_> {
             );
         }
         let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
-        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, allow })
+        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, verify_every, allow })
     }
 }
 

@@ -9,6 +9,7 @@ mod apps;
 mod attack_exec;
 mod attack_vault;
 mod bed;
+mod revocation;
 mod rotation;
 mod security;
 mod tests;
