@@ -199,7 +199,7 @@ struct Database {
     permanent: Backoff,
     /// When the held lease is next looked up.
     next_verify: Instant,
-    /// The last lookup and whether the lease was still there.
+    /// The last lookup a report asked for that found the lease there.
     last_check: Option<Instant>,
 }
 
@@ -286,7 +286,7 @@ impl Database {
                 _ = token_rx.changed() => continue,
                 _ = deaths.changed() => continue,
                 Some(c) = checks.recv() => {
-                    let found = self.check(&token).await;
+                    let found = self.check(&token, true).await;
                     self.answer(c, found);
                     continue;
                 }
@@ -302,7 +302,7 @@ impl Database {
                 let shutdown = self.cx.shutdown.clone();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.check(&token) => {}
+                    _ = self.check(&token, false) => {}
                 }
                 continue;
             }
@@ -352,13 +352,14 @@ impl Database {
         }
     }
 
-    /// Looks the held lease up (at most once per [`CHECK_INTERVAL`] for
-    /// reports); a lease Vault no longer knows is withdrawn, so the next turn
-    /// replaces it.
-    async fn check(&mut self, token: &crate::secret::Token) -> Checked {
+    /// Looks the held lease up; a lease Vault no longer knows is withdrawn,
+    /// so the next turn replaces it. Reports get at most one lookup per
+    /// [`CHECK_INTERVAL`] that found the lease there (the scheduled lookups
+    /// do not count: a report right after one must still look).
+    async fn check(&mut self, token: &crate::secret::Token, reported: bool) -> Checked {
         let Some(h) = self.cur.as_ref() else { return Checked::Gone };
         let now = Instant::now();
-        if self.last_check.is_some_and(|t| now < schedule::after(t, CHECK_INTERVAL)) {
+        if reported && self.last_check.is_some_and(|t| now < schedule::after(t, CHECK_INTERVAL)) {
             return Checked::Valid;
         }
         let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
@@ -370,7 +371,9 @@ impl Database {
         self.next_verify = schedule::after(now, self.spec.verify_every);
         match res {
             Ok(()) => {
-                self.last_check = Some(now);
+                if reported {
+                    self.last_check = Some(now);
+                }
                 Checked::Valid
             }
             Err(e) if e.is_lease_gone() => {
@@ -423,7 +426,6 @@ impl Database {
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
         self.next_verify = schedule::after(now, self.spec.verify_every);
-        self.last_check = Some(now);
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
         if let Some(old) = self.cur.replace(held) {
             tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
