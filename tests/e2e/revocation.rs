@@ -24,6 +24,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         t!(revoked_lease_is_replaced_within_verify_every_or_at_once_when_reported),
         t!(revoked_token_credentials_are_replaced_within_verify_every_or_at_once_when_reported),
+        t!(lease_lookup_grant_reaches_only_database_leases),
     ]
 }
 
@@ -215,5 +216,50 @@ pub async fn revoked_token_credentials_are_replaced_within_verify_every_or_at_on
         println!("  token revoked ({label}): working credential after {:.2} s", took.as_secs_f64());
         d.stop().await?;
     }
+    Ok(())
+}
+
+/// `sys/leases/lookup` takes the lease id in the body, so the grant is scoped
+/// with `allowed_parameters` (the form policies/vaultlet.hcl ships, here as in
+/// the test policy): a token holding it looks up a database lease, and is
+/// refused a lookup of any other lease (here a login token's lease).
+pub async fn lease_lookup_grant_reaches_only_database_leases(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("lookup-scope")?;
+    bed.db_role("t_ls", "60s", "10m").await?;
+    bed.approle("t_ls", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.db]\ndatabase = { role = \"t_ls\" }\n"))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let db_lease = leases_of(&bed, "t_ls").await?.into_iter().next().context("no database lease")?;
+    let list = reqwest::Method::from_bytes(b"LIST")?;
+    let logins = bed.api(list, "sys/leases/lookup/auth/approle/login/", None, None).await?;
+    let login_lease = format!(
+        "auth/approle/login/{}",
+        logins["data"]["keys"].as_array().and_then(|k| k.first()).and_then(Value::as_str).context("no login lease")?
+    );
+    let token = bed
+        .write("auth/token/create", json!({ "policies": ["vaultlet-test"], "no_default_policy": true, "ttl": "5m" }))
+        .await?;
+    let token = token["auth"]["client_token"].as_str().context("client_token")?.to_owned();
+    let http = reqwest::Client::new();
+    let addr = bed.addr().to_owned();
+    let lookup = |id: String| {
+        let (http, token, addr) = (http.clone(), token.clone(), addr.clone());
+        async move {
+            let res = http
+                .put(format!("{addr}/v1/sys/leases/lookup"))
+                .header("X-Vault-Token", token)
+                .json(&json!({ "lease_id": id }))
+                .send()
+                .await?;
+            Ok::<u16, anyhow::Error>(res.status().as_u16())
+        }
+    };
+    let ok = lookup(db_lease.clone()).await?;
+    ensure!(ok == 200, "lookup of a database lease with the grant: {ok}");
+    let refused = lookup(login_lease.clone()).await?;
+    ensure!(refused == 403, "lookup of {login_lease} must be refused by the scoped grant, got {refused}");
+    let refused = lookup(format!("{db_lease}/../../../../auth/approle/login/x")).await?;
+    ensure!(refused == 403 || refused == 400, "a dotted path is not a way around the scope: {refused}");
+    d.stop().await?;
     Ok(())
 }
