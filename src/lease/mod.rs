@@ -197,8 +197,10 @@ struct Database {
     learned: Option<Duration>,
     transient: Backoff,
     permanent: Backoff,
-    /// When the held lease is next looked up.
-    next_verify: Instant,
+    /// When Vault last vouched for the held lease (issue, renewal, lookup).
+    vouched_at: Option<Instant>,
+    /// The step planned for the held lease's times.
+    plan: Option<(LeaseTimes, Step)>,
     /// The last lookup a report asked for that found the lease there.
     last_check: Option<Instant>,
 }
@@ -213,7 +215,8 @@ impl Database {
             learned: None,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
-            next_verify: Instant::now(),
+            vouched_at: None,
+            plan: None,
             last_check: None,
         }
     }
@@ -272,7 +275,16 @@ impl Database {
             let now = Instant::now();
             let step = match &self.cur {
                 None => Step::Replace(now),
-                Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+                // Planned once per lease state: waking for a lookup or a
+                // report must not move the renewal (see `schedule::verify_at`).
+                Some(h) => match self.plan {
+                    Some((times, step)) if times == h.times() => step,
+                    _ => {
+                        let step = schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter());
+                        self.plan = Some((h.times(), step));
+                        step
+                    }
+                },
             };
             // Whatever the lease times say, issues of one secret are spaced.
             let step = match (step, self.last_issue) {
@@ -280,7 +292,7 @@ impl Database {
                 (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-            let verify = self.cur.is_some() && self.next_verify < step.at();
+            let verify_at = self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()));
             let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
                 _ = token_rx.changed() => continue,
@@ -291,7 +303,7 @@ impl Database {
                     continue;
                 }
                 _ = sleep_until(step.at()) => Wake::Step,
-                _ = sleep_until(self.next_verify), if verify => Wake::Verify,
+                _ = sleep_until(verify_at.unwrap_or(step.at())), if self.cur.is_some() && verify_at.is_some() => Wake::Verify,
                 _ = sleep_until(expiry.unwrap_or(step.at())), if expiry.is_some_and(|e| e < step.at()) => {
                     self.expired("lease ended before it could be renewed or replaced");
                     continue;
@@ -318,6 +330,8 @@ impl Database {
                 _ = shutdown.cancelled() => return,
                 r = attempt => r,
             };
+            // Whatever happened, the next step is planned afresh.
+            self.plan = None;
             match res {
                 Ok(()) => {
                     self.transient.reset();
@@ -368,7 +382,8 @@ impl Database {
             &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
         );
         let now = Instant::now();
-        self.next_verify = schedule::after(now, self.spec.verify_every);
+        // A failed lookup is not tried again before the next turn either.
+        self.vouched_at = Some(now);
         match res {
             Ok(()) => {
                 if reported {
@@ -425,7 +440,7 @@ impl Database {
             token_end: token.hard_end,
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
-        self.next_verify = schedule::after(now, self.spec.verify_every);
+        self.vouched_at = Some(now);
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
         if let Some(old) = self.cur.replace(held) {
             tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
@@ -453,6 +468,7 @@ impl Database {
                 }
                 self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
+                self.vouched_at = Some(now);
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
             }
