@@ -1306,6 +1306,22 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
+    fn verify_every_defaults_to_a_minute_and_is_bounded() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.secrets[1].name, "db");
+        assert_eq!(c.secrets[1].verify_every, DEFAULT_VERIFY_EVERY);
+        assert!(DEFAULT_VERIFY_EVERY <= Duration::from_secs(60));
+        let with = |v: &str| GOOD.replace("[secret.db]\n", &format!("[secret.db]\nverify_every = {v}\n"));
+        assert_eq!(load(&with("\"2s\"")).unwrap().secrets[1].verify_every, Duration::from_secs(2));
+        for bad in ["\"500ms\"", "\"2h\"", "\"soon\"", "\"0s\""] {
+            expect_err(&with(bad), "secret.db.verify_every", 8);
+        }
+        let kv = GOOD.replace("[secret.api]\n", "[secret.api]\nverify_every = \"5s\"\n");
+        let e = expect_err(&kv, "secret.api.verify_every", 10);
+        assert!(e.message.contains("only applies to database secrets"), "{e}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
