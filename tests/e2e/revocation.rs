@@ -25,6 +25,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(revoked_lease_is_replaced_within_verify_every_or_at_once_when_reported),
         t!(revoked_token_credentials_are_replaced_within_verify_every_or_at_once_when_reported),
         t!(lease_lookup_grant_reaches_only_database_leases),
+        t!(caller_who_may_not_read_a_secret_cannot_report_it),
     ]
 }
 
@@ -260,6 +261,51 @@ pub async fn lease_lookup_grant_reaches_only_database_leases(bed: Arc<Bed>) -> R
     ensure!(refused == 403, "lookup of {login_lease} must be refused by the scoped grant, got {refused}");
     let refused = lookup(format!("{db_lease}/../../../../auth/approle/login/x")).await?;
     ensure!(refused == 403 || refused == 400, "a dotted path is not a way around the scope: {refused}");
+    d.stop().await?;
+    Ok(())
+}
+
+/// The report is a lever on Vault (a lookup, maybe an issue): a caller that
+/// may connect but not read `db` gets 403 and makes vaultlet do nothing.
+pub async fn caller_who_may_not_read_a_secret_cannot_report_it(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("report-acl")?;
+    bed.db_role("t_racl", "60s", "10m").await?;
+    bed.approle("t_racl", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let cfg = config(
+        &bed,
+        &dir,
+        "[secret.db]\ndatabase = { role = \"t_racl\" }\nallow = [{ uid = 0 }]\n\
+         [secret.open]\nkv = { path = \"api\" }\nallow = [{ uid = 65534 }, { uid = 0 }]\n",
+    )
+    .replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let (user, _, version) = d.creds("db").await?;
+    let out = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups", "curl", "-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-X", "POST", "--unix-socket"])
+        .arg(&d.socket)
+        .arg(format!("http://vaultlet/v1/secrets/db/rejected?version={version}"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "curl as nobody: {out:?}");
+    ensure!(text.trim_end().ends_with("403"), "nobody may not report `db`: {text}");
+    // The same caller may read `open`, so it did reach the socket.
+    let out = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--unix-socket")
+        .arg(&d.socket)
+        .arg("http://vaultlet/v1/secrets/open")
+        .output()
+        .await?;
+    ensure!(out.stdout == b"200", "nobody reads `open`: {out:?}");
+    let log = d.log_text();
+    ensure!(
+        !log.contains("app reported a rejected credential"),
+        "a refused report must not reach the lease task:\n{log}"
+    );
+    ensure!(d.creds("db").await?.0 == user, "nothing replaced");
     d.stop().await?;
     Ok(())
 }
