@@ -243,8 +243,8 @@ pub async fn lease_lookup_grant_reaches_only_database_leases(bed: Arc<Bed>) -> R
     let token = token["auth"]["client_token"].as_str().context("client_token")?.to_owned();
     let http = reqwest::Client::new();
     let addr = bed.addr().to_owned();
-    let lookup = |id: String| {
-        let (http, token, addr) = (http.clone(), token.clone(), addr.clone());
+    let lookup_as = |token: String, id: String| {
+        let (http, addr) = (http.clone(), addr.clone());
         async move {
             let res = http
                 .put(format!("{addr}/v1/sys/leases/lookup"))
@@ -255,12 +255,29 @@ pub async fn lease_lookup_grant_reaches_only_database_leases(bed: Arc<Bed>) -> R
             Ok::<u16, anyhow::Error>(res.status().as_u16())
         }
     };
+    let lookup = |id: String| lookup_as(token.clone(), id);
     let ok = lookup(db_lease.clone()).await?;
     ensure!(ok == 200, "lookup of a database lease with the grant: {ok}");
     let refused = lookup(login_lease.clone()).await?;
     ensure!(refused == 403, "lookup of {login_lease} must be refused by the scoped grant, got {refused}");
     let refused = lookup(format!("{db_lease}/../../../../auth/approle/login/x")).await?;
     ensure!(refused == 403 || refused == 400, "a dotted path is not a way around the scope: {refused}");
+
+    // The shipped policies/vaultlet.hcl (loaded by the bed as `vaultlet`,
+    // role `api`): the same scope, on its own role's lease.
+    let api_lease = bed.api(reqwest::Method::GET, "database/creds/api", None, None).await?;
+    let api_lease = api_lease["lease_id"].as_str().context("lease_id")?.to_owned();
+    let shipped = bed
+        .write("auth/token/create", json!({ "policies": ["vaultlet"], "no_default_policy": true, "ttl": "5m" }))
+        .await?;
+    let shipped = shipped["auth"]["client_token"].as_str().context("client_token")?.to_owned();
+    let ok = lookup_as(shipped.clone(), api_lease.clone()).await?;
+    ensure!(ok == 200, "shipped policy: lookup of its own role's lease: {ok}");
+    for other in [db_lease.clone(), login_lease.clone()] {
+        let refused = lookup_as(shipped.clone(), other.clone()).await?;
+        ensure!(refused == 403, "shipped policy: lookup of {other} must be refused, got {refused}");
+    }
+    bed.write("sys/leases/revoke", json!({ "lease_id": api_lease })).await?;
     d.stop().await?;
     Ok(())
 }
