@@ -175,12 +175,15 @@ pub async fn report(store: &Store, uid: u32, name: &str, query: Option<&str>) ->
         return newer_than(store, name, reported, REPLACE_WAIT).await;
     }
     let (tx, rx) = oneshot::channel();
-    if task.send(Check { reply: tx }).await.is_err() {
-        return Err(Refused::Unavailable("vaultlet is shutting down".into()));
-    }
-    let checked = match tokio::time::timeout(REPLACE_WAIT, rx).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(_)) => return Err(Refused::Unavailable("vaultlet is shutting down".into())),
+    // The task takes reports between its own requests; a full queue waits
+    // like a slow answer does.
+    let asked = async {
+        task.send(Check { reply: tx }).await.ok()?;
+        rx.await.ok()
+    };
+    let checked = match tokio::time::timeout(REPLACE_WAIT, asked).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(Refused::Unavailable("vaultlet is shutting down".into())),
         Err(_) => return Err(Refused::Unavailable("the lease could not be checked in time".into())),
     };
     tracing::info!(secret = %name, uid, version = reported, outcome = ?checked, "app reported a rejected credential");
@@ -230,6 +233,75 @@ mod tests {
         assert!(matches!(parse_version(None), Err(Refused::BadRequest(_))));
         assert!(matches!(parse_version(Some("version=x")), Err(Refused::BadRequest(_))));
         assert!(matches!(parse_version(Some("version=1&wait=3s")), Err(Refused::BadRequest(_))));
+    }
+
+    fn creds(user: &str) -> crate::secret::SecretData {
+        let mut d = crate::secret::SecretData::default();
+        d.insert("username", secrecy::SecretString::from(user.to_owned()));
+        d
+    }
+
+    fn lease() -> crate::store::LeaseView {
+        crate::store::LeaseView {
+            expires_at: Instant::now() + Duration::from_secs(60),
+            ttl: Duration::from_secs(60),
+            renewable: true,
+        }
+    }
+
+    /// A stand-in lease task: answers each report with `found`, and on
+    /// `Gone` withdraws and publishes a replacement a little later.
+    fn task(store: &Store, found: Checked) -> tokio::task::JoinHandle<usize> {
+        let mut rx = store.rejections().register("db");
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(c) = rx.recv().await {
+                n += 1;
+                let _ = c.reply.send(found.clone());
+                if found == Checked::Gone {
+                    store.withdraw("db", "lease was revoked".into());
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    store.publish("db", creds(&format!("u{n}")), Some(lease()));
+                }
+            }
+            n
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_valid_credential_is_kept_and_a_gone_one_answers_with_its_replacement() {
+        let store = Store::new(["db", "kv"]);
+        store.publish("db", creds("u0"), Some(lease()));
+        let t = task(&store, Checked::Valid);
+        let a = report(&store, 1000, "db", Some("version=1")).await.unwrap();
+        assert_eq!(a, Answer { version: 1, replaced: false });
+        t.abort();
+
+        let store = Store::new(["db", "kv"]);
+        store.publish("db", creds("u0"), Some(lease()));
+        let t = task(&store, Checked::Gone);
+        let started = Instant::now();
+        let a = report(&store, 1000, "db", Some("version=1")).await.unwrap();
+        assert_eq!(a, Answer { version: 2, replaced: true });
+        assert!(started.elapsed() >= Duration::from_millis(300), "answered once the replacement was published");
+        // An older version answers at once, without asking the task.
+        let a = report(&store, 1000, "db", Some("version=1")).await.unwrap();
+        assert_eq!(a, Answer { version: 2, replaced: true });
+        assert!(matches!(report(&store, 1000, "kv", Some("version=1")).await, Err(Refused::BadRequest(_))));
+        assert!(matches!(report(&store, 1000, "nope", Some("version=1")).await, Err(Refused::NotFound(_))));
+        t.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_changes_nothing_and_says_so() {
+        let store = Store::new(["db"]);
+        store.publish("db", creds("u0"), Some(lease()));
+        let _t = task(&store, Checked::Failed("vault unreachable".into()));
+        let e = report(&store, 1000, "db", Some("version=1")).await.unwrap_err();
+        assert_eq!(e.status(), 503);
+        assert!(e.to_string().contains("vault unreachable"), "{e}");
+        assert_eq!(store.snapshot()["db"].version, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -298,8 +298,11 @@ impl Database {
                 _ = token_rx.changed() => continue,
                 _ = deaths.changed() => continue,
                 Some(c) = checks.recv() => {
-                    let found = self.check(&token, true).await;
-                    self.answer(c, found);
+                    let shutdown = self.cx.shutdown.clone();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        found = self.check(&token, true) => self.answer(c, found),
+                    }
                     continue;
                 }
                 _ = sleep_until(step.at()) => Wake::Step,
