@@ -612,7 +612,7 @@ async fn failing_lease_lookups_neither_withdraw_nor_replace_the_credential() -> 
         if r.path.ends_with("/sys/leases/lookup") {
             let mut n = l.lock().unwrap();
             *n += 1;
-            return if *n % 3 == 0 {
+            return if n.is_multiple_of(3) {
                 Answer::Hang(Duration::from_secs(7))
             } else {
                 Answer::Json(500, vec![], r#"{"errors":["internal error"]}"#.into())
