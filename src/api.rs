@@ -521,24 +521,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// size is measured first so the buffer is allocated once: growing it would
 /// leave copies of secrets in freed memory.
 fn json<T: Serialize>(v: &T) -> Response {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    if serde_json::to_writer(&mut count, v).is_err() {
+    let Ok(buf) = crate::secret::written_once(|w| serde_json::to_writer(w, v)) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(count.0));
-    if serde_json::to_writer(&mut *buf, v).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
+    };
     let body = axum::body::Body::from(axum::body::Bytes::from_owner(buf));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
