@@ -465,7 +465,13 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             }
         });
     }
-    conns.abort_all();
+    // Each connection finishes the request it is serving (its own 2 s
+    // deadline above); whatever is left after that is cut.
+    let drained =
+        tokio::time::timeout(Duration::from_millis(2500), async { while conns.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        conns.abort_all();
+    }
     file.remove();
 }
 
