@@ -18,6 +18,12 @@ fi
 
 step "test bed prerequisites (OpenBao, PostgreSQL)"
 scripts/testbed.sh install >/dev/null
+# fail2ban-regex checks examples/fail2ban against real audit lines (e2e).
+if ! command -v fail2ban-regex >/dev/null 2>&1; then
+    echo "installing fail2ban (for fail2ban-regex) with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban; }; } >/dev/null
+fi
 
 step "cargo fmt --check, clippy"
 cargo fmt --all -- --check

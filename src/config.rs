@@ -190,7 +190,20 @@ pub struct SocketConfig {
     pub mode: u32,
     /// Who may connect.
     pub allow: Vec<Allow>,
+    /// Open connections at most, all callers together.
+    pub max_connections: usize,
+    /// Open connections at most per caller uid.
+    pub max_connections_per_uid: usize,
+    /// Long-polls and event streams at most per caller uid.
+    pub max_waits_per_uid: usize,
 }
+
+/// Default `socket.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `socket.max_connections_per_uid`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
+/// Default `socket.max_waits_per_uid`.
+pub const DEFAULT_MAX_WAITS_PER_UID: usize = 32;
 
 /// One allow-list entry: a caller matches when every given field matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,6 +452,9 @@ struct RawSocket {
     path: Option<PathBuf>,
     mode: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_uid: Option<Spanned<i64>>,
+    max_waits_per_uid: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -568,6 +584,16 @@ impl Cx<'_> {
         }
     }
 
+    fn count(&self, v: &Option<Spanned<i64>>, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(c) if (1..=1_000_000).contains(&c) => Ok(c),
+                _ => self.err(n.span(), key, "must be a whole number from 1 to 1000000"),
+            },
+        }
+    }
+
     /// `vault.max_response_size`: 4 KiB ..= 64 MiB, default 1 MiB.
     fn max_response_size(&self, v: &Option<Spanned<RawSize>>) -> Result<usize, ConfigError> {
         const KEY: &str = "vault.max_response_size";
@@ -626,7 +652,19 @@ impl Cx<'_> {
                     None => vec![Allow { uid: Some(uid), gid: None }],
                     Some(list) => self.allow_list(list, "socket.allow")?,
                 };
-                Some(SocketConfig { path, mode, allow })
+                let max_connections =
+                    self.count(&s.max_connections, "socket.max_connections", DEFAULT_MAX_CONNECTIONS)?;
+                let max_connections_per_uid = self.count(
+                    &s.max_connections_per_uid,
+                    "socket.max_connections_per_uid",
+                    DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
+                )?;
+                let max_waits_per_uid = self.count(
+                    &s.max_waits_per_uid,
+                    "socket.max_waits_per_uid",
+                    DEFAULT_MAX_WAITS_PER_UID.min(max_connections_per_uid),
+                )?;
+                Some(SocketConfig { path, mode, allow, max_connections, max_connections_per_uid, max_waits_per_uid })
             }
         };
 
@@ -1168,6 +1206,19 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let src = GOOD.replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n");
         let e = expect_err(&src, "secret.db.ttl", 8);
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn socket_caps_default_and_bad_ones_are_named_with_line() {
+        let s = load(GOOD).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (1024, 128, 32));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = 10\nmax_waits_per_uid = 3\n");
+        let s = load(&src).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (10, 10, 3));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections_per_uid = 0\n");
+        expect_err(&src, "socket.max_connections_per_uid", 12);
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = -5\n");
+        expect_err(&src, "socket.max_connections", 12);
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,14 +31,13 @@
 //!
 //! Files are written to a temporary file in the same directory, created with
 //! the final mode, fsynced, renamed over the destination, and the directory
-//! is fsynced: a reader sees the old file or the new one, never half of one.
+//! is fsynced: a reader sees the old file or the new one, never half of one
+//! (`src/write.rs`: unguessable temporary names, no symlink followed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -308,30 +307,14 @@ pub fn render_raw(
     // minijinja's own output String grows as it renders and frees its old
     // buffers unwiped: measure the output first, then render into one
     // allocation of that size.
-    let mut count = Count(0);
-    tpl.render_captured_to(context(secrets), &mut count).map_err(|e| RenderError::Template(describe(&e)))?;
-    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
-    tpl.render_captured_to(context(secrets), &mut *buf).map_err(|e| RenderError::Template(describe(&e)))?;
+    let mut buf = crate::secret::written_once(|w| tpl.render_captured_to(context(secrets), w).map(drop))
+        .map_err(|e| RenderError::Template(describe(&e)))?;
     match String::from_utf8(std::mem::take(&mut *buf)) {
         Ok(s) => Ok(Zeroizing::new(s)),
         Err(e) => {
             drop(Zeroizing::new(e.into_bytes()));
             Err(RenderError::Template("output is not UTF-8".into()))
         }
-    }
-}
-
-/// Counts bytes written, to size a buffer before filling it.
-struct Count(usize);
-
-impl Write for Count {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 += b.len();
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -730,7 +713,8 @@ pub fn quote(v: &str) -> (Zeroizing<String>, bool) {
     (q, false)
 }
 
-/// Writes `bytes` to `path` atomically with `mode` (and owner/group when given).
+/// Writes `bytes` to `path` atomically with `mode` (and owner/group when
+/// given); see [`crate::write`] for what a shared directory cannot do to it.
 pub fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -738,26 +722,7 @@ pub fn write_atomic(
     owner: Option<u32>,
     group: Option<u32>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.vaultlet-{}", std::process::id()));
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        // The umask may have narrowed the mode; set exactly what was asked.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if owner.is_some() || group.is_some() {
-            std::os::unix::fs::fchown(&f, owner, group)?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::write::write_file(path, bytes, mode, owner, group).map_err(Into::into)
 }
 
 /// Secrets by name, as templates see them.
@@ -914,6 +879,7 @@ async fn render_and_write(
 mod tests {
     use super::*;
     use secrecy::SecretString;
+    use std::os::unix::fs::PermissionsExt;
 
     fn secrets(pairs: &[(&str, &str, &str)]) -> BTreeMap<String, Arc<SecretData>> {
         let mut m: BTreeMap<String, SecretData> = BTreeMap::new();

@@ -6,7 +6,9 @@
 // No runtime dependencies. `pg` is only used by createPgPool, and the caller
 // passes it in.
 
+const fs = require('node:fs');
 const http = require('node:http');
+const nodePathMod = require('node:path');
 
 const DEFAULT_SOCKET = '/run/vaultlet/vaultlet.sock';
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -164,7 +166,41 @@ function statusError(status, body, socket, secret) {
  * rejects with a VaultletError for connection problems, timeouts, aborts and
  * unreadable answers. Always settles within timeoutMs.
  */
-function request(path, { socket, timeoutMs, signal, method = 'GET' }) {
+/**
+ * `expectUid`: Node cannot read the server's SO_PEERCRED (as `vaultlet get
+ * --expect-uid` does), so this checks the socket file before connecting: it
+ * must be a socket owned by `expectUid`, in a directory other users cannot
+ * write to (or a sticky one owned by `expectUid` or root). That proves the
+ * file at the path was put there by `expectUid` (or root) and that nobody
+ * else could have swapped it since. It does not prove which process listens
+ * on it (that uid could hand the socket to another process), and it checks
+ * only the socket's own directory, not the directories above it. Throws
+ * WRONG_OWNER before anything is sent.
+ */
+function checkOwner(socket, expectUid) {
+  if (expectUid === undefined || expectUid === null) return;
+  let st;
+  let dir;
+  const dirname = nodePathMod.dirname(socket);
+  try {
+    st = fs.lstatSync(socket);
+    dir = fs.statSync(dirname);
+  } catch {
+    return; // missing: connecting reports it
+  }
+  const refuse = (why) => {
+    throw new VaultletError('WRONG_OWNER', `${why}; request not sent (expectUid ${expectUid})`, { socket });
+  };
+  if (!st.isSocket()) refuse(`${socket} is not a socket`);
+  if (st.uid !== expectUid) refuse(`${socket} is owned by uid ${st.uid}`);
+  if (dir.mode & 0o002) {
+    if (!(dir.mode & 0o1000)) refuse(`${dirname} is writable by other users without the sticky bit`);
+    if (dir.uid !== expectUid && dir.uid !== 0) refuse(`${dirname} is writable by other users and owned by uid ${dir.uid}`);
+  }
+}
+
+function request(path, { socket, timeoutMs, signal, expectUid, method = 'GET' }) {
+  checkOwner(socket, expectUid);
   return new Promise((resolve, reject) => {
     let settled = false;
     let req;
@@ -268,7 +304,7 @@ function warner(prefix, code) {
 }
 
 // Errors that waiting or retrying will not fix by themselves.
-const PERMANENT = new Set(['FORBIDDEN', 'RATE_LIMITED', 'EACCES', 'NOT_FOUND', 'BAD_REQUEST']);
+const PERMANENT = new Set(['FORBIDDEN', 'RATE_LIMITED', 'EACCES', 'NOT_FOUND', 'BAD_REQUEST', 'WRONG_OWNER']);
 
 function timeoutError(what, timeoutMs, last, socket) {
   const because = last ? `: ${last.message}` : '';
@@ -297,7 +333,7 @@ async function waitUntilReady(opts = {}) {
     const left = deadline - Date.now();
     if (left <= 0) throw timeoutError('vaultlet was not ready', timeoutMs, last, socket);
     try {
-      const res = await request('/v1/ready', { socket, timeoutMs: Math.min(left, DEFAULT_TIMEOUT_MS), signal: opts.signal });
+      const res = await request('/v1/ready', { socket, expectUid: opts.expectUid, timeoutMs: Math.min(left, DEFAULT_TIMEOUT_MS), signal: opts.signal });
       if (res.status === 200) return { ready: true };
       last = statusError(res.status, res.body, socket);
       if (PERMANENT.has(last.code)) throw last;
@@ -319,7 +355,7 @@ async function getSecret(name, opts = {}) {
   const socket = socketPath(opts);
   const path = `/v1/secrets/${encodeURIComponent(name)}`;
   if (!opts.waitUntilReady) {
-    const res = await request(path, { socket, timeoutMs: positive(opts.timeoutMs, DEFAULT_TIMEOUT_MS), signal: opts.signal });
+    const res = await request(path, { socket, expectUid: opts.expectUid, timeoutMs: positive(opts.timeoutMs, DEFAULT_TIMEOUT_MS), signal: opts.signal });
     if (res.status === 200) return res.body;
     throw statusError(res.status, res.body, socket, name);
   }
@@ -332,6 +368,7 @@ async function getSecret(name, opts = {}) {
     try {
       const res = await request(`${path}?wait=${Math.max(1, Math.floor(left))}ms`, {
         socket,
+        expectUid: opts.expectUid,
         timeoutMs: left + 2000,
         signal: opts.signal,
       });
@@ -368,6 +405,7 @@ async function reportRejected(name, version, opts = {}) {
     method: 'POST',
     timeoutMs: positive(opts.timeoutMs, DEFAULT_REPORT_TIMEOUT_MS),
     signal: opts.signal,
+    expectUid: opts.expectUid,
   });
   if (res.status === 200) return res.body;
   throw statusError(res.status, res.body, socket, name);
@@ -383,6 +421,7 @@ async function loadSecrets(opts = {}) {
   if (opts.waitUntilReady) await waitUntilReady(opts);
   const res = await request('/v1/secrets', {
     socket,
+    expectUid: opts.expectUid,
     timeoutMs: positive(opts.waitUntilReady ? undefined : opts.timeoutMs, DEFAULT_TIMEOUT_MS),
     signal: opts.signal,
   });
@@ -442,7 +481,7 @@ function watch(name, callback, opts = {}) {
       const started = Date.now();
       let changed = false;
       try {
-        const res = await request(path + q, { socket, timeoutMs: waitMs + 10000, signal: stop.signal });
+        const res = await request(path + q, { socket, expectUid: opts.expectUid, timeoutMs: waitMs + 10000, signal: stop.signal });
         if (res.status === 200 && res.body && typeof res.body.version === 'number') {
           attempt = 0;
           fresh = false;
@@ -596,6 +635,7 @@ async function createPgPool(name, opts = {}) {
     },
     {
       socket,
+      expectUid: opts.expectUid,
       pollWaitMs: opts.pollWaitMs,
       minBackoffMs: opts.minBackoffMs,
       maxBackoffMs: opts.maxBackoffMs,
@@ -622,12 +662,12 @@ async function createPgPool(name, opts = {}) {
     if (!reports.has(usedVersion)) {
       const p = (async () => {
         try {
-          await reportRejected(name, usedVersion, { socket });
+          await reportRejected(name, usedVersion, { socket, expectUid: opts.expectUid });
         } catch (err) {
           onError(err);
         }
         try {
-          swap(await getSecret(name, { socket }));
+          swap(await getSecret(name, { socket, expectUid: opts.expectUid }));
         } catch (err) {
           onError(err);
         }

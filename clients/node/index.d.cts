@@ -25,7 +25,9 @@ export type VaultletErrorCode =
   /** Any other unexpected answer or transport failure. */
   | 'EPROTO'
   /** The request was aborted through `signal`. */
-  | 'ABORTED';
+  | 'ABORTED'
+  /** `expectUid` was given and the socket file is not that uid's, or sits in a directory others may write; nothing was sent. */
+  | 'WRONG_OWNER';
 
 export declare class VaultletError extends Error {
   constructor(
@@ -89,6 +91,11 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Abort the request(s). */
   signal?: AbortSignalLike;
+  /**
+   * Only talk to a socket file owned by this uid, in a directory other users cannot
+   * write to (else WRONG_OWNER, nothing sent). Checks the file, not the listening process.
+   */
+  expectUid?: number;
 }
 
 export interface GetSecretOptions extends ClientOptions {
@@ -110,6 +117,8 @@ export interface WaitUntilReadyOptions extends ClientOptions {
 
 export interface WatchOptions {
   socket?: string;
+  /** As in ClientOptions: only a socket file owned by this uid. */
+  expectUid?: number;
   /** How long one long-poll waits on the server (default 30000, max 300000). */
   pollWaitMs?: number;
   /** Reconnect backoff: first delay (default 250) and cap (default 10000), with jitter. */
@@ -208,6 +217,8 @@ export interface PgPoolOptions<P extends PgPoolLike = PgPoolLike> {
   /** Maps the secret's data to pool credentials. Default: `{ user: data.username, password: data.password }`. */
   credentials?: (data: Record<string, string>) => { user: string; password: string };
   socket?: string;
+  /** As in ClientOptions: only a socket file owned by this uid. */
+  expectUid?: number;
   /** How long to wait for the first credential (default 30000). */
   timeoutMs?: number;
   pollWaitMs?: number;

@@ -321,6 +321,13 @@ impl Database {
                 }
                 continue;
             }
+            // A new token may have arrived at the same moment the step fell
+            // due (select! picks either): decide again with it, or a
+            // replacement would be issued under the token that is about to
+            // die, and die with it.
+            if token_rx.has_changed().unwrap_or(false) {
+                continue;
+            }
             let shutdown = self.cx.shutdown.clone();
             let attempt = async {
                 match step {

@@ -39,7 +39,9 @@ pub async fn prober_sees_no_failed_login_across_ten_rotations(bed: Arc<Bed>) -> 
         let seen_at = tokio::time::Instant::now();
         if version != last {
             // The replaced credential keeps working after the switch.
-            bed.pg_login(&user, &pass).await.with_context(|| format!("v{last} right after its replacement"))?;
+            bed.pg_login(&user, &pass)
+                .await
+                .with_context(|| format!("v{last} right after its replacement\n{}", d.log_text()))?;
             old_still_good += 1;
             switched = Some((user.clone(), pass.clone(), seen_at));
             last = version;

@@ -44,6 +44,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(no_secret_in_logs_at_trace_level),
         t!(tls_verifies_against_the_configured_ca_only),
     ];
+    v.extend(crate::attack_local::all());
     v.extend(crate::attack_exec::all());
     v.extend(crate::attack_vault::all());
     v.extend(crate::revocation::all());
@@ -277,7 +278,11 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
     let dir = test_dir("poll")?;
     bed.approle("t_poll", "vaultlet-test", "1h", "4h", &dir, false).await?;
     bed.write("secret/data/t_poll", json!({ "data": { "v": "one" } })).await?;
-    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.app]\nkv = { path = \"t_poll\" }\nrefresh = \"1s\"\n"))?;
+    // Two waits per uid: the event stream and one parked long-poll. A third
+    // is refused (429), which shows the parked one is really waiting.
+    let cfg = config(&bed, &dir, "[secret.app]\nkv = { path = \"t_poll\" }\nrefresh = \"1s\"\n")
+        .replace("[socket]\n", "[socket]\nmax_waits_per_uid = 2\n");
+    let d = Daemon::start(&dir, &cfg)?;
     eventually(Duration::from_secs(10), "socket", || async { Ok(d.socket.exists().then_some(())) }).await?;
     // Without `after`, `wait` waits for the secret to become available.
     let (st, v) = d.get("/v1/secrets/app?wait=30s").await?;
@@ -318,7 +323,12 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
         tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await?;
         anyhow::Ok((tokio::time::Instant::now(), out))
     });
+    // Give the long-poll time to arrive, then prove it is parked: the wait
+    // budget is full, so a third wait is refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, _) = d.get("/v1/secrets/app?wait=1ms&after=1").await?;
+    ensure!(st == 429, "the long-poll must be parked when the value changes (probe got {st})");
+    ensure!(!poll.is_finished(), "the long-poll must still be waiting before the change");
     let changed_at = tokio::time::Instant::now();
     bed.write("secret/data/t_poll", json!({ "data": { "v": "two" } })).await?;
     let (answered, out) = tokio::time::timeout(Duration::from_secs(15), poll).await???;

@@ -404,3 +404,50 @@ test('createPgPool gives up with TIMEOUT when the secret never arrives, and FORB
     await f.close();
   }
 });
+
+test('expectUid refuses a socket file owned by another uid and sends nothing', async () => {
+  let requests = 0;
+  const f = await fakeVaultlet((req, res) => {
+    requests++;
+    send(res, 200, { name: 'api', version: 1, data: { stripe_key: 'from-the-socket' } });
+  });
+  try {
+    const me = process.getuid();
+    const other = me === 0 ? 65534 : 0;
+    await assert.rejects(getSecret('api', { socket: f.path, expectUid: other }), (e) => {
+      assert.equal(e.code, 'WRONG_OWNER');
+      assert.match(e.message, new RegExp(`owned by uid ${me}`));
+      return true;
+    });
+    await assert.rejects(loadSecrets({ socket: f.path, expectUid: other }), { code: 'WRONG_OWNER' });
+    await assert.rejects(waitUntilReady({ socket: f.path, expectUid: other, timeoutMs: 2000 }), { code: 'WRONG_OWNER' });
+    assert.equal(requests, 0, 'nothing reached the server');
+    const s = await getSecret('api', { socket: f.path, expectUid: me });
+    assert.equal(s.data.stripe_key, 'from-the-socket');
+    assert.equal(requests, 1);
+  } finally {
+    await f.close();
+  }
+});
+
+test('expectUid refuses a socket in a directory anyone may write to', async () => {
+  const { mkdirSync, chmodSync } = await import('node:fs');
+  const open = join(dir, 'open');
+  mkdirSync(open);
+  chmodSync(open, 0o777);
+  let requests = 0;
+  const f = await fakeVaultlet((req, res) => {
+    requests++;
+    send(res, 200, { name: 'api', version: 1, data: {} });
+  }, join(open, 'v.sock'));
+  try {
+    await assert.rejects(getSecret('api', { socket: f.path, expectUid: process.getuid() }), (e) => {
+      assert.equal(e.code, 'WRONG_OWNER');
+      assert.match(e.message, /writable by other users without the sticky bit/);
+      return true;
+    });
+    assert.equal(requests, 0);
+  } finally {
+    await f.close();
+  }
+});
