@@ -1077,7 +1077,8 @@ mod tests {
         while read().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let first = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Every write is a new file renamed into place: a new inode.
+        let first = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
         // Two changes 100 ms apart: one write with both.
         store.publish("a", data("2"), None);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1087,7 +1088,11 @@ mod tests {
             assert!(read() != "A='2'\nB='1'\n", "half-batched write");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= first);
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
+            first,
+            "the file was replaced, not edited in place"
+        );
         shutdown.cancel();
         task.await.unwrap();
     }
