@@ -47,12 +47,15 @@ RUN touch src/main.rs src/lib.rs \
  && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/vaultlet /out/vaultlet \
  && install -d -m 0750 /out/run-vaultlet \
  && /out/vaultlet --version
+# COPY gives the folder it copies into mode 0755; copying the parent keeps
+# /run/vaultlet's own 0750.
+RUN mkdir -p /out/run && mv /out/run-vaultlet /out/run/vaultlet
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/vaultlet /usr/local/bin/vaultlet
-# An empty /run/vaultlet owned by the runtime user: a fresh named volume
-# mounted there starts with this owner and mode.
-COPY --from=build --chown=65532:65532 /out/run-vaultlet /run/vaultlet
+# An empty /run/vaultlet (0750) owned by the runtime user: a fresh named
+# volume mounted there starts with this owner and mode.
+COPY --from=build --chown=65532:65532 /out/run/ /run/
 USER 65532:65532
 ENV VAULTLET_SOCKET=/run/vaultlet/vaultlet.sock
 ENTRYPOINT ["/usr/local/bin/vaultlet"]
