@@ -96,6 +96,9 @@ cleanup() {
         docker ps -aq 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1
         docker network prune -f >/dev/null 2>&1
         docker volume prune -f >/dev/null 2>&1
+        # Untagged images: earlier builds of the images above. Every cache
+        # worth keeping is under a tag.
+        docker image prune -f >/dev/null 2>&1
         kill -TERM "$dockerd_pid"
         for _ in $(seq 1 150); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
         kill -0 "$dockerd_pid" 2>/dev/null && kill -KILL "$dockerd_pid"
@@ -281,16 +284,21 @@ say "base images ready in $(($(date +%s) - t0)) s"
 # Images of earlier inputs: only the current ones are kept.
 current=" $base_tag $builder_tag $runtime_tag $openbao_tag $postgres_tag $node_tag "
 for img in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^vaultlet-deploy/' | grep -v ':<none>$'); do
-    case "$current" in *" $img "*) ;; *) [[ "$img" == vaultlet-deploy/systemd:* ]] || docker rmi "$img" >/dev/null ;; esac
+    case "$img" in vaultlet-deploy/systemd:* | vaultlet-deploy/vaultlet-build:*) continue ;; esac
+    case "$current" in *" $img "*) ;; *) docker rmi "$img" >/dev/null ;; esac
 done
 
 # ------------------------------------------------------------------ vaultlet image
 
 step "vaultlet image from the shipped Dockerfile (classic builder)"
 t0=$(date +%s)
-DOCKER_BUILDKIT=0 docker build --network none \
-    --build-arg BUILDER_IMAGE="$builder_tag" --build-arg RUNTIME_IMAGE="$runtime_tag" \
-    -t vaultlet:dev -f Dockerfile . >"$run/build-vaultlet.log" 2>&1 ||
+build_args=(--network none --build-arg BUILDER_IMAGE="$builder_tag" --build-arg RUNTIME_IMAGE="$runtime_tag" -f Dockerfile)
+# The build stage gets a tag of its own: the layer cache of the compiled
+# dependencies survives the prune on exit, while older ones are dropped.
+DOCKER_BUILDKIT=0 docker build "${build_args[@]}" --target build -t vaultlet-deploy/vaultlet-build:latest . \
+    >"$run/build-vaultlet.log" 2>&1 ||
+    { tail -40 "$run/build-vaultlet.log" >&2; die "docker build of Dockerfile (build stage) failed"; }
+DOCKER_BUILDKIT=0 docker build "${build_args[@]}" -t vaultlet:dev . >>"$run/build-vaultlet.log" 2>&1 ||
     { tail -40 "$run/build-vaultlet.log" >&2; die "docker build of Dockerfile failed"; }
 size=$(docker image inspect -f '{{.Size}}' vaultlet:dev)
 say "built in $(($(date +%s) - t0)) s"
