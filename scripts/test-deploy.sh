@@ -80,7 +80,7 @@ docker-compose version --short
 exec 8>"$cache/dockerd.lock"
 flock 8
 # The exec-root holds unix sockets: keep its path short (108-byte limit).
-run=$(mktemp -d /tmp/vld.XXXXXX)
+run=$(mktemp -d "${TMPDIR:-/tmp}/vld.XXXXXX")
 chmod 0700 "$run"
 export DOCKER_HOST="unix://$run/docker.sock"
 unset DOCKER_CONTEXT DOCKER_CONFIG DOCKER_TLS_VERIFY DOCKER_CERT_PATH
