@@ -565,11 +565,15 @@ def read_audit(path: Path) -> list[dict]:
                 continue
             if e.get("type") == "request":
                 ua = ((r.get("headers") or {}).get("user-agent") or [""])[0]
+                path = r.get("path", "")
+                lease_arg = (r.get("data") or {}).get("lease_id")
+                if path_group(path) != path:
+                    lease_arg, path = path[len(path_group(path)) + 1 :], path_group(path)
                 item = {
                     "client": client_of(ua),
-                    "path": r.get("path", ""),
+                    "path": path,
                     "t": parse_time(e["time"]),
-                    "lease_arg": (r.get("data") or {}).get("lease_id"),
+                    "lease_arg": lease_arg,
                     "error": None,
                     "lease": None,
                     "ttl": None,
@@ -586,6 +590,10 @@ def read_audit(path: Path) -> list[dict]:
 
 
 def path_group(p: str) -> str:
+    # vaultlet puts the lease id in the path (sys/leases/renew/<lease_id>).
+    for op in ("sys/leases/renew", "sys/leases/revoke"):
+        if p.startswith(op + "/"):
+            return op
     if p.startswith("sys/internal/ui/mounts/"):
         return "sys/internal/ui/mounts/… (mount lookups)"
     if p.startswith("secret/data/"):

@@ -34,15 +34,33 @@ path "kv/api" {
   capabilities = ["read"]
 }
 
-# PUT sys/leases/renew - renew database credential leases before they expire.
-path "sys/leases/renew" {
+# PUT sys/leases/renew/<lease_id> - renew database credential leases before
+# they expire. vaultlet puts the lease id in the path, so the grant is scoped
+# to the leases of database/creds/api; never grant plain "sys/leases/renew"
+# (the lease id travels in the body there, and it covers every lease).
+path "sys/leases/renew/database/creds/api/*" {
   capabilities = ["update"]
 }
 
-# PUT sys/leases/revoke - revoke leases vaultlet no longer needs (on shutdown
-# with revoke_on_shutdown, or old leases after a credential rotation).
-path "sys/leases/revoke" {
+# PUT sys/leases/revoke/<lease_id> - revoke leases vaultlet no longer needs
+# (on shutdown with revoke_on_shutdown, or old leases after a credential
+# rotation). Scoped the same way: plain "sys/leases/revoke" would let the
+# token revoke any lease in Vault.
+path "sys/leases/revoke/database/creds/api/*" {
   capabilities = ["update"]
+}
+
+# PUT sys/leases/lookup {"lease_id": ...} - verify that a held database lease
+# still exists (every verify_every, default 60 s, and when the app reports a
+# credential the database refused), so a lease an operator revoked is noticed
+# in seconds. This call has no path form (the lease id travels in the body),
+# so the grant is scoped by its parameter instead: only ids of the leases of
+# database/creds/api. Looking up a lease reveals its times, never its secret.
+path "sys/leases/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "lease_id" = ["database/creds/api/*"]
+  }
 }
 
 # Token self-management. The "default" policy already grants these three;

@@ -24,6 +24,12 @@ fi
 
 step "test bed prerequisites (OpenBao, PostgreSQL)"
 scripts/testbed.sh install >/dev/null
+# fail2ban-regex checks examples/fail2ban against real audit lines (e2e).
+if ! command -v fail2ban-regex >/dev/null 2>&1; then
+    echo "installing fail2ban (for fail2ban-regex) with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban; }; } >/dev/null
+fi
 
 step "cargo fmt --check, clippy"
 cargo fmt --all -- --check
@@ -39,8 +45,20 @@ else
     echo "(cargo-deny not installed; the check above applies the same rules)"
 fi
 
+step "known vulnerabilities (RustSec snapshot in supply-chain/advisory-db, npm audit)"
+out=$(python3 scripts/test_advisories.py 2>&1) || { printf '%s\n' "$out"; exit 1; }
+printf 'advisory checker: %s ok\n' "$(printf '%s\n' "$out" | grep -Eo '^Ran [0-9]+ tests')"
+python3 scripts/advisories.py
+
 step "unit tests (including property tests)"
 cargo test --locked --lib --bins
+
+step "env file formats read back by their real readers (sh, bash, docker CLI, systemd, npm dotenv, python-dotenv)"
+scripts/env-parsers.sh >/dev/null
+cargo test --locked --test env_formats
+
+step "hostile Vault (fake servers: redirects, absurd TTLs, huge bodies)"
+cargo test --locked --test hostile_vault
 
 step "end-to-end tests (real OpenBao + PostgreSQL)"
 cargo test --locked --test e2e -- "$@"

@@ -7,6 +7,7 @@
 //! | `GET /v1/secrets` | `{"secrets": {name: secret}, "unavailable": {name: reason}}` |
 //! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "ttl_seconds", "renewable"}}` (no `lease` for KV) |
 //! | `GET /v1/secrets/{name}?wait=30s&after=N` | long-poll: answers once a version newer than `N` is available, or when the wait (at most 5 min) is over |
+//! | `POST /v1/secrets/{name}/rejected?version=N` | the app's database refused version `N`: the lease is checked at once and replaced if gone; `{"name", "version", "replaced"}` once the version to use is published (see [`crate::rejected`]) |
 //! | `GET /v1/events` | server-sent events: `secret` `{"name", "version"}` per available secret and per change, `unavailable` `{"name", "reason"}` |
 //! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
@@ -15,17 +16,23 @@
 //! holds a value. Every response carries `Cache-Control: no-store`.
 //!
 //! The peer's uid/gid come from the kernel when the connection is accepted; a
-//! caller not on the allow list gets 403 for every request on that
-//! connection and one log line with its uid, gid and pid.
+//! caller not on the allow list gets one 403 and the connection is closed
+//! (no keep-alive, 2 s to send its request). Open connections are capped
+//! globally and per uid (callers on no allow list share one budget), and
+//! long-polls and event streams per uid: a connection over a cap is
+//! answered 503 and closed at once, so a local user flooding the socket
+//! runs out of its own budget, never vaultlet's descriptors, and allowed
+//! callers keep being served. Accept errors (EMFILE…) back off and are
+//! logged once a minute, not once per attempt.
 //!
-//! The socket file is created under a temporary name, given its mode, then
-//! renamed into place, so it is never reachable with a looser mode. A stale
-//! socket (nobody listening) is replaced; a live one or a non-socket file at
-//! the path is an error. The file is removed at shutdown.
+//! The socket file is bound in a private directory, given its mode, then
+//! renamed into place (`src/write.rs`), so it is never reachable with a
+//! looser mode. A stale socket (connecting is refused) is replaced; a live
+//! one, one that cannot be probed, or a non-socket file at the path is an
+//! error. At shutdown the file is removed only if it is still ours.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Path as UrlPath, RawQuery, State};
@@ -51,8 +58,9 @@ use crate::store::{self, Entry, Store};
 /// A bound socket, ready to serve.
 pub struct Bound {
     listener: UnixListener,
-    path: PathBuf,
+    file: crate::write::SocketFile,
     acl: Arc<Acl>,
+    limits: Limits,
 }
 
 /// Who may connect, and who may read each secret.
@@ -89,58 +97,135 @@ impl Acl {
 }
 
 /// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    /// Something other than a socket is at the path.
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(String),
-    /// Another process is serving on it.
-    #[error("{0} is in use by another process")]
-    InUse(String),
-    /// I/O failure.
-    #[error("socket {path}: {source}")]
-    Io {
-        /// The socket path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::write::PlaceError as BindError;
 
 /// Creates the socket file with its mode, replacing a stale one.
 pub fn bind(cfg: &SocketConfig, secrets: &[SecretSpec]) -> Result<Bound, BindError> {
-    let path = &cfg.path;
-    let shown = path.display().to_string();
-    let io = |source| BindError::Io { path: shown.clone(), source };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(BindError::NotASocket(shown));
+    let (std_listener, file) = crate::write::bind_socket(&cfg.path, cfg.mode)?;
+    let io = |source| BindError::Io { path: cfg.path.display().to_string(), source };
+    std_listener.set_nonblocking(true).map_err(io)?;
+    let listener = UnixListener::from_std(std_listener).map_err(io)?;
+    Ok(Bound { listener, file, acl: Arc::new(Acl::new(cfg, secrets)), limits: Limits::new(cfg) })
+}
+
+// === impl Limits ===
+
+/// Open connections and waiting requests, counted per uid against the
+/// `[socket]` caps. Counts go down when the guards drop.
+#[derive(Clone)]
+struct Limits(Arc<LimitsInner>);
+
+struct LimitsInner {
+    max_connections: usize,
+    per_uid: usize,
+    waits_per_uid: usize,
+    counts: Mutex<Counts>,
+}
+
+/// Open connections in total, and per bucket: (connections, waits).
+type Counts = (usize, HashMap<Bucket, (usize, usize)>);
+
+/// Whose budget a connection counts against: its uid when it is on an allow
+/// list; one shared budget for every caller on none (they get nothing but a
+/// 403), so a thousand refused uids cannot fill the global cap either.
+type Bucket = Option<u32>;
+
+/// Which cap a connection or a wait ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Over {
+    Total,
+    Uid,
+}
+
+impl Limits {
+    fn new(cfg: &SocketConfig) -> Limits {
+        Limits(Arc::new(LimitsInner {
+            max_connections: cfg.max_connections,
+            per_uid: cfg.max_connections_per_uid,
+            waits_per_uid: cfg.max_waits_per_uid,
+            counts: Mutex::default(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.0.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connect(&self, uid: u32, allowed: bool) -> Result<Slot, Over> {
+        let bucket = allowed.then_some(uid);
+        let mut c = self.lock();
+        let (total, per) = &mut *c;
+        let mine = per.entry(bucket).or_default();
+        if mine.0 >= self.0.per_uid {
+            return Err(Over::Uid);
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(BindError::InUse(shown));
+        if *total >= self.0.max_connections {
+            return Err(Over::Total);
         }
-        std::fs::remove_file(path).map_err(io)?;
+        mine.0 += 1;
+        *total += 1;
+        Ok(Slot { limits: self.clone(), bucket, wait: false })
     }
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io)?;
+
+    fn wait(&self, uid: u32) -> Option<Slot> {
+        let mut c = self.lock();
+        let mine = c.1.entry(Some(uid)).or_default();
+        if mine.1 >= self.0.waits_per_uid {
+            return None;
+        }
+        mine.1 += 1;
+        Some(Slot { limits: self.clone(), bucket: Some(uid), wait: true })
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io)?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+}
+
+/// One counted connection or wait; gives its place back on drop.
+struct Slot {
+    limits: Limits,
+    bucket: Bucket,
+    wait: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.limits.lock();
+        let (total, per) = &mut *c;
+        if let Some(mine) = per.get_mut(&self.bucket) {
+            if self.wait {
+                mine.1 = mine.1.saturating_sub(1);
+            } else {
+                mine.0 = mine.0.saturating_sub(1);
+                *total = total.saturating_sub(1);
+            }
+            if *mine == (0, 0) {
+                per.remove(&self.bucket);
+            }
+        }
     }
-    Ok(Bound { listener, path: path.clone(), acl: Arc::new(Acl::new(cfg, secrets)) })
+}
+
+/// Logs a repeating event at most once per interval, with how many were
+/// left out in between.
+struct Sparse {
+    every: Duration,
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Sparse {
+    fn new(every: Duration) -> Sparse {
+        Sparse { every, last: None, skipped: 0 }
+    }
+
+    /// `Some(skipped since the last line)` when a line is due.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
+    }
 }
 
 /// Who is calling.
@@ -170,15 +255,51 @@ pub struct Peer {
 ///
 /// `outcome` is `allowed`, `denied` (not on the allow list), `rate_limited`
 /// (too many denials from this uid) or `unavailable`. Never a value.
+///
+/// `exe` and `secret` come from the caller; they are written through
+/// [`audit_field`], so a path holding a newline, a space or a quote cannot
+/// start a line of its own or shift the fields after it.
 fn audit(peer: &Peer, secret: &str, version: Option<u64>, outcome: &'static str) {
     let pid = peer.pid.map_or("-".to_string(), |p| p.to_string());
-    let exe = peer.exe.as_deref().unwrap_or("-");
+    let exe = peer.exe.as_deref().map_or("-".to_string(), audit_field);
+    let secret = audit_field(secret);
     let version = version.map_or("-".to_string(), |v| v.to_string());
     if outcome == "allowed" {
         tracing::info!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     } else {
         tracing::warn!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     }
+}
+
+/// A caller-controlled value as one audit field: as it is when it is
+/// printable ASCII without spaces, quotes or backslashes; otherwise in
+/// double quotes with `\"`, `\\`, `\n`, `\r`, `\t` and `\u{…}` for every
+/// other control or invisible line-breaking character. Bytes that are not
+/// UTF-8 reach here as U+FFFD (the path is read lossily).
+pub fn audit_field(v: &str) -> String {
+    let bare = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if bare {
+        return v.to_owned();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Denials per uid in a sliding window; past the limit, callers get 429
@@ -232,25 +353,43 @@ struct Api {
     store: Store,
     acl: Arc<Acl>,
     denials: Arc<Denials>,
+    limits: Limits,
 }
 
 fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
     allow.iter().any(|a| a.uid.is_none_or(|u| u == uid) && a.gid.is_none_or(|g| g == gid))
 }
 
-/// Serves until shutdown, then removes the socket file.
+/// How long a caller not on any allow list has to send its one request.
+const REFUSED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves until shutdown, then removes the socket file if it is still ours.
 pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
-    let Bound { listener, path, acl } = bound;
-    let app = router(store, acl.clone());
+    let Bound { listener, file, acl, limits } = bound;
+    let app = router_with(store, acl.clone(), limits.clone());
     let mut conns = JoinSet::new();
+    let mut backoff = Duration::ZERO;
+    let mut accept_log = Sparse::new(Duration::from_secs(60));
+    let mut over_log: HashMap<Bucket, Sparse> = HashMap::new();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    backoff = Duration::ZERO;
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors (or memory): retrying at once would
+                    // spin and log the same line thousands of times.
+                    if let Some(skipped) = accept_log.due() {
+                        tracing::warn!(error = %e, skipped, "accept failed; backing off");
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     continue;
                 }
             },
@@ -272,15 +411,47 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                 continue;
             }
         };
-        if !peer.allowed {
-            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller not on any allow list; answering 403");
-        }
+        let slot = match limits.connect(peer.uid, peer.allowed) {
+            Ok(slot) => slot,
+            Err(over) => {
+                let reason = match over {
+                    Over::Uid => "connection_limit_uid",
+                    Over::Total => "connection_limit",
+                };
+                crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
+                crate::metrics::socket_status(503);
+                if over_log.len() > 10_000 {
+                    over_log.clear();
+                }
+                if let Some(skipped) =
+                    over_log.entry(peer.allowed.then_some(peer.uid)).or_insert_with(|| Sparse::new(DENY_WINDOW)).due()
+                {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        gid = peer.gid,
+                        skipped,
+                        cap = reason,
+                        "too many connections; closing new ones"
+                    );
+                }
+                // Best effort, never waits: the caller learns why, and the
+                // descriptor is closed at once. (tokio's try_write would
+                // refuse: a fresh socket has no readiness yet.)
+                use rustix::net::SendFlags;
+                let _ = rustix::net::send(&stream, OVER_CAP, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+                continue;
+            }
+        };
+        let refused = !peer.allowed;
         let svc = TowerToHyperService::new(app.clone().layer(Extension(peer)));
         let shutdown = shutdown.clone();
         conns.spawn(async move {
+            let _slot = slot;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(if refused { REFUSED_HEADER_TIMEOUT } else { Duration::from_secs(10) })
+                // A refused caller gets its one 403 with `Connection: close`.
+                .keep_alive(!refused)
                 .max_buf_size(16 * 1024)
                 // Answer a client that closed its write side after the request.
                 .half_close(true)
@@ -295,22 +466,36 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             }
         });
     }
-    conns.abort_all();
-    remove_socket(&path);
+    // Each connection finishes the request it is serving (its own 2 s
+    // deadline above); whatever is left after that is cut.
+    let drained =
+        tokio::time::timeout(Duration::from_millis(2500), async { while conns.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        conns.abort_all();
+    }
+    file.remove();
 }
 
-fn remove_socket(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
+/// The answer to a connection over a cap.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
 
 /// The routes; the peer arrives as an extension per connection.
 pub fn router(store: Store, acl: Arc<Acl>) -> Router {
-    let api = Api { store, acl, denials: Arc::default() };
+    let limits = Limits(Arc::new(LimitsInner {
+        max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+        per_uid: crate::config::DEFAULT_MAX_CONNECTIONS_PER_UID,
+        waits_per_uid: crate::config::DEFAULT_MAX_WAITS_PER_UID,
+        counts: Mutex::default(),
+    }));
+    router_with(store, acl, limits)
+}
+
+fn router_with(store: Store, acl: Arc<Acl>, limits: Limits) -> Router {
+    let api = Api { store, acl, denials: Arc::default(), limits };
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
+        .route("/v1/secrets/{name}/rejected", axum::routing::post(rejected))
         .route("/v1/events", get(events))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
@@ -344,24 +529,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// size is measured first so the buffer is allocated once: growing it would
 /// leave copies of secrets in freed memory.
 fn json<T: Serialize>(v: &T) -> Response {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    if serde_json::to_writer(&mut count, v).is_err() {
+    let Ok(buf) = crate::secret::written_once(|w| serde_json::to_writer(w, v)) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(count.0));
-    if serde_json::to_writer(&mut *buf, v).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
+    };
     let body = axum::body::Body::from(axum::body::Bytes::from_owner(buf));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
@@ -489,6 +659,9 @@ async fn one(
         return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
+        let Some(_slot) = api.limits.wait(peer.uid) else {
+            return too_many_waits();
+        };
         // Long-poll: answer once a version newer than `after` is available
         // (any version without `after`), or when the wait is over.
         let deadline = Instant::now() + wait;
@@ -524,8 +697,30 @@ async fn one(
     }
 }
 
+/// `POST /v1/secrets/{name}/rejected?version=N` (logic in [`crate::rejected`]).
+async fn rejected(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if !valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "invalid secret name");
+    }
+    if !api.acl.may_read(&peer, &name) {
+        return deny(&api.denials, &peer, &name, "secret");
+    }
+    match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
+        Ok(a) => json(&serde_json::json!({ "name": name, "version": a.version, "replaced": a.replaced })),
+        Err(e) => error(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), e.to_string()),
+    }
+}
+
 /// `GET /v1/events`: server-sent events, one per version change.
 async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
+    let Some(slot) = api.limits.wait(peer.uid) else {
+        return too_many_waits();
+    };
     let store = api.store.clone();
     let acl = api.acl.clone();
     use axum::response::sse::{Event, KeepAlive, Sse};
@@ -534,8 +729,10 @@ async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Res
         rx: tokio::sync::watch::Receiver<store::Snapshot>,
         told: std::collections::BTreeMap<Arc<str>, Option<u64>>,
         queue: std::collections::VecDeque<Event>,
+        /// Held for as long as the stream lives.
+        _slot: Slot,
     }
-    let st = St { rx: store.subscribe(), told: Default::default(), queue: Default::default() };
+    let st = St { rx: store.subscribe(), told: Default::default(), queue: Default::default(), _slot: slot };
     let stream = futures_util::stream::unfold((st, store), move |(mut st, store)| {
         let (acl, peer) = (acl.clone(), peer.clone());
         async move {
@@ -572,6 +769,14 @@ async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Res
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")).into_response()
+}
+
+fn too_many_waits() -> Response {
+    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "wait_limit")]);
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many long-polls and event streams from this uid (socket.max_waits_per_uid)",
+    )
 }
 
 async fn health() -> Response {
@@ -620,6 +825,70 @@ mod tests {
     }
 
     #[test]
+    fn audit_fields_from_callers_cannot_forge_a_line() {
+        assert_eq!(audit_field("/usr/bin/node"), "/usr/bin/node");
+        assert_eq!(audit_field(""), "\"\"");
+        let forged = "/tmp/x\n2026-11-26T10:41:42Z  INFO vaultlet::audit: socket read uid=0 outcome=allowed";
+        let f = audit_field(forged);
+        assert!(!f.contains('\n') && f.starts_with('"') && f.ends_with('"'), "{f}");
+        assert_eq!(audit_field("/tmp/a b\"c\\d\te\u{7}\u{2028}"), "\"/tmp/a b\\\"c\\\\d\\te\\u{7}\\u{2028}\"");
+        // Whatever the input, the field is one token: quoted, no raw control
+        // character, and no unescaped quote inside.
+        for s in ["a\"b", "\\\"", "x\r\ny", "\u{1b}[31m", "é ü"] {
+            let f = audit_field(s);
+            assert!(!f.chars().any(char::is_control), "{f:?}");
+            let inner = &f[1..f.len() - 1];
+            let mut esc = false;
+            for c in inner.chars() {
+                assert!(esc || c != '"', "unescaped quote in {f}");
+                esc = !esc && c == '\\';
+            }
+        }
+    }
+
+    #[test]
+    fn connection_caps_count_per_uid_and_in_total() {
+        let cfg = SocketConfig {
+            path: "/x".into(),
+            mode: 0o600,
+            allow: vec![],
+            max_connections: 3,
+            max_connections_per_uid: 2,
+            max_waits_per_uid: 1,
+        };
+        let l = Limits::new(&cfg);
+        let a1 = l.connect(7, true).unwrap();
+        let _a2 = l.connect(7, true).unwrap();
+        assert_eq!(l.connect(7, true).err(), Some(Over::Uid));
+        let _b1 = l.connect(8, true).unwrap();
+        assert_eq!(l.connect(9, true).err(), Some(Over::Total));
+        drop(a1);
+        let _a3 = l.connect(7, true).unwrap();
+        let w = l.wait(7).unwrap();
+        assert!(l.wait(7).is_none());
+        assert!(l.wait(8).is_some());
+        drop(w);
+        assert!(l.wait(7).is_some());
+        // Callers on no allow list share one budget, whatever their uids.
+        let l = Limits::new(&cfg);
+        let _r1 = l.connect(100, false).unwrap();
+        let _r2 = l.connect(101, false).unwrap();
+        assert_eq!(l.connect(102, false).err(), Some(Over::Uid));
+        let _ok = l.connect(7, true).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_events_are_logged_once_per_interval() {
+        let mut s = Sparse::new(Duration::from_secs(60));
+        assert_eq!(s.due(), Some(0));
+        for _ in 0..500 {
+            assert_eq!(s.due(), None);
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.due(), Some(500));
+    }
+
+    #[test]
     fn allow_list_matches_all_given_fields() {
         let allow = [Allow { uid: Some(1000), gid: None }, Allow { uid: None, gid: Some(50) }];
         assert!(allowed(&allow, 1000, 1));
@@ -635,6 +904,7 @@ mod prop {
     use super::*;
     use proptest::prelude::*;
     use secrecy::SecretString;
+    use std::path::PathBuf;
     use std::sync::OnceLock;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -647,8 +917,14 @@ mod prop {
             let dir = tempfile::tempdir().unwrap().keep();
             let path = dir.join("fuzz.sock");
             let uid = rustix::process::getuid().as_raw();
-            let cfg =
-                SocketConfig { path: path.clone(), mode: 0o600, allow: vec![Allow { uid: Some(uid), gid: None }] };
+            let cfg = SocketConfig {
+                path: path.clone(),
+                mode: 0o600,
+                allow: vec![Allow { uid: Some(uid), gid: None }],
+                max_connections: 64,
+                max_connections_per_uid: 64,
+                max_waits_per_uid: 8,
+            };
             let store = Store::new(["db", "api"]);
             let mut d = SecretData::default();
             d.insert("password", SecretString::from("fuzz-secret-value".to_string()));

@@ -11,10 +11,22 @@
 //! a token's leases with it; that is how they know to replace credentials
 //! issued under a token that is about to die.
 //!
+//! A token replaced by a new login is revoked (`revoke-self`) once no live
+//! lease issued under it remains: Vault revokes a token's leases with it, so
+//! revoking it at once would kill the credentials still served or draining.
+//! A token that ends by itself first is just let go.
+//!
+//! Logins are at least [`MIN_LOGIN_INTERVAL`] apart whatever TTL Vault
+//! gives, and every login takes from the process-wide issue bucket in
+//! [`crate::vault`].
+//!
 //! Other tasks report a 403 through [`AuthHandle::rejected`]; the task then
 //! checks the token with `lookup-self` and logs in again only if the token
 //! itself is dead (a 403 from a missing policy capability is not fixed by a
-//! new login).
+//! new login). A dead token is recorded ([`AuthHandle::is_dead`]) and lease
+//! tasks are woken ([`AuthHandle::deaths`]): Vault revoked every lease the
+//! token created along with it, so those credentials are withdrawn and
+//! replaced as soon as the new token is there, not at their next renewal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,10 +38,21 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AppRoleConfig;
-use crate::lease::schedule::{self, Backoff};
+use crate::lease::Leases;
+use crate::lease::schedule::{self, Backoff, after};
 use crate::secret::Token;
 use crate::store::Store;
 use crate::vault::{Vault, VaultError};
+
+/// Shortest time between two logins.
+pub const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a replaced token is checked for leases still using it.
+const RETIRE_CHECK: Duration = Duration::from_secs(2);
+
+/// A replaced token is kept at least this long: lease tasks see the new
+/// token only at their next turn (issues in flight are tracked exactly).
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
 /// What lease tasks hold: the current token, if logged in.
 pub type TokenRx = watch::Receiver<Option<Arc<Token>>>;
@@ -45,6 +68,12 @@ pub struct AuthHandle {
     /// channel alone would let a lease task miss the end of a generation
     /// that was replaced before the task looked.
     ends: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>>,
+    /// Replaced tokens not yet revoked (still used by a lease, or in grace).
+    retired: Arc<std::sync::Mutex<Vec<Arc<Token>>>>,
+    /// Generations Vault confirmed dead (revoked, not just replaced).
+    dead: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    /// Bumped on every confirmed death, to wake lease tasks.
+    deaths: Arc<watch::Sender<u64>>,
 }
 
 impl AuthHandle {
@@ -60,6 +89,44 @@ impl AuthHandle {
         while m.len() > 8 {
             m.pop_first();
         }
+    }
+
+    /// Replaced tokens not revoked yet (for revocation at shutdown).
+    pub fn take_retired(&self) -> Vec<Arc<Token>> {
+        std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn retire(&self, t: Arc<Token>) {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+    }
+
+    /// Takes `generation` off the retired list; false if already taken.
+    fn unretire(&self, generation: u64) -> bool {
+        let mut v = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let before = v.len();
+        v.retain(|t| t.generation != generation);
+        v.len() != before
+    }
+
+    /// Whether Vault confirmed token `generation` dead (its leases died with it).
+    pub fn is_dead(&self, generation: u64) -> bool {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner()).contains(&generation)
+    }
+
+    /// A receiver that changes whenever a token is confirmed dead.
+    pub fn deaths(&self) -> watch::Receiver<u64> {
+        self.deaths.subscribe()
+    }
+
+    fn mark_dead(&self, generation: u64) {
+        {
+            let mut d = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            d.insert(generation);
+            while d.len() > 8 {
+                d.pop_first();
+            }
+        }
+        self.deaths.send_modify(|n| *n += 1);
     }
 
     /// Reports that Vault answered 403 to a request made with token `generation`.
@@ -100,12 +167,20 @@ pub fn spawn(
     vault: Arc<Vault>,
     cfg: AppRoleConfig,
     store: Store,
+    leases: Leases,
     shutdown: CancellationToken,
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (rej_tx, rej_rx) = mpsc::unbounded_channel();
-    let handle = AuthHandle { token: rx, rejected: rej_tx, ends: Arc::default() };
-    let task = tokio::spawn(run(vault, cfg, store, handle.clone(), tx, rej_rx, shutdown));
+    let handle = AuthHandle {
+        token: rx,
+        rejected: rej_tx,
+        ends: Arc::default(),
+        retired: Arc::default(),
+        dead: Arc::default(),
+        deaths: Arc::new(watch::channel(0).0),
+    };
+    let task = tokio::spawn(run(vault, cfg, store, leases, handle.clone(), tx, rej_rx, shutdown));
     (handle, task)
 }
 
@@ -184,10 +259,39 @@ async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretStrin
     Ok(SecretString::from(s))
 }
 
+/// Revokes a replaced token once no live lease was issued under it.
+async fn retire(vault: Arc<Vault>, leases: Leases, handle: AuthHandle, old: Arc<Token>, shutdown: CancellationToken) {
+    handle.retire(old.clone());
+    let mut at = after(Instant::now(), RETIRE_GRACE);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sleep_until(at) => {}
+        }
+        if old.expires_at <= Instant::now() {
+            handle.unretire(old.generation);
+            return;
+        }
+        if !leases.uses_generation(old.generation) {
+            break;
+        }
+        at = after(Instant::now(), RETIRE_CHECK);
+    }
+    if !handle.unretire(old.generation) {
+        return;
+    }
+    match vault.revoke_self(&old.secret).await {
+        Ok(()) => tracing::info!(generation = old.generation, "revoked a replaced token no lease uses any more"),
+        Err(e) => tracing::debug!(generation = old.generation, error = %e, "could not revoke a replaced token"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     vault: Arc<Vault>,
     cfg: AppRoleConfig,
     store: Store,
+    leases: Leases,
     handle: AuthHandle,
     tx: watch::Sender<Option<Arc<Token>>>,
     mut rejected: mpsc::UnboundedReceiver<u64>,
@@ -200,8 +304,17 @@ async fn run(
     let mut learned_life: Option<Duration> = None;
     let mut transient = Backoff::transient();
     let mut permanent = Backoff::permanent();
+    let mut last_login: Option<Instant> = None;
+    let mut previous: Option<Arc<Token>> = None;
     loop {
-        // --- log in ---
+        // --- log in, never more often than MIN_LOGIN_INTERVAL ---
+        if let Some(t) = last_login {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep_until(after(t, MIN_LOGIN_INTERVAL)) => {}
+            }
+        }
+        last_login = Some(Instant::now());
         let res = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = creds.login(&vault) => r,
@@ -232,8 +345,8 @@ async fn run(
         let mut token = Token {
             secret: auth.token,
             generation,
-            expires_at: now + auth.ttl,
-            hard_end: if auth.renewable { learned_life.map(|l| now + l) } else { Some(now + auth.ttl) },
+            expires_at: after(now, auth.ttl),
+            hard_end: if auth.renewable { learned_life.map(|l| after(now, l)) } else { Some(after(now, auth.ttl)) },
             renewable: auth.renewable,
         };
         tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
@@ -242,6 +355,9 @@ async fn run(
             handle.set_token_end(generation, end);
         }
         tx.send_replace(Some(Arc::new(token.clone())));
+        if let Some(old) = previous.take() {
+            tokio::spawn(retire(vault.clone(), leases.clone(), handle.clone(), old, shutdown.clone()));
+        }
 
         // --- keep it alive until it must be replaced ---
         loop {
@@ -264,7 +380,8 @@ async fn run(
                     }
                     match vault.lookup_self(&token.secret).await {
                         Err(e) if e.is_forbidden() => {
-                            tracing::warn!("token rejected by vault; logging in again");
+                            tracing::warn!(generation, "token rejected by vault (revoked); its leases died with it; logging in again");
+                            handle.mark_dead(generation);
                             break;
                         }
                         _ => continue,
@@ -284,7 +401,7 @@ async fn run(
             match res {
                 Ok(a) => {
                     let now = Instant::now();
-                    token.expires_at = now + a.ttl;
+                    token.expires_at = after(now, a.ttl);
                     token.renewable = a.renewable;
                     if a.ttl < initial_ttl || !a.renewable {
                         // Vault capped the renewal: this is the token's max TTL.
@@ -306,10 +423,17 @@ async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "token cannot be renewed; logging in again");
+                    // A 403 may be a policy without renew-self; only a
+                    // lookup-self refused too says the token itself is gone.
+                    if e.is_forbidden() && matches!(vault.lookup_self(&token.secret).await, Err(e) if e.is_forbidden())
+                    {
+                        handle.mark_dead(generation);
+                    }
                     break;
                 }
             }
         }
+        previous = Some(Arc::new(token));
     }
 }
 

@@ -2,6 +2,11 @@
 //!
 //! Speaks HTTP/1.0 so the server answers with a plain body (no chunking) and
 //! closes the connection; that keeps this side free of an HTTP stack.
+//!
+//! With `expect_uid`, the uid of the process serving the socket (from the
+//! kernel, `SO_PEERCRED`, taken when it called `listen`) must be that uid,
+//! or the request is never sent: whoever replaced the socket file cannot
+//! answer in vaultlet's name, and learns nothing of what was asked.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -21,6 +26,16 @@ pub enum GetError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The socket is served by another uid than expected.
+    #[error("{path} is served by uid {actual}, not the expected uid {expected}; request not sent")]
+    WrongServer {
+        /// The socket path.
+        path: String,
+        /// `--expect-uid`.
+        expected: u32,
+        /// Who listens.
+        actual: u32,
     },
     /// Reading or writing failed.
     #[error("talking to vaultlet: {0}")]
@@ -49,19 +64,25 @@ pub enum GetError {
 }
 
 /// Fetches `/v1/secrets/{name}` and returns the JSON document.
-pub fn get_secret(socket: &Path, name: &str) -> Result<serde_json::Value, GetError> {
-    request(socket, &format!("/v1/secrets/{name}"))
+pub fn get_secret(socket: &Path, name: &str, expect_uid: Option<u32>) -> Result<serde_json::Value, GetError> {
+    request(socket, &format!("/v1/secrets/{name}"), expect_uid)
 }
 
 /// `GET /v1/ready`: `Ok` when ready; otherwise the error names the secrets
 /// that are missing and why (never a value).
-pub fn ready(socket: &Path) -> Result<(), GetError> {
-    request(socket, "/v1/ready").map(drop)
+pub fn ready(socket: &Path, expect_uid: Option<u32>) -> Result<(), GetError> {
+    request(socket, "/v1/ready", expect_uid).map(drop)
 }
 
-fn request(socket: &Path, path: &str) -> Result<serde_json::Value, GetError> {
+fn request(socket: &Path, path: &str, expect_uid: Option<u32>) -> Result<serde_json::Value, GetError> {
     let mut s =
         UnixStream::connect(socket).map_err(|e| GetError::Connect { path: socket.display().to_string(), source: e })?;
+    if let Some(expected) = expect_uid {
+        let actual = rustix::net::sockopt::socket_peercred(&s).map_err(std::io::Error::from)?.uid.as_raw();
+        if actual != expected {
+            return Err(GetError::WrongServer { path: socket.display().to_string(), expected, actual });
+        }
+    }
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: vaultlet\r\n\r\n")?;
@@ -86,7 +107,7 @@ fn request(socket: &Path, path: &str) -> Result<serde_json::Value, GetError> {
 }
 
 /// `NAME` → the whole secret as JSON; `NAME.KEY` → that value alone.
-pub fn get(socket: &Path, what: &str) -> Result<String, GetError> {
+pub fn get(socket: &Path, what: &str, expect_uid: Option<u32>) -> Result<String, GetError> {
     let (name, key) = match what.split_once('.') {
         Some((n, k)) => (n, Some(k)),
         None => (what, None),
@@ -94,7 +115,7 @@ pub fn get(socket: &Path, what: &str) -> Result<String, GetError> {
     if !crate::config::valid_name(name) {
         return Err(GetError::Status { status: 400, message: format!("`{name}` is not a valid secret name") });
     }
-    let doc = get_secret(socket, name)?;
+    let doc = get_secret(socket, name, expect_uid)?;
     match key {
         None => Ok(serde_json::to_string_pretty(&doc).map_err(|_| GetError::Malformed)?),
         Some(k) => {

@@ -22,6 +22,16 @@ use toml::Spanned;
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 
+/// Default `verify_every`: one `sys/leases/lookup` per database secret per
+/// minute. A revoked lease is noticed within this bound; a minute keeps the
+/// cost at about a third of a renewal rhythm for hour-long leases, and far
+/// below the request budget of one sidecar (see the README).
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(60);
+/// Shortest `verify_every` (tests use 2 s).
+pub const MIN_VERIFY_EVERY: Duration = Duration::from_secs(1);
+/// Longest `verify_every`.
+pub const MAX_VERIFY_EVERY: Duration = Duration::from_secs(3600);
+
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -98,6 +108,8 @@ pub struct VaultConfig {
     pub request_timeout: Duration,
     /// Client certificate and key (PEM) for TLS client authentication.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Largest response body read from Vault, in bytes.
+    pub max_response_size: usize,
 }
 
 /// `[auth.approle]`
@@ -141,6 +153,9 @@ pub struct SecretSpec {
     pub drain: Duration,
     /// Whether replaced leases are revoked.
     pub revoke_old: RevokeOld,
+    /// Database: how often the held lease is checked with `sys/leases/lookup`,
+    /// so a lease revoked behind vaultlet's back is noticed within this bound.
+    pub verify_every: Duration,
     /// Who may read it on the socket; `None` means the socket's allow list.
     pub allow: Option<Vec<Allow>>,
 }
@@ -175,7 +190,20 @@ pub struct SocketConfig {
     pub mode: u32,
     /// Who may connect.
     pub allow: Vec<Allow>,
+    /// Open connections at most, all callers together.
+    pub max_connections: usize,
+    /// Open connections at most per caller uid.
+    pub max_connections_per_uid: usize,
+    /// Long-polls and event streams at most per caller uid.
+    pub max_waits_per_uid: usize,
 }
+
+/// Default `socket.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `socket.max_connections_per_uid`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
+/// Default `socket.max_waits_per_uid`.
+pub const DEFAULT_MAX_WAITS_PER_UID: usize = 32;
 
 /// One allow-list entry: a caller matches when every given field matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,10 +217,45 @@ pub struct Allow {
 /// How a rendered file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
-    /// `[[env_file]]`: `KEY=VALUE` lines, each value quoted by vaultlet.
-    Env,
-    /// `[[template]]`: the template's output as it is.
+    /// `[[env_file]]`: `KEY=VALUE` lines, each value encoded by vaultlet for
+    /// the reader the format names.
+    Env(EnvFormat),
+    /// `[[template]]`: the template's output, with values escaped as the
+    /// destination's syntax needs (JSON for `.json`) or raw.
     Raw,
+}
+
+/// The reader an `[[env_file]]` is written for (`format = "…"`). Each one
+/// reads quotes and backslashes differently, so each gets its own encoding,
+/// and a value its reader cannot hold exactly is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvFormat {
+    /// `set -a; . file` in a POSIX shell (the default).
+    Sh,
+    /// `docker run --env-file`: `KEY=VALUE` verbatim, one per line.
+    Docker,
+    /// systemd's `EnvironmentFile=`.
+    Systemd,
+    /// npm `dotenv` (16.x).
+    DotenvNode,
+    /// python-dotenv (1.x, with its default interpolation).
+    DotenvPython,
+}
+
+impl EnvFormat {
+    /// The config spellings, in the order the README lists them.
+    pub const ALL: [(&'static str, EnvFormat); 5] = [
+        ("sh", EnvFormat::Sh),
+        ("docker", EnvFormat::Docker),
+        ("systemd", EnvFormat::Systemd),
+        ("dotenv-node", EnvFormat::DotenvNode),
+        ("dotenv-python", EnvFormat::DotenvPython),
+    ];
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, f)| *f == self).map_or("sh", |(n, _)| n)
+    }
 }
 
 /// One `[[env_file]]` or `[[template]]`.
@@ -214,6 +277,8 @@ pub struct FileSpec {
     pub command: Option<Vec<String>>,
     /// Limit for `command`.
     pub command_timeout: Duration,
+    /// Variables `command` inherits beyond the default list.
+    pub inherit_env: Vec<String>,
     /// Secrets the template refers to.
     pub uses: BTreeSet<String>,
 }
@@ -246,6 +311,10 @@ pub struct ExecSpec {
     pub stop_timeout: Duration,
     /// Changes within this window cause one reaction.
     pub debounce: Duration,
+    /// Variables the child inherits beyond the default list.
+    pub inherit_env: Vec<String>,
+    /// Run the child as this uid and gid (supplementary groups cleared).
+    pub user: Option<(u32, u32)>,
     /// Secrets the environment uses.
     pub uses: BTreeSet<String>,
 }
@@ -305,6 +374,15 @@ struct RawVault {
     client_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     allow_insecure_http: bool,
+    max_response_size: Option<Spanned<RawSize>>,
+}
+
+/// A size: bytes as a number, or a string like `"512KiB"`, `"4MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -334,6 +412,7 @@ struct RawSecret {
     rotate_before: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     revoke_old_after: Option<Spanned<String>>,
+    verify_every: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
 }
 
@@ -373,6 +452,9 @@ struct RawSocket {
     path: Option<PathBuf>,
     mode: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_uid: Option<Spanned<i64>>,
+    max_waits_per_uid: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +470,7 @@ struct RawEnvFile {
     path: PathBuf,
     template: Spanned<String>,
     mode: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +484,7 @@ struct RawTemplate {
     group: Option<u32>,
     command: Option<Spanned<Vec<String>>>,
     command_timeout: Option<Spanned<String>>,
+    inherit_env: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +499,9 @@ struct RawExec {
     stop_signal: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
     debounce: Option<Spanned<String>>,
+    inherit_env: Option<Spanned<Vec<String>>>,
+    user: Option<Spanned<u32>>,
+    group: Option<Spanned<u32>>,
 }
 
 // === impl Config ===
@@ -497,6 +584,38 @@ impl Cx<'_> {
         }
     }
 
+    fn count(&self, v: &Option<Spanned<i64>>, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(c) if (1..=1_000_000).contains(&c) => Ok(c),
+                _ => self.err(n.span(), key, "must be a whole number from 1 to 1000000"),
+            },
+        }
+    }
+
+    /// `vault.max_response_size`: 4 KiB ..= 64 MiB, default 1 MiB.
+    fn max_response_size(&self, v: &Option<Spanned<RawSize>>) -> Result<usize, ConfigError> {
+        const KEY: &str = "vault.max_response_size";
+        let Some(v) = v else { return Ok(crate::vault::DEFAULT_MAX_RESPONSE) };
+        let n = match v.get_ref() {
+            RawSize::Bytes(n) => Some(*n),
+            RawSize::Text(t) => {
+                let t = t.trim();
+                let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("B", 1)]
+                    .iter()
+                    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
+                    .unwrap_or((t, 1));
+                num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+            }
+        };
+        match n {
+            Some(n) if ((4 << 10)..=(64 << 20)).contains(&n) => Ok(n as usize),
+            Some(_) => self.err(v.span(), KEY, "must be between 4KiB and 64MiB"),
+            None => self.err(v.span(), KEY, "not a size; write e.g. \"1MiB\", \"512KiB\" or a number of bytes"),
+        }
+    }
+
     fn mode(&self, v: &Option<Spanned<String>>, key: &str, default: u32) -> Result<u32, ConfigError> {
         match v {
             None => Ok(default),
@@ -533,7 +652,19 @@ impl Cx<'_> {
                     None => vec![Allow { uid: Some(uid), gid: None }],
                     Some(list) => self.allow_list(list, "socket.allow")?,
                 };
-                Some(SocketConfig { path, mode, allow })
+                let max_connections =
+                    self.count(&s.max_connections, "socket.max_connections", DEFAULT_MAX_CONNECTIONS)?;
+                let max_connections_per_uid = self.count(
+                    &s.max_connections_per_uid,
+                    "socket.max_connections_per_uid",
+                    DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
+                )?;
+                let max_waits_per_uid = self.count(
+                    &s.max_waits_per_uid,
+                    "socket.max_waits_per_uid",
+                    DEFAULT_MAX_WAITS_PER_UID.min(max_connections_per_uid),
+                )?;
+                Some(SocketConfig { path, mode, allow, max_connections, max_connections_per_uid, max_waits_per_uid })
             }
         };
 
@@ -547,6 +678,20 @@ impl Cx<'_> {
                 return self.err(span, &format!("{key}.path"), "must be an absolute path");
             }
             let mode = self.mode(&e.mode, &format!("{key}.mode"), 0o600)?;
+            let format = match &e.format {
+                None => EnvFormat::Sh,
+                Some(f) => match EnvFormat::ALL.iter().find(|(n, _)| *n == f.get_ref().as_str()) {
+                    Some((_, fmt)) => *fmt,
+                    None => {
+                        let names: Vec<&str> = EnvFormat::ALL.iter().map(|(n, _)| *n).collect();
+                        return self.err(
+                            f.span(),
+                            &format!("{key}.format"),
+                            format!("must be one of {}", names.join(", ")),
+                        );
+                    }
+                },
+            };
             let tspan = e.template.span();
             let template = e.template.into_inner();
             let uses = crate::render::check_template(&template, &kinds)
@@ -554,12 +699,13 @@ impl Cx<'_> {
             files.push(FileSpec {
                 path: e.path,
                 template,
-                format: FileFormat::Env,
+                format: FileFormat::Env(format),
                 mode,
                 owner: None,
                 group: None,
                 command: None,
                 command_timeout: Duration::from_secs(30),
+                inherit_env: Vec::new(),
                 uses,
             });
         }
@@ -589,6 +735,7 @@ impl Cx<'_> {
             };
             let command_timeout =
                 self.duration(&t.command_timeout, &format!("{key}.command_timeout"), Duration::from_secs(30))?;
+            let inherit_env = self.inherit_env(&t.inherit_env, &format!("{key}.inherit_env"))?;
             files.push(FileSpec {
                 path: t.path,
                 template,
@@ -598,6 +745,7 @@ impl Cx<'_> {
                 group: t.group,
                 command,
                 command_timeout,
+                inherit_env,
                 uses,
             });
         }
@@ -677,6 +825,14 @@ impl Cx<'_> {
             }
             c => c.map(Spanned::into_inner),
         };
+        // Both or neither: a uid change alone would keep vaultlet's group,
+        // a gid change alone its supplementary groups.
+        let user = match (e.user, e.group) {
+            (None, None) => None,
+            (Some(u), Some(g)) => Some((u.into_inner(), g.into_inner())),
+            (Some(u), None) => return self.err(u.span(), "exec.user", "needs exec.group too (a numeric gid)"),
+            (None, Some(g)) => return self.err(g.span(), "exec.group", "needs exec.user too (a numeric uid)"),
+        };
         Ok(ExecSpec {
             template,
             command,
@@ -685,8 +841,33 @@ impl Cx<'_> {
             stop_signal,
             stop_timeout: self.duration(&e.stop_timeout, "exec.stop_timeout", Duration::from_secs(10))?,
             debounce: self.duration(&e.debounce, "exec.debounce", Duration::from_secs(1))?,
+            inherit_env: self.inherit_env(&e.inherit_env, "exec.inherit_env")?,
+            user,
             uses,
         })
+    }
+
+    /// Names (or `PREFIX*`) of variables to pass on; vaultlet's own are refused.
+    fn inherit_env(&self, v: &Option<Spanned<Vec<String>>>, key: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = v else { return Ok(Vec::new()) };
+        for (i, name) in list.get_ref().iter().enumerate() {
+            let bare = name.strip_suffix('*').unwrap_or(name);
+            if name != "*" && !crate::render::is_env_key(bare) {
+                return self.err(
+                    list.span(),
+                    &format!("{key}[{i}]"),
+                    "must be a variable name, or a prefix ending in `*` (e.g. \"LC_*\")",
+                );
+            }
+            if let Some(own) = crate::exec::own_variable(name) {
+                return self.err(
+                    list.span(),
+                    &format!("{key}[{i}]"),
+                    format!("{own} is vaultlet's own and is never passed on; map what the app needs in `env`"),
+                );
+            }
+        }
+        Ok(list.get_ref().clone())
     }
 
     fn allow_list(&self, list: Vec<Spanned<RawAllow>>, key: &str) -> Result<Vec<Allow>, ConfigError> {
@@ -808,44 +989,42 @@ impl Cx<'_> {
             namespace: v.namespace,
             connect_timeout: self.duration(&v.connect_timeout, "vault.connect_timeout", Duration::from_secs(5))?,
             request_timeout: self.duration(&v.request_timeout, "vault.request_timeout", Duration::from_secs(15))?,
+            max_response_size: self.max_response_size(&v.max_response_size)?,
         })
     }
 
-    /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Outside the
-    /// unit the variable is unset: the path stays as written and is not
-    /// checked, so `vaultlet check` works on the unit's config anywhere.
-    fn credential_path(&self, p: &Path) -> (PathBuf, bool) {
-        let s = p.to_string_lossy();
+    /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Unset (or not
+    /// absolute), the path would be read relative to the working directory,
+    /// where anyone who controls it could plant a role_id: refused.
+    fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
+        let s = p.get_ref().to_string_lossy();
         for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
             if let Some(rest) = s.strip_prefix(prefix) {
                 return match &self.credentials {
-                    Some(dir) => (dir.join(rest), true),
-                    None => (p.to_owned(), false),
+                    Some(dir) if dir.is_absolute() => Ok(dir.join(rest)),
+                    _ => self.err(
+                        p.span(),
+                        key,
+                        "starts with $CREDENTIALS_DIRECTORY, which is not set to an absolute path \
+                         (systemd sets it with LoadCredential=; outside the unit, set it or write the full path)",
+                    ),
                 };
             }
         }
-        (p.to_owned(), true)
+        if !p.get_ref().is_absolute() {
+            return self.err(p.span(), key, "must be an absolute path (or start with $CREDENTIALS_DIRECTORY/)");
+        }
+        Ok(p.get_ref().clone())
     }
 
     fn auth(&self, a: Spanned<RawAuth>) -> Result<AppRoleConfig, ConfigError> {
         let a = a.into_inner().approle.into_inner();
-        let (role_id_file, resolved) = self.credential_path(a.role_id_file.get_ref());
-        let (secret_id_file, _) = self.credential_path(a.secret_id_file.get_ref());
-        for (key, p, span) in [
-            ("auth.approle.role_id_file", &role_id_file, a.role_id_file.span()),
-            ("auth.approle.secret_id_file", &secret_id_file, a.secret_id_file.span()),
-        ] {
-            if !p.is_absolute()
-                && !p.starts_with("$CREDENTIALS_DIRECTORY")
-                && !p.starts_with("${CREDENTIALS_DIRECTORY}")
-            {
-                return self.err(span, key, "must be an absolute path (or start with $CREDENTIALS_DIRECTORY/)");
-            }
-        }
+        let role_id_file = self.credential_path(&a.role_id_file, "auth.approle.role_id_file")?;
+        let secret_id_file = self.credential_path(&a.secret_id_file, "auth.approle.secret_id_file")?;
         // The secret_id file may legitimately be missing at start when it is
         // delivered later (and it is removed after use with
         // remove_secret_id_file); the role_id file must be there.
-        if resolved && !role_id_file.is_file() {
+        if !role_id_file.is_file() {
             return self.err(a.role_id_file.span(), "auth.approle.role_id_file", "file not found");
         }
         Ok(AppRoleConfig {
@@ -882,14 +1061,22 @@ impl Cx<'_> {
             Some(_) => Some(self.duration(&s.rotate_before, &format!("{key}.rotate_before"), Duration::ZERO)?),
         };
         let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
+        let verify_every = self.duration(&s.verify_every, &format!("{key}.verify_every"), DEFAULT_VERIFY_EVERY)?;
+        if s.verify_every.is_some() && !(MIN_VERIFY_EVERY..=MAX_VERIFY_EVERY).contains(&verify_every) {
+            let sp = s.verify_every.as_ref().map_or(0..0, |v| v.span());
+            return self.err(sp, &format!("{key}.verify_every"), "must be between 1s and 1h");
+        }
         let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
             None | Some((_, "drain")) => RevokeOld::Drain,
             Some((_, "never")) => RevokeOld::Never,
             Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
         };
-        for (k, v) in
-            [("rotate_before", &s.rotate_before), ("drain", &s.drain), ("revoke_old_after", &s.revoke_old_after)]
-        {
+        for (k, v) in [
+            ("rotate_before", &s.rotate_before),
+            ("drain", &s.drain),
+            ("revoke_old_after", &s.revoke_old_after),
+            ("verify_every", &s.verify_every),
+        ] {
             if let (false, Some(v)) = (is_db, v) {
                 return self.err(v.span(), &format!("{key}.{k}"), "only applies to database secrets");
             }
@@ -902,7 +1089,7 @@ impl Cx<'_> {
             );
         }
         let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
-        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, allow })
+        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, verify_every, allow })
     }
 }
 
@@ -1022,6 +1209,19 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
+    fn socket_caps_default_and_bad_ones_are_named_with_line() {
+        let s = load(GOOD).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (1024, 128, 32));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = 10\nmax_waits_per_uid = 3\n");
+        let s = load(&src).unwrap().socket.unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_uid, s.max_waits_per_uid), (10, 10, 3));
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections_per_uid = 0\n");
+        expect_err(&src, "socket.max_connections_per_uid", 12);
+        let src = GOOD.replace("[socket]\n", "[socket]\nmax_connections = -5\n");
+        expect_err(&src, "socket.max_connections", 12);
+    }
+
+    #[test]
     fn wrong_type_is_named_with_line() {
         let src = GOOD.replace("[socket]\n", "[socket]\nallow = [{ uid = \"root\" }]\n");
         expect_err(&src, "socket.allow[0].uid", 12);
@@ -1089,14 +1289,52 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
     }
 
     #[test]
-    fn credentials_directory_is_expanded_or_left_unchecked() {
+    fn unset_credentials_directory_is_refused_not_read_from_the_working_dir() {
         let src = GOOD
             .replace("/etc/hostname", "$CREDENTIALS_DIRECTORY/role_id")
             .replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
-        // Outside the unit: accepted as written, not checked.
-        let c = load(&src).unwrap();
-        assert_eq!(c.auth.role_id_file, Path::new("$CREDENTIALS_DIRECTORY/role_id"));
-        // Inside: expanded, and the role_id file must exist.
+        let e = expect_err(&src, "auth.approle.role_id_file", 5);
+        assert!(e.message.contains("CREDENTIALS_DIRECTORY"), "{e}");
+        let e = Config::parse(Path::new("v.toml"), &src, 0, Some("relative/dir".into())).unwrap_err();
+        assert_eq!(e.key, "auth.approle.role_id_file", "{e}");
+        // Only the secret_id path uses it: still named.
+        let src2 = GOOD.replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
+        expect_err(&src2, "auth.approle.secret_id_file", 6);
+    }
+
+    #[test]
+    fn exec_keys_are_checked_with_key_and_line() {
+        let exec = |body: &str| format!("{GOOD}[exec]\nenv = {{ K = \"api.stripe_key\" }}\n{body}");
+        let e = expect_err(&exec("inherit_env = [\"NODE_ENV\", \"VAULT_TOKEN\"]\n"), "exec.inherit_env[1]", 18);
+        assert!(e.message.contains("VAULT_*"), "{e}");
+        expect_err(&exec("inherit_env = [\"CREDENTIALS_DIRECTORY\"]\n"), "exec.inherit_env[0]", 18);
+        expect_err(&exec("inherit_env = [\"NOT A NAME\"]\n"), "exec.inherit_env[0]", 18);
+        expect_err(&exec("user = 65534\n"), "exec.user", 18);
+        expect_err(&exec("group = 65534\n"), "exec.group", 18);
+        let c = load(&exec("inherit_env = [\"NODE_ENV\", \"LC_*\"]\nuser = 65534\ngroup = 0\n")).unwrap();
+        let x = c.exec.unwrap();
+        assert_eq!(x.inherit_env, ["NODE_ENV", "LC_*"]);
+        assert_eq!(x.user, Some((65534, 0)));
+    }
+
+    #[test]
+    fn env_file_format_is_checked() {
+        let src =
+            GOOD.replace("path = \"/run/vaultlet/app.env\"", "path = \"/run/vaultlet/app.env\"\nformat = \"dotenv\"");
+        let e = expect_err(&src, "env_file[0].format", 15);
+        assert!(e.message.contains("dotenv-node"), "the choices are listed: {e}");
+        let src =
+            GOOD.replace("path = \"/run/vaultlet/app.env\"", "path = \"/run/vaultlet/app.env\"\nformat = \"docker\"");
+        assert_eq!(load(&src).unwrap().files[0].format, FileFormat::Env(EnvFormat::Docker));
+        assert_eq!(load(GOOD).unwrap().files[0].format, FileFormat::Env(EnvFormat::Sh), "sh by default");
+    }
+
+    #[test]
+    fn credentials_directory_is_expanded() {
+        let src = GOOD
+            .replace("/etc/hostname", "$CREDENTIALS_DIRECTORY/role_id")
+            .replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
+        // Inside the unit: expanded, and the role_id file must exist.
         let dir = tempfile::tempdir().unwrap();
         let e = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap_err();
         assert_eq!(e.key, "auth.approle.role_id_file");
@@ -1104,6 +1342,34 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let c = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap();
         assert_eq!(c.auth.role_id_file, dir.path().join("role_id"));
         assert_eq!(c.auth.secret_id_file, dir.path().join("secret_id"));
+    }
+
+    #[test]
+    fn max_response_size_takes_bytes_or_units_within_bounds() {
+        assert_eq!(load(GOOD).unwrap().vault.max_response_size, 1 << 20);
+        let with = |v: &str| GOOD.replace("[auth.approle]", &format!("max_response_size = {v}\n[auth.approle]"));
+        assert_eq!(load(&with("\"512KiB\"")).unwrap().vault.max_response_size, 512 << 10);
+        assert_eq!(load(&with("\"4MiB\"")).unwrap().vault.max_response_size, 4 << 20);
+        assert_eq!(load(&with("65536")).unwrap().vault.max_response_size, 65536);
+        for bad in ["\"1KiB\"", "\"65MiB\"", "\"lots\"", "0", "\"99999999999999999999MiB\""] {
+            expect_err(&with(bad), "vault.max_response_size", 4);
+        }
+    }
+
+    #[test]
+    fn verify_every_defaults_to_a_minute_and_is_bounded() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.secrets[1].name, "db");
+        assert_eq!(c.secrets[1].verify_every, DEFAULT_VERIFY_EVERY);
+        assert!(DEFAULT_VERIFY_EVERY <= Duration::from_secs(60));
+        let with = |v: &str| GOOD.replace("[secret.db]\n", &format!("[secret.db]\nverify_every = {v}\n"));
+        assert_eq!(load(&with("\"2s\"")).unwrap().secrets[1].verify_every, Duration::from_secs(2));
+        for bad in ["\"500ms\"", "\"2h\"", "\"soon\"", "\"0s\""] {
+            expect_err(&with(bad), "secret.db.verify_every", 8);
+        }
+        let kv = GOOD.replace("[secret.api]\n", "[secret.api]\nverify_every = \"5s\"\n");
+        let e = expect_err(&kv, "secret.api.verify_every", 10);
+        assert!(e.message.contains("only applies to database secrets"), "{e}");
     }
 
     #[test]

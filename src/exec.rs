@@ -12,10 +12,30 @@
 //! `stop_timeout`, then SIGKILL), sends it a signal, or does nothing, as
 //! `on_change` says. A child that cannot be started exits 127 (not found) or
 //! 126 (not executable).
+//!
+//! The child is the app, not a part of vaultlet, so it gets none of
+//! vaultlet's powers:
+//!
+//! * a clean environment: only [`DEFAULT_INHERIT`] (plus `exec.inherit_env`)
+//!   of vaultlet's variables, then what the config maps, and never
+//!   vaultlet's own ([`NEVER_INHERIT`]: a `VAULT_TOKEN`, `$CREDENTIALS_DIRECTORY`
+//!   or `NOTIFY_SOCKET` would let it act as vaultlet);
+//! * with `exec.user`/`exec.group`, another uid and gid with supplementary
+//!   groups cleared, so it can neither read vaultlet's credential files nor
+//!   pass the socket's default allow list;
+//! * its own process group: signals go to the whole group, so a shell
+//!   wrapper's children stop too;
+//! * when vaultlet is PID 1 (a container), orphans the app leaves behind are
+//!   reaped, without taking the exit status vaultlet waits for.
+//!
+//! `[[template]] command`s get the same environment rules ([`command`]).
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::Mutex;
 
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -27,6 +47,134 @@ use crate::render::{live_secrets, render_env_map};
 use crate::store::Snapshot;
 
 type Env = Vec<(String, Zeroizing<String>)>;
+
+/// The variables a child inherits from vaultlet by default: what a program
+/// needs to find its tools, its home and its locale. `LC_*` is a prefix.
+pub const DEFAULT_INHERIT: &[&str] =
+    &["PATH", "HOME", "LANG", "LC_*", "TZ", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR"];
+
+/// vaultlet's own variables, never passed on whatever the config says:
+/// Vault/OpenBao client settings (a token, an address), vaultlet's config
+/// and socket, systemd's credentials and the service-manager sockets (with
+/// `NOTIFY_SOCKET` the app could tell systemd that vaultlet is ready or
+/// stopping). `*` ends a prefix.
+pub const NEVER_INHERIT: &[&str] =
+    &["VAULT_*", "BAO_*", "VAULTLET_*", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_*", "LISTEN_*"];
+
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The [`NEVER_INHERIT`] entry that `name` (a name or a `PREFIX*`) falls
+/// under, if any.
+pub fn own_variable(name: &str) -> Option<&'static str> {
+    let bare = name.strip_suffix('*').unwrap_or(name);
+    NEVER_INHERIT.iter().copied().find(|p| match p.strip_suffix('*') {
+        Some(prefix) => bare.starts_with(prefix),
+        None => name == *p,
+    })
+}
+
+/// Of `vars` (vaultlet's environment), the ones a child may see: on the
+/// default list or `extra`, and not vaultlet's own.
+pub fn inherited(vars: impl IntoIterator<Item = (OsString, OsString)>, extra: &[String]) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(k, _)| {
+            let Some(k) = k.to_str() else { return false };
+            let allowed =
+                DEFAULT_INHERIT.iter().copied().chain(extra.iter().map(String::as_str)).any(|p| matches(p, k));
+            allowed && !NEVER_INHERIT.iter().any(|p| matches(p, k))
+        })
+        .collect()
+}
+
+/// A command for a program vaultlet starts (the app, a template command):
+/// a clean environment (see [`inherited`]), its own process group, and
+/// another uid/gid when `user` says so (std clears the supplementary groups
+/// when it changes the uid).
+pub fn command(argv: &[String], extra_inherit: &[String], user: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env_clear().envs(inherited(std::env::vars_os(), extra_inherit)).process_group(0);
+    if let Some((uid, gid)) = user {
+        cmd.gid(gid).uid(uid);
+    }
+    cmd
+}
+
+/// Pids vaultlet started and waits for itself; the PID 1 reaper leaves them
+/// to their `wait`.
+static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Spawns `cmd` and tracks it, under the reaper's lock: a child that exits
+/// at once is never mistaken for an orphan.
+pub fn spawn_tracked(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tracked = TRACKED.lock().unwrap_or_else(|p| p.into_inner());
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        tracked.insert(pid as i32);
+    }
+    Ok(child)
+}
+
+/// Forgets a pid once its child has been waited for.
+pub fn untrack(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        TRACKED.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pid as i32));
+    }
+}
+
+/// As PID 1, reaps the zombies that are not vaultlet's own children: the
+/// app's orphans are re-parented to us, and nobody else would wait for them.
+/// `waitpid(-1)` would also take the status of the app itself (which
+/// vaultlet passes on as its exit code), so zombies are found in /proc and
+/// reaped one pid at a time.
+async fn reap_orphans() {
+    let Ok(mut sigchld) = signal(SignalKind::child()) else {
+        tracing::warn!("cannot watch SIGCHLD; orphans of the app will not be reaped");
+        return;
+    };
+    loop {
+        let n = reap_untracked();
+        if n > 0 {
+            tracing::debug!(reaped = n, "reaped orphaned processes");
+        }
+        // Signals coalesce; a slow tick catches what a lost one left.
+        tokio::select! {
+            _ = sigchld.recv() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Reaps every zombie child of ours that is not tracked; returns how many.
+fn reap_untracked() -> usize {
+    let tracked = TRACKED.lock().unwrap_or_else(|p| p.into_inner());
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let mut n = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if tracked.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
+        if state == Some("Z")
+            && ppid == Some(me)
+            && let Some(p) = rustix::process::Pid::from_raw(pid)
+            && let Ok(Some(_)) = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG)
+        {
+            n += 1;
+        }
+    }
+    n
+}
 
 /// Runs `argv` under vaultlet and returns the exit code to leave with.
 pub async fn run(config: Config, argv: Vec<String>) -> i32 {
@@ -54,7 +202,13 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
         }
     };
     let notifier = crate::telemetry::Notifier::from_env();
+    // With `WatchdogSec=`, systemd kills a service that stops pinging: the
+    // pings run for as long as this function does (stopping included).
+    let _watchdog = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(notifier.clone().watchdog()));
     let mut rx = running.store().subscribe();
+    if rustix::process::getpid().is_init() {
+        tokio::spawn(reap_orphans());
+    }
 
     // Wait for the first complete environment.
     let env = loop {
@@ -70,7 +224,7 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
             }
         }
     };
-    let mut child = match spawn(&argv, &env) {
+    let mut child = match spawn(&argv, &env, &spec) {
         Ok(c) => c,
         Err(code) => {
             running.stop().await;
@@ -87,6 +241,7 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
         let due = pending.unwrap_or_else(Instant::now);
         tokio::select! {
             st = child.wait() => {
+                untrack(child.id());
                 let code = st.map_or(1, exit_code);
                 tracing::info!(code, "app exited; stopping");
                 notifier.notify("STOPPING=1");
@@ -123,7 +278,7 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
                     OnChange::Restart => {
                         tracing::info!("environment changed; restarting the app");
                         stop_child(&mut child, &spec).await;
-                        child = match spawn(&argv, &env) {
+                        child = match spawn(&argv, &env, &spec) {
                             Ok(c) => c,
                             Err(code) => {
                                 running.stop().await;
@@ -154,9 +309,10 @@ fn render(spec: &ExecSpec, snap: &Snapshot) -> Option<Env> {
     }
 }
 
-/// A keyed hash of the environment, so only one copy of it is ever held.
+/// A hash of the environment under this process's random key, so only one
+/// copy of it is ever held and the digest says nothing outside the process.
 fn digest(env: &Env) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = crate::render::keyed_hasher();
     for (k, v) in env {
         k.hash(&mut h);
         v.as_str().hash(&mut h);
@@ -164,13 +320,12 @@ fn digest(env: &Env) -> u64 {
     h.finish()
 }
 
-fn spawn(argv: &[String], env: &Env) -> Result<Child, i32> {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+fn spawn(argv: &[String], env: &Env, spec: &ExecSpec) -> Result<Child, i32> {
+    let mut cmd = command(argv, &spec.inherit_env, spec.user);
     for (k, v) in env {
         cmd.env(k, v.as_str());
     }
-    match cmd.spawn() {
+    match spawn_tracked(&mut cmd) {
         Ok(c) => {
             tracing::info!(program = %argv[0], pid = c.id(), "started the app");
             Ok(c)
@@ -189,16 +344,24 @@ fn spawn(argv: &[String], env: &Env) -> Result<Child, i32> {
 }
 
 async fn stop_child(child: &mut Child, spec: &ExecSpec) {
+    let pid = child.id();
     forward(child, spec.stop_signal);
     if tokio::time::timeout(spec.stop_timeout, child.wait()).await.is_err() {
         tracing::warn!(timeout = ?spec.stop_timeout, "app did not stop in time; killing it");
+        forward(child, 9);
         let _ = child.kill().await;
     }
+    untrack(pid);
 }
 
+/// Signals the child's process group (it leads its own), or the child alone
+/// if the group is gone.
 fn forward(child: &Child, sig: i32) {
     let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) else { return };
     let Some(signal) = rustix::process::Signal::from_named_raw(sig) else { return };
+    if rustix::process::kill_process_group(pid, signal).is_ok() {
+        return;
+    }
     if let Err(e) = rustix::process::kill_process(pid, signal) {
         tracing::warn!(signal = sig, error = %e, "cannot signal the app");
     }
@@ -272,9 +435,60 @@ mod tests {
     #[test]
     fn child_that_cannot_start_exits_like_a_shell() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let spec = ExecSpec {
+            template: String::new(),
+            command: None,
+            on_change: OnChange::None,
+            signal: 1,
+            stop_signal: 15,
+            stop_timeout: std::time::Duration::from_secs(1),
+            debounce: std::time::Duration::from_secs(1),
+            inherit_env: Vec::new(),
+            user: None,
+            uses: BTreeSet::new(),
+        };
         rt.block_on(async {
-            assert_eq!(spawn(&["/nonexistent/app".into()], &Vec::new()).err(), Some(127));
-            assert_eq!(spawn(&["/etc/hostname".into()], &Vec::new()).err(), Some(126));
+            assert_eq!(spawn(&["/nonexistent/app".into()], &Vec::new(), &spec).err(), Some(127));
+            assert_eq!(spawn(&["/etc/hostname".into()], &Vec::new(), &spec).err(), Some(126));
         });
+    }
+
+    fn vars(names: &[&str]) -> Vec<(OsString, OsString)> {
+        names.iter().map(|n| (OsString::from(n), OsString::from("v"))).collect()
+    }
+
+    fn names(v: Vec<(OsString, OsString)>) -> Vec<String> {
+        v.into_iter().map(|(k, _)| k.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn vaultlets_own_variables_are_never_inherited() {
+        let all = vars(&[
+            "PATH",
+            "LC_ALL",
+            "VAULT_TOKEN",
+            "VAULT_ADDR",
+            "BAO_TOKEN",
+            "VAULTLET_CONFIG",
+            "CREDENTIALS_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "LISTEN_FDS",
+            "NODE_ENV",
+            "AWS_SECRET_ACCESS_KEY",
+        ]);
+        assert_eq!(names(inherited(all.clone(), &[])), ["PATH", "LC_ALL"]);
+        assert_eq!(names(inherited(all.clone(), &["NODE_ENV".into()])), ["PATH", "LC_ALL", "NODE_ENV"]);
+        // Even a catch-all leaves vaultlet's own out.
+        assert_eq!(names(inherited(all, &["*".into()])), ["PATH", "LC_ALL", "NODE_ENV", "AWS_SECRET_ACCESS_KEY"]);
+    }
+
+    #[test]
+    fn own_variables_are_recognised_by_name_and_prefix() {
+        assert_eq!(own_variable("VAULT_TOKEN"), Some("VAULT_*"));
+        assert_eq!(own_variable("VAULT_T*"), Some("VAULT_*"));
+        assert_eq!(own_variable("NOTIFY_SOCKET"), Some("NOTIFY_SOCKET"));
+        assert_eq!(own_variable("NODE_ENV"), None);
+        assert_eq!(own_variable("V*"), None, "broader patterns are filtered at run time instead");
     }
 }

@@ -7,6 +7,9 @@
 //!   so secrets are never written to swap. `MCL_ONFAULT` locks pages as they
 //!   are touched, so the resident size stays what vaultlet actually uses.
 //!
+//! * `RLIMIT_NOFILE`'s soft limit raised to its hard limit, so the socket's
+//!   connection caps, not the descriptor limit, decide who is turned away.
+//!
 //! Locking is attempted only when it is safe: with `CAP_IPC_LOCK` (or a
 //! generous `RLIMIT_MEMLOCK`). With `MCL_FUTURE` and a small limit, a later
 //! allocation past the limit would fail and abort the process, which is worse
@@ -35,6 +38,7 @@ pub fn harden(require_lock: bool) -> Result<Locked, String> {
     if let Err(e) = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
         tracing::warn!(error = %e, "cannot set RLIMIT_CORE to 0");
     }
+    raise_nofile();
     let locked = lock_memory();
     match (&locked, require_lock) {
         (Locked::No(why), true) => Err(format!("memory.require_lock is set but memory cannot be locked: {why}")),
@@ -49,6 +53,41 @@ pub fn harden(require_lock: bool) -> Result<Locked, String> {
         (Locked::Yes, _) => {
             tracing::debug!("memory locked");
             Ok(locked)
+        }
+    }
+}
+
+/// Warns about each file (credential files, the config) that another user
+/// could rewrite: writable by others, or in a directory writable by others
+/// without the sticky bit. Whoever can rewrite a role_id or secret_id file
+/// decides which AppRole vaultlet logs in as. Missing files are not
+/// reported here (the login reports them).
+pub fn warn_loose_files(files: &[(&str, &std::path::Path)]) {
+    use std::os::unix::fs::PermissionsExt;
+    for (what, path) in files {
+        let loose = |p: &std::path::Path, dir: bool| {
+            std::fs::metadata(p).ok().is_some_and(|m| {
+                let mode = m.permissions().mode();
+                mode & 0o002 != 0 && !(dir && mode & 0o1000 != 0)
+            })
+        };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if loose(path, false) || dir.is_some_and(|d| loose(d, true)) {
+            tracing::warn!(
+                file = %path.display(),
+                "{what} can be rewritten by other users (it or its directory is world-writable); chmod o-w"
+            );
+        }
+    }
+}
+
+/// Soft `RLIMIT_NOFILE` up to the hard limit (often 1024 → 524288).
+fn raise_nofile() {
+    let lim = rustix::process::getrlimit(Resource::Nofile);
+    if lim.current.is_some() && lim.current != lim.maximum {
+        let new = Rlimit { current: lim.maximum, maximum: lim.maximum };
+        if let Err(e) = rustix::process::setrlimit(Resource::Nofile, new) {
+            tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
         }
     }
 }
@@ -85,6 +124,8 @@ mod tests {
         let locked = harden(false).expect("not required");
         assert_eq!(rustix::process::dumpable_behavior().unwrap(), rustix::process::DumpableBehavior::NotDumpable);
         assert_eq!(rustix::process::getrlimit(Resource::Core).current, Some(0));
+        let nofile = rustix::process::getrlimit(Resource::Nofile);
+        assert_eq!(nofile.current, nofile.maximum, "soft descriptor limit raised to the hard one");
         if has_ipc_lock() {
             assert_eq!(locked, Locked::Yes);
         }

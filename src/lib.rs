@@ -36,11 +36,13 @@ pub mod exec;
 pub mod harden;
 pub mod lease;
 pub mod metrics;
+pub mod rejected;
 pub mod render;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,8 +85,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
 
     let tasks = CancellationToken::new();
-    let (auth, auth_task) = auth::spawn(vault.clone(), config.auth.clone(), store.clone(), tasks.clone());
     let leases = lease::Leases::default();
+    let (auth, auth_task) =
+        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), tasks.clone());
     let cx = lease::Cx {
         vault: vault.clone(),
         store: store.clone(),
@@ -175,18 +178,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     Ok(())
 }
 
+/// Everything revocation at shutdown may take: well inside systemd's
+/// default `TimeoutStopSec` (90 s) and a container runtime's 10 s grace.
+pub const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Revokes every live lease at once, then the tokens, all under one
+/// deadline: the leases first, because revoking a token revokes its leases
+/// but Vault then does it in the background, after we have exited. The
+/// tokens keep the last 1.5 s of it, so a Vault that hangs on lease
+/// revocations still gets them (and with them, the leases).
 async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &lease::Leases) {
+    let start = tokio::time::Instant::now();
+    let deadline = start + REVOKE_DEADLINE;
+    let leases_deadline = deadline - Duration::from_millis(1500);
     let Some(token) = auth.token.borrow().clone() else { return };
     let ids = leases.take_live();
-    for id in &ids {
-        match tokio::time::timeout(Duration::from_secs(10), vault.revoke_lease(&token.secret, id)).await {
-            Ok(Ok(())) => tracing::info!(lease = ?id, "revoked lease"),
-            Ok(Err(e)) => tracing::warn!(lease = ?id, error = %e, "could not revoke lease"),
-            Err(_) => tracing::warn!(lease = ?id, "revoking lease timed out"),
+    let revokes = ids.iter().map(|id| {
+        let secret = &token.secret;
+        async move {
+            match tokio::time::timeout_at(leases_deadline, vault.revoke_lease(secret, id)).await {
+                Ok(Ok(())) => tracing::info!(lease = ?id, "revoked lease"),
+                Ok(Err(e)) => tracing::warn!(lease = ?id, error = %e, "could not revoke lease"),
+                Err(_) => tracing::warn!(lease = ?id, "revoking lease timed out"),
+            }
         }
-    }
-    match vault.revoke_self(&token.secret).await {
-        Ok(()) => tracing::info!("revoked token"),
-        Err(e) => tracing::warn!(error = %e, "could not revoke token"),
-    }
+    });
+    futures_util::future::join_all(revokes).await;
+    let mut tokens = auth.take_retired();
+    tokens.push(token);
+    let revokes = tokens.iter().map(|t| async move {
+        match tokio::time::timeout_at(deadline, vault.revoke_self(&t.secret)).await {
+            Ok(Ok(())) => tracing::info!(generation = t.generation, "revoked token"),
+            Ok(Err(e)) => tracing::warn!(generation = t.generation, error = %e, "could not revoke token"),
+            Err(_) => tracing::warn!(generation = t.generation, "revoking the token timed out"),
+        }
+    });
+    futures_util::future::join_all(revokes).await;
 }

@@ -73,6 +73,9 @@ enum Command {
         /// The socket of the running vaultlet.
         #[arg(long, env = "VAULTLET_SOCKET", default_value = vaultlet::config::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Refuse to ask unless the socket is served by this uid (checked with SO_PEERCRED).
+        #[arg(long, value_name = "UID", env = "VAULTLET_EXPECT_UID")]
+        expect_uid: Option<u32>,
     },
     /// Print a secret from a running vaultlet: `NAME` prints it as JSON,
     /// `NAME.KEY` prints one value (for shell scripts).
@@ -82,6 +85,9 @@ enum Command {
         /// The socket of the running vaultlet.
         #[arg(long, env = "VAULTLET_SOCKET", default_value = vaultlet::config::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Refuse to ask unless the socket is served by this uid (checked with SO_PEERCRED).
+        #[arg(long, value_name = "UID", env = "VAULTLET_EXPECT_UID")]
+        expect_uid: Option<u32>,
     },
 }
 
@@ -104,14 +110,14 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG)
             }
         },
-        Command::Ready { socket } => match vaultlet::client::ready(socket) {
+        Command::Ready { socket, expect_uid } => match vaultlet::client::ready(socket, *expect_uid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vaultlet: {e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Get { what, socket } => match vaultlet::client::get(socket, what) {
+        Command::Get { what, socket, expect_uid } => match vaultlet::client::get(socket, what, *expect_uid) {
             Ok(out) => {
                 println!("{out}");
                 ExitCode::SUCCESS
@@ -156,6 +162,11 @@ where
         }
     };
     init_logging(cli.log_format, &cli.log);
+    vaultlet::harden::warn_loose_files(&[
+        ("the config file", path),
+        ("auth.approle.role_id_file", &config.auth.role_id_file),
+        ("auth.approle.secret_id_file", &config.auth.secret_id_file),
+    ]);
     // Before any secret is in memory.
     if let Err(e) = vaultlet::harden::harden(config.require_memory_lock) {
         eprintln!("vaultlet: {e}");

@@ -12,12 +12,13 @@
 //! | `vaultlet_logins_total` | counter | `result` |
 //! | `vaultlet_token_renewals_total` | counter | `result` |
 //! | `vaultlet_lease_renewals_total` | counter | `secret`, `result` |
+//! | `vaultlet_lease_lookups_total` | counter | `secret`, `result` (`verify_every` and reported credentials) |
 //! | `vaultlet_credentials_issued_total` | counter | `secret` (first issue and every replacement) |
 //! | `vaultlet_kv_reads_total` | counter | `secret`, `result` |
 //! | `vaultlet_vault_request_duration_seconds` | histogram | `operation` |
 //! | `vaultlet_vault_requests_total` | counter | `operation`, `result` |
 //! | `vaultlet_socket_requests_total` | counter | `status` |
-//! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`) |
+//! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`, `connection_limit_uid`, `connection_limit`, `wait_limit`) |
 //! | `vaultlet_secret_lease_expiry_seconds` | gauge | `secret`: seconds until the served credential's lease ends |
 //! | `vaultlet_secret_lease_ttl_seconds` | gauge | `secret`: the TTL the lease was issued with |
 //! | `vaultlet_secret_version` | gauge | `secret` |
@@ -170,16 +171,20 @@ pub async fn serve(listen: MetricsListen, store: Store, shutdown: CancellationTo
             Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
         },
         MetricsListen::Unix(path, mode) => {
-            let _ = std::fs::remove_file(&path);
-            match tokio::net::UnixListener::bind(&path) {
-                Ok(l) => {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+            // The same rules as the API socket: a file someone else put at
+            // the path is never deleted, and only our socket is removed.
+            let bound = crate::write::bind_socket(&path, mode).and_then(|(l, file)| {
+                let io = |source| crate::write::PlaceError::Io { path: path.display().to_string(), source };
+                l.set_nonblocking(true).map_err(io)?;
+                Ok((tokio::net::UnixListener::from_std(l).map_err(io)?, file))
+            });
+            match bound {
+                Ok((l, file)) => {
                     tracing::info!(path = %path.display(), "metrics listening");
                     accept_loop(|| l.accept(), store, shutdown).await;
-                    let _ = std::fs::remove_file(&path);
+                    file.remove();
                 }
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot listen for metrics"),
+                Err(e) => tracing::error!(error = %e, "cannot listen for metrics"),
             }
         }
     }
@@ -196,7 +201,11 @@ where
             _ = shutdown.cancelled() => return,
             r = accept() => match r {
                 Ok((s, _)) => s,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of descriptors: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let store = store.clone();

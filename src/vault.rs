@@ -5,41 +5,108 @@
 //!
 //! * its settings builder reads `VAULT_ADDR`, `VAULT_TOKEN`,
 //!   `VAULT_SKIP_VERIFY`… from the environment and panics on a bad URL, so we
-//!   build [`VaultClient`] by hand from its public fields around our own
-//!   `reqwest` client (rustls, exclusive CA bundle, connect and request
-//!   timeouts, no proxy variables);
+//!   never build a `VaultClient`: its request types (rustify endpoints) run
+//!   through [`Transport`], our own rustify client around our own `reqwest`
+//!   client (rustls, roots we load ourselves, connect and request timeouts,
+//!   no proxy variables, no redirects);
 //! * its settings and responses derive `Debug` over tokens and passwords, so
-//!   no vaultrs value leaves this module: every response is converted at once
-//!   into our types from [`crate::secret`], and the token strings inside the
-//!   per-request client are zeroized when it is dropped;
+//!   no vaultrs value leaves this module: every response body is parsed here
+//!   into our types from [`crate::secret`], and the token string inside the
+//!   per-request middleware is zeroized when it is dropped;
 //! * its errors can carry raw response bodies (which may hold passwords), so
 //!   [`VaultError`] is built from status codes and Vault's short `errors`
 //!   strings only;
 //! * its database `creds` call drops the lease (id, duration, renewable) and
-//!   it has no `sys/leases/renew` or `revoke`, so those three are our own
-//!   rustify endpoints below, parsed with the response envelope intact.
+//!   it has no `sys/leases/renew` or `revoke`, so those are our own rustify
+//!   endpoints below, parsed with the response envelope intact.
+//!
+//! # Why our own transport
+//!
+//! rustify's reqwest client reads whole bodies into memory and lets reqwest
+//! follow redirects: up to ten, re-sending the login body on 307/308,
+//! keeping `X-Vault-Token` across hosts and from https down to http. A
+//! server (or anyone who can make one answer) could collect the token and
+//! the secret_id, or make vaultlet allocate without bound. [`Transport`]
+//! sends with redirects off and follows a 307/308 itself only to an address
+//! listed in `vault.address` (same scheme, host and port), never from https
+//! to http, at most [`MAX_REDIRECTS`] hops; anything else is an error that
+//! names both ends, so the next configured address is tried (OpenBao
+//! standbys can also forward instead of redirecting). Bodies are streamed
+//! into a buffer capped at `vault.max_response_size`, wiped when it grows
+//! and when dropped.
+//!
+//! # What a server says is not trusted
+//!
+//! Every duration Vault gives is clamped to [`MIN_TTL`]..=[`MAX_TTL`] here
+//! (logged once per kind), so no later arithmetic on it can overflow and no
+//! zero TTL can turn the schedule into a loop. Issuing calls (logins and
+//! database credentials) also take a token from a process-wide bucket
+//! ([`ISSUE_BURST`], then [`ISSUE_RATE`] per second), so nothing a server
+//! answers can make vaultlet hammer it.
 //!
 //! `vault.address` may list several servers: a request that cannot connect,
-//! times out, or meets a sealed/unavailable node is retried once on the next
-//! address, and the address that worked is remembered.
+//! meets a sealed/unavailable node or a redirect it will not follow, is
+//! retried once on the next address, and the address that worked is
+//! remembered. A request that may have reached the server (a timeout, a
+//! broken response) is retried elsewhere only when it is idempotent; an
+//! issuing call (login, unwrap, database credentials) is not repeated then:
+//! it fails, the next address becomes current, and the caller's backoff
+//! decides. A credential such a lost answer may have created is unknown to
+//! vaultlet; it ends with its lease, or earlier with the token that created
+//! it (old tokens are revoked once unused, see [`crate::auth`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustify::endpoint::Endpoint;
+use rustify::errors::ClientError as RestError;
 use rustify_derive::Endpoint;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use vaultrs::api::EndpointMiddleware;
-use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::VaultConfig;
 use crate::secret::{LeaseId, SecretData};
+
+/// Default cap on a response body (`vault.max_response_size`). Vault's
+/// answers to what vaultlet asks are a few KiB; a large KV secret fits.
+pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
+
+/// Redirect hops followed for one request (standby → active is one).
+pub const MAX_REDIRECTS: usize = 2;
+
+/// Longest TTL taken from a server: a year. Longer values are clamped.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Shortest TTL taken from a server. A zero TTL would make a credential due
+/// for replacement the moment it is issued.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// Issuing calls (logins, database credentials) allowed at once before the
+/// rate applies: enough for every secret of a large sidecar to start.
+pub const ISSUE_BURST: f64 = 100.0;
+
+/// Issuing calls per second after the burst, process-wide.
+pub const ISSUE_RATE: f64 = 10.0;
+
+/// Where system CA bundles are looked for when `vault.ca_cert` is unset and
+/// an address is https (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE,
+/// others). Fixed paths: `SSL_CERT_FILE`/`SSL_CERT_DIR` are not read.
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
 
 /// A problem talking to Vault. Never carries a response body.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +141,14 @@ pub enum VaultError {
         /// Which part was wrong (never its content).
         what: &'static str,
     },
+    /// The answer was larger than `vault.max_response_size`.
+    #[error("vault answered {op} with more than {limit} bytes (vault.max_response_size); not read")]
+    TooLarge {
+        /// What we were doing.
+        op: String,
+        /// The cap in bytes.
+        limit: usize,
+    },
     /// The HTTP client could not be built (bad CA file…).
     #[error("vault client set-up: {0}")]
     Setup(String),
@@ -88,7 +163,7 @@ impl VaultError {
         match self {
             VaultError::Unreachable { .. } => true,
             VaultError::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 412,
-            VaultError::Malformed { .. } | VaultError::Setup(_) => false,
+            VaultError::Malformed { .. } | VaultError::TooLarge { .. } | VaultError::Setup(_) => false,
         }
     }
 
@@ -151,6 +226,9 @@ struct Op {
     what: String,
     capability: &'static str,
     path: String,
+    /// Safe to send again after an answer was lost. Issuing calls are not:
+    /// a lost answer may still have created a token or a credential.
+    idempotent: bool,
 }
 
 // === our own endpoints (vaultrs lacks them or drops the lease) ===
@@ -179,17 +257,70 @@ struct DbRoleData {
     max_ttl: u64,
 }
 
+/// The lease id goes in the path, so a policy can scope renewal to the
+/// configured prefixes (`sys/leases/renew/database/creds/api/*`); with the id
+/// in the body, `update` on `sys/leases/renew` covers every lease in Vault.
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/renew/{self.lease_id}", method = "PUT", response = "serde_json::Value")]
+struct RenewLeaseRequest {
+    #[endpoint(skip)]
+    lease_id: String,
+    increment: u64,
+}
+
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/revoke/{self.lease_id}", method = "PUT", response = "serde_json::Value")]
+struct RevokeLeaseRequest {
+    #[endpoint(skip)]
+    lease_id: String,
+}
+
+/// `sys/leases/lookup` has no path form (`sys/leases/lookup/<prefix>` is the
+/// root-only LIST), so the id travels in the body; the shipped policy scopes
+/// it with `allowed_parameters` instead (see policies/README.md).
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/lookup", method = "PUT", response = "serde_json::Value")]
+struct LookupLeaseRequest {
+    lease_id: String,
+}
+
+/// The unscoped forms, lease id in the body: only for policies written
+/// before vaultlet used the path forms (see [`Vault::renew_lease`]).
 #[derive(Endpoint)]
 #[endpoint(path = "sys/leases/renew", method = "PUT", response = "serde_json::Value")]
-struct RenewLeaseRequest {
+struct RenewLeaseBodyRequest {
     lease_id: String,
     increment: u64,
 }
 
 #[derive(Endpoint)]
 #[endpoint(path = "sys/leases/revoke", method = "PUT", response = "serde_json::Value")]
-struct RevokeLeaseRequest {
+struct RevokeLeaseBodyRequest {
     lease_id: String,
+}
+
+static UNSCOPED_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// After a 403 on a path form: the old body form, for policies that grant
+/// only plain `sys/leases/renew|revoke`. Warns once when that works.
+async fn unscoped_fallback<F, Fut>(first: VaultError, f: F) -> Result<Zeroizing<Vec<u8>>, VaultError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Zeroizing<Vec<u8>>, VaultError>>,
+{
+    match f().await {
+        Ok(body) => {
+            if !UNSCOPED_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the token's policy allows lease renew/revoke only in the unscoped form (lease id in the body), \
+                     which covers every lease in Vault; grant sys/leases/renew/<mount>/creds/<role>/* and \
+                     sys/leases/revoke/<mount>/creds/<role>/* instead (see policies/README.md)"
+                );
+            }
+            Ok(body)
+        }
+        Err(_) => Err(first),
+    }
 }
 
 /// The response envelope, kept whole (vaultrs's `exec_with_result` strips it).
@@ -204,6 +335,23 @@ struct Envelope<T> {
     data: Option<T>,
     #[serde(default)]
     warnings: Option<Vec<String>>,
+    #[serde(default)]
+    auth: Option<AuthData>,
+}
+
+#[derive(Deserialize)]
+struct AuthData {
+    client_token: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+impl Drop for AuthData {
+    fn drop(&mut self) {
+        self.client_token.zeroize();
+    }
 }
 
 #[derive(Deserialize)]
@@ -229,26 +377,306 @@ impl Drop for SecretIdData {
     }
 }
 
-/// A vaultrs client for one request, with its copies of the token wiped on
-/// drop (vaultrs stores the token as plain `String`s in two places).
-struct Conn(VaultClient);
+#[derive(Deserialize)]
+struct WrapLookupData {
+    #[serde(default)]
+    creation_path: String,
+}
+
+#[derive(Deserialize)]
+struct Kv2Data {
+    data: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// The per-request middleware (token, namespace, `/v1` prefix), with its
+/// copy of the token wiped on drop.
+struct Conn {
+    middle: EndpointMiddleware,
+    transport: Transport,
+}
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.0.settings.token.zeroize();
-        self.0.middle.token.zeroize();
+        self.middle.token.zeroize();
     }
+}
+
+// === Transport: redirects and body size under our control ===
+
+/// The HTTP side of one request: our rustify client (see the module doc).
+struct Transport {
+    http: reqwest::Client,
+    base: String,
+    /// Every configured address: the only places a redirect may lead.
+    allowed: Arc<[reqwest::Url]>,
+    limit: usize,
+}
+
+/// A redirect vaultlet will not follow.
+#[derive(Debug, thiserror::Error)]
+#[error("redirected from {from} to {to}, not followed: {why}")]
+pub struct RedirectRefused {
+    from: String,
+    to: String,
+    why: &'static str,
+}
+
+/// A body over the cap.
+#[derive(Debug, thiserror::Error)]
+#[error("response larger than {0} bytes")]
+struct BodyTooLarge(usize);
+
+/// `scheme://host:port` of a URL, for logs (no path, no query).
+fn origin(u: &reqwest::Url) -> String {
+    format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
+}
+
+/// Where a redirect from `from` with `Location: location` may go: only to a
+/// configured address, never from https to http.
+pub fn redirect_target(
+    from: &reqwest::Url,
+    location: &str,
+    allowed: &[reqwest::Url],
+) -> Result<reqwest::Url, RedirectRefused> {
+    let refuse = |to: String, why| RedirectRefused { from: origin(from), to, why };
+    let to = from.join(location).map_err(|_| refuse("an unreadable location".into(), "not a URL"))?;
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(refuse(origin(&to), "it would leave https"));
+    }
+    let same = |a: &reqwest::Url| {
+        a.scheme() == to.scheme()
+            && a.host_str() == to.host_str()
+            && a.port_or_known_default() == to.port_or_known_default()
+    };
+    if !allowed.iter().any(same) {
+        return Err(refuse(
+            origin(&to),
+            "not an address in vault.address (add it there, or let standbys forward requests)",
+        ));
+    }
+    Ok(to)
+}
+
+/// Appends to a buffer that is wiped when it grows (a plain `Vec` would
+/// leave the old allocation's bytes behind) and never passes `limit`.
+fn push_capped(buf: &mut Zeroizing<Vec<u8>>, chunk: &[u8], limit: usize) -> Result<(), BodyTooLarge> {
+    let need = buf.len().checked_add(chunk.len()).filter(|n| *n <= limit).ok_or(BodyTooLarge(limit))?;
+    if need > buf.capacity() {
+        let cap = need.max(buf.capacity().saturating_mul(2)).min(limit).max(need);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(chunk);
+    Ok(())
+}
+
+/// Reads a body, refusing more than `limit` bytes (announced or streamed).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Zeroizing<Vec<u8>>, RestError> {
+    let too_large = || RestError::ResponseError { source: anyhow::Error::new(BodyTooLarge(limit)) };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(resp.content_length().map_or(4096, |n| n as usize)));
+    while let Some(chunk) = resp.chunk().await.map_err(|e| RestError::ResponseError { source: e.into() })? {
+        push_capped(&mut buf, &chunk, limit).map_err(|_| too_large())?;
+    }
+    Ok(buf)
+}
+
+impl Transport {
+    async fn send_inner(&self, req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, RestError> {
+        let (parts, body) = req.into_parts();
+        let body = Zeroizing::new(body);
+        let method = parts.method.clone();
+        let mut url: reqwest::Url =
+            parts.uri.to_string().parse().map_err(|e| RestError::GenericError { source: anyhow::Error::new(e) })?;
+        let mut hops = 0;
+        loop {
+            let mut req = reqwest::Request::new(method.clone(), url.clone());
+            *req.headers_mut() = parts.headers.clone();
+            *req.body_mut() = Some(body.to_vec().into());
+            let resp = self.http.execute(req).await.map_err(|e| RestError::RequestError {
+                source: e.into(),
+                url: origin(&url),
+                method: method.to_string(),
+            })?;
+            let status = resp.status();
+            if status.is_redirection() {
+                let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+                let next = match location {
+                    // Only 307/308 keep the method and body, as Vault's standbys send.
+                    Some(l) if matches!(status.as_u16(), 307 | 308) => redirect_target(&url, l, &self.allowed),
+                    Some(l) => Err(RedirectRefused {
+                        from: origin(&url),
+                        to: url.join(l).map(|u| origin(&u)).unwrap_or_else(|_| "an unreadable location".into()),
+                        why: "only 307/308 redirects are followed",
+                    }),
+                    None => Err(RedirectRefused { from: origin(&url), to: "nowhere".into(), why: "no Location" }),
+                };
+                let next = next.and_then(|n| {
+                    if hops < MAX_REDIRECTS {
+                        Ok(n)
+                    } else {
+                        Err(RedirectRefused { from: origin(&url), to: origin(&n), why: "too many redirects" })
+                    }
+                });
+                match next {
+                    Ok(n) => {
+                        tracing::debug!(from = %origin(&url), to = %origin(&n), "following vault redirect");
+                        hops += 1;
+                        url = n;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(RestError::RequestError {
+                            source: anyhow::Error::new(e),
+                            url: origin(&url),
+                            method: method.to_string(),
+                        });
+                    }
+                }
+            }
+            let mut out = http::Response::builder().status(status.as_u16());
+            for (k, v) in resp.headers() {
+                out = out.header(k, v);
+            }
+            let mut body = read_capped(resp, self.limit).await?;
+            return out
+                .body(std::mem::take(&mut *body))
+                .map_err(|e| RestError::ResponseError { source: anyhow::Error::new(e) });
+        }
+    }
+}
+
+impl rustify::client::Client for Transport {
+    fn send<'a, 'b>(
+        &'a self,
+        req: http::Request<Vec<u8>>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, RestError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.send_inner(req))
+    }
+
+    fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+// === issue rate ===
+
+/// A token bucket shared by every issuing call.
+struct IssueBucket {
+    state: Mutex<(f64, tokio::time::Instant)>,
+    burst: f64,
+    rate: f64,
+}
+
+impl IssueBucket {
+    fn new(burst: f64, rate: f64) -> IssueBucket {
+        IssueBucket { state: Mutex::new((burst, tokio::time::Instant::now())), burst, rate }
+    }
+
+    async fn take(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = tokio::time::Instant::now();
+                let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.rate;
+                s.0 = (s.0 + refill).min(self.burst);
+                s.1 = now;
+                if s.0 >= 1.0 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.0) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+// === TTLs from the server ===
+
+static CLAMP_LOGGED: [AtomicBool; 4] =
+    [AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false)];
+
+/// A server-supplied TTL in seconds, clamped to `MIN_TTL..=MAX_TTL`; the
+/// first clamp of each kind is logged.
+fn server_ttl(kind: &'static str, secs: u64) -> Duration {
+    let d = Duration::from_secs(secs);
+    let c = d.clamp(MIN_TTL, MAX_TTL);
+    if c != d {
+        let slot = match kind {
+            "login" => 0,
+            "renew_self" => 1,
+            "db_creds" => 2,
+            _ => 3,
+        };
+        if !CLAMP_LOGGED[slot].swap(true, Ordering::Relaxed) {
+            tracing::warn!(operation = kind, ttl_seconds = secs, clamped_to = ?c, "vault gave a TTL outside 1 s ..= 1 year; clamped");
+        }
+    }
+    c
+}
+
+/// A lease id as Vault's path form takes it: path characters only, no `..`
+/// segment, so a hostile id cannot steer renew/revoke to another endpoint.
+fn valid_lease_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('/')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+}
+
+// === TLS roots ===
+
+/// The roots to trust: the `ca_cert` bundle, or the system bundle from
+/// [`SYSTEM_CA_FILES`] when some address is https, or none for plain http.
+fn load_roots(cfg: &VaultConfig, system: &[&str]) -> Result<Vec<reqwest::Certificate>, VaultError> {
+    let bundle = |path: &Path| -> Result<Vec<reqwest::Certificate>, VaultError> {
+        let pem = std::fs::read(path).map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| VaultError::Setup(format!("{} holds no valid PEM certificate", path.display())))?;
+        if certs.is_empty() {
+            return Err(VaultError::Setup(format!("{} holds no certificate", path.display())));
+        }
+        Ok(certs)
+    };
+    if let Some(path) = &cfg.ca_cert {
+        return bundle(path);
+    }
+    if !cfg.addresses.iter().any(|u| u.scheme() == "https") {
+        return Ok(Vec::new());
+    }
+    for p in system {
+        let p = Path::new(p);
+        if p.is_file() {
+            return bundle(p);
+        }
+    }
+    Err(VaultError::Setup(format!(
+        "no system CA certificates for https to vault: looked at {}; install the ca-certificates package \
+         or set vault.ca_cert",
+        system.join(", ")
+    )))
 }
 
 /// The Vault connection: one HTTP client, one or more server addresses.
 pub struct Vault {
     http: reqwest::Client,
-    addrs: Vec<reqwest::Url>,
+    addrs: Arc<[reqwest::Url]>,
     current: AtomicUsize,
     namespace: Option<String>,
+    limit: usize,
     /// Requests in flight at once. Thousands of secrets starting together
     /// queue here instead of opening thousands of connections.
     in_flight: tokio::sync::Semaphore,
+    issues: IssueBucket,
 }
 
 /// Most requests vaultlet sends to Vault at the same time.
@@ -259,26 +687,26 @@ const MAX_IN_FLIGHT: usize = 32;
 impl Vault {
     /// Builds the HTTP client. Reads the CA file; no network I/O.
     pub fn new(cfg: &VaultConfig) -> Result<Vault, VaultError> {
+        Self::with_system_roots(cfg, SYSTEM_CA_FILES)
+    }
+
+    /// [`Vault::new`] with the system bundle looked for at `system`.
+    pub fn with_system_roots(cfg: &VaultConfig, system: &[&str]) -> Result<Vault, VaultError> {
         let mut b = reqwest::Client::builder()
             .tls_backend_rustls()
             .tls_version_min(reqwest::tls::Version::TLS_1_2)
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .no_proxy()
+            // Transport follows the redirects it may; reqwest follows none.
+            .redirect(reqwest::redirect::Policy::none())
             // Few idle connections: a sidecar's requests come in small bursts.
             .pool_max_idle_per_host(4)
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("vaultlet/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &cfg.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| VaultError::Setup(format!("{} holds no valid PEM certificate", path.display())))?;
-            if certs.is_empty() {
-                return Err(VaultError::Setup(format!("{} holds no certificate", path.display())));
-            }
-            // Exclusive: the configured CA replaces the system roots.
-            b = b.tls_certs_only(certs);
-        }
+        // Always exclusive: with only reqwest's defaults, SSL_CERT_FILE and
+        // SSL_CERT_DIR in the environment would replace the system roots.
+        b = b.tls_certs_only(load_roots(cfg, system)?);
         if let Some((cert, key)) = &cfg.client_cert {
             let mut pem =
                 std::fs::read(cert).map_err(|e| VaultError::Setup(format!("reading {}: {e}", cert.display())))?;
@@ -295,36 +723,31 @@ impl Vault {
         let http = b.build().map_err(|e| VaultError::Setup(e.to_string()))?;
         Ok(Vault {
             http,
-            addrs: cfg.addresses.clone(),
+            addrs: cfg.addresses.clone().into(),
             current: AtomicUsize::new(0),
             namespace: cfg.namespace.clone(),
+            limit: cfg.max_response_size,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            issues: IssueBucket::new(ISSUE_BURST, ISSUE_RATE),
         })
     }
 
     fn conn(&self, addr: &reqwest::Url, token: &str) -> Conn {
         let base = addr.as_str().trim_end_matches('/');
-        Conn(VaultClient {
-            http: rustify::clients::reqwest::Client::new(base, self.http.clone()),
+        Conn {
             middle: EndpointMiddleware {
                 token: token.to_owned(),
                 version: "v1".into(),
                 wrap: None,
                 namespace: self.namespace.clone(),
             },
-            settings: VaultClientSettings {
-                address: addr.clone(),
-                ca_certs: Vec::new(),
-                identity: None,
-                timeout: None,
-                token: token.to_owned(),
-                verify: true,
-                version: 1,
-                wrapping: false,
-                namespace: self.namespace.clone(),
-                proxy: None,
+            transport: Transport {
+                http: self.http.clone(),
+                base: base.to_owned(),
+                allowed: self.addrs.clone(),
+                limit: self.limit,
             },
-        })
+        }
     }
 
     /// Runs one request, moving to the next address when this one cannot
@@ -358,12 +781,21 @@ impl Vault {
                     return Ok(v);
                 }
                 Err(e) => {
+                    let unsent = surely_unsent(&e);
                     let e = classify(op, addr, e);
                     // Try another server only when this one could not serve
                     // the request at all.
                     let next = matches!(e, VaultError::Unreachable { .. })
                         || matches!(e.status(), Some(500..=599) | Some(429) | Some(412));
                     if !next {
+                        return Err(e);
+                    }
+                    if !op.idempotent && !unsent && matches!(e, VaultError::Unreachable { .. }) {
+                        // It may have been issued: do not issue again now,
+                        // but let the caller's next attempt go elsewhere.
+                        if self.addrs.len() > 1 {
+                            self.current.store((idx + 1) % self.addrs.len(), Ordering::Relaxed);
+                        }
                         return Err(e);
                     }
                     last = Some(e);
@@ -385,13 +817,20 @@ impl Vault {
             what: "AppRole login".into(),
             capability: "none (check role_id and secret_id)",
             path: format!("auth/{mount}/login"),
+            idempotent: false,
         };
-        let info = self
+        self.issues.take().await;
+        let body = self
             .call(&op, None, |c| async move {
-                vaultrs::auth::approle::login(&c.0, mount, role_id.expose_secret(), secret_id.expose_secret()).await
+                let req = vaultrs::api::auth::approle::requests::LoginWithApproleRequest {
+                    mount: mount.to_owned(),
+                    role_id: role_id.expose_secret().to_owned(),
+                    secret_id: secret_id.expose_secret().to_owned(),
+                };
+                raw(&c, req).await
             })
             .await?;
-        auth_from(&op, info)
+        auth_from(&op, &body)
     }
 
     /// Unwraps a response-wrapped secret_id after checking that the wrapping
@@ -402,19 +841,29 @@ impl Vault {
             what: "wrapping token lookup".into(),
             capability: "update",
             path: "sys/wrapping/lookup".into(),
+            idempotent: true,
         };
-        let info = self
+        let body = self
             .call(&op, Some(wrapping_token), |c| async move {
-                vaultrs::sys::wrapping::lookup(&c.0, wrapping_token.expose_secret()).await
+                let req = vaultrs::api::sys::requests::WrappingLookupRequest {
+                    token: wrapping_token.expose_secret().to_owned(),
+                };
+                raw(&c, req).await
             })
             .await?;
-        let path = info.creation_path;
-        if !(path.starts_with("auth/") && path.ends_with("/secret-id")) {
+        let env: Envelope<WrapLookupData> = parse(&op, &body)?;
+        let path = env.data.map(|d| d.creation_path).unwrap_or_default();
+        // `…/secret-id` or `…/custom-secret-id`: the two AppRole endpoints
+        // that mint a secret_id.
+        if !(path.starts_with("auth/") && (path.ends_with("/secret-id") || path.ends_with("/custom-secret-id"))) {
+            let mut shown = path.clone();
+            shown.retain(|c| !c.is_control());
+            truncate(&mut shown, 200);
             return Err(VaultError::Refused {
                 op: op.what,
                 status: 400,
                 message: format!(
-                    "wrapping token was created by `{path}`, not an AppRole secret-id endpoint; refusing it"
+                    "wrapping token was created by `{shown}`, not an AppRole secret-id endpoint; refusing it"
                 ),
                 hint: String::new(),
             });
@@ -425,10 +874,15 @@ impl Vault {
             what: "secret_id unwrap".into(),
             capability: "update",
             path: "sys/wrapping/unwrap".into(),
+            idempotent: false,
         };
-        let data: SecretIdData = self
-            .call(&op, Some(wrapping_token), |c| async move { vaultrs::sys::wrapping::unwrap(&c.0, None).await })
+        let body = self
+            .call(&op, Some(wrapping_token), |c| async move {
+                raw(&c, vaultrs::api::sys::requests::UnwrapRequest { token: None }).await
+            })
             .await?;
+        let env: Envelope<SecretIdData> = parse(&op, &body)?;
+        let Some(data) = env.data else { return Err(malformed(&op, "no data")) };
         Ok(SecretString::from(data.secret_id.clone()))
     }
 
@@ -439,12 +893,16 @@ impl Vault {
             what: "token renewal".into(),
             capability: "update",
             path: "auth/token/renew-self".into(),
+            idempotent: true,
         };
         let inc = format!("{}s", increment.as_secs().max(1));
         let inc = inc.as_str();
-        let info =
-            self.call(&op, Some(token), |c| async move { vaultrs::token::renew_self(&c.0, Some(inc)).await }).await?;
-        auth_from(&op, info)
+        let body = self
+            .call(&op, Some(token), |c| async move {
+                raw(&c, vaultrs::api::token::requests::RenewTokenSelfRequest { increment: Some(inc.to_owned()) }).await
+            })
+            .await?;
+        auth_from(&op, &body)
     }
 
     /// `GET auth/token/lookup-self`: is the token still valid?
@@ -454,8 +912,13 @@ impl Vault {
             what: "token lookup".into(),
             capability: "read",
             path: "auth/token/lookup-self".into(),
+            idempotent: true,
         };
-        self.call(&op, Some(token), |c| async move { vaultrs::token::lookup_self(&c.0).await }).await.map(drop)
+        self.call(&op, Some(token), |c| async move {
+            raw(&c, vaultrs::api::token::requests::LookupTokenSelfRequest {}).await
+        })
+        .await
+        .map(drop)
     }
 
     /// `POST auth/token/revoke-self`.
@@ -465,8 +928,13 @@ impl Vault {
             what: "token revocation".into(),
             capability: "update",
             path: "auth/token/revoke-self".into(),
+            idempotent: true,
         };
-        self.call(&op, Some(token), |c| async move { vaultrs::token::revoke_self(&c.0).await }).await
+        self.call(&op, Some(token), |c| async move {
+            raw(&c, vaultrs::api::token::requests::RevokeTokenSelfRequest {}).await
+        })
+        .await
+        .map(drop)
     }
 
     /// `GET <mount>/creds/<role>`, keeping the lease.
@@ -476,24 +944,29 @@ impl Vault {
             what: format!("database credentials {mount}/creds/{role}"),
             capability: "read",
             path: format!("{mount}/creds/{role}"),
+            idempotent: false,
         };
+        self.issues.take().await;
         let body = self
             .call(&op, Some(token), |c| async move {
                 raw(&c, DbCredsRequest { mount: mount.to_owned(), role: role.to_owned() }).await
             })
             .await?;
         let env: Envelope<DbCredsData> = parse(&op, &body)?;
-        let Some(d) = env.data else { return Err(malformed(&op, "no data")) };
+        let Some(d) = env.data.as_ref() else { return Err(malformed(&op, "no data")) };
         if env.lease_id.is_empty() {
             return Err(malformed(&op, "no lease_id"));
+        }
+        if !valid_lease_id(&env.lease_id) {
+            return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
         let mut data = SecretData::default();
         data.insert("username", SecretString::from(d.username.clone()));
         data.insert("password", SecretString::from(d.password.clone()));
         Ok(DbCreds {
             data,
-            lease_id: LeaseId::new(env.lease_id),
-            ttl: Duration::from_secs(env.lease_duration),
+            lease_id: LeaseId::new(env.lease_id.clone()),
+            ttl: server_ttl(op.kind, env.lease_duration),
             renewable: env.renewable,
         })
     }
@@ -513,6 +986,7 @@ impl Vault {
             what: format!("database role {mount}/roles/{role}"),
             capability: "read",
             path: format!("{mount}/roles/{role}"),
+            idempotent: true,
         };
         let body = self
             .call(&op, Some(token), |c| async move {
@@ -520,10 +994,10 @@ impl Vault {
             })
             .await?;
         let env: Envelope<DbRoleData> = parse(&op, &body)?;
-        Ok(env.data.map(|d| d.max_ttl).filter(|t| *t > 0).map(Duration::from_secs))
+        Ok(env.data.map(|d| d.max_ttl).filter(|t| *t > 0).map(|t| server_ttl(op.kind, t)))
     }
 
-    /// `PUT sys/leases/renew`.
+    /// `PUT sys/leases/renew/<lease_id>`.
     pub async fn renew_lease(
         &self,
         token: &SecretString,
@@ -534,38 +1008,84 @@ impl Vault {
             kind: "lease_renew",
             what: format!("lease renewal of {}", lease.path()),
             capability: "update",
-            path: "sys/leases/renew".into(),
+            path: format!("sys/leases/renew/{}", lease.path()),
+            idempotent: true,
         };
-        let body = self
+        if !valid_lease_id(lease.as_str()) {
+            return Err(malformed(&op, "a lease_id that is not a plain path"));
+        }
+        let inc = increment.as_secs().max(1);
+        let id = lease.as_str();
+        let body = match self
             .call(&op, Some(token), |c| async move {
-                raw(
-                    &c,
-                    RenewLeaseRequest { lease_id: lease.as_str().to_owned(), increment: increment.as_secs().max(1) },
-                )
-                .await
+                raw(&c, RenewLeaseRequest { lease_id: id.to_owned(), increment: inc }).await
             })
-            .await?;
+            .await
+        {
+            Err(e) if e.is_forbidden() => {
+                unscoped_fallback(e, || {
+                    self.call(&op, Some(token), |c| async move {
+                        raw(&c, RenewLeaseBodyRequest { lease_id: id.to_owned(), increment: inc }).await
+                    })
+                })
+                .await?
+            }
+            r => r?,
+        };
         let env: Envelope<serde::de::IgnoredAny> = parse(&op, &body)?;
-        let ttl = Duration::from_secs(env.lease_duration);
+        let ttl = server_ttl(op.kind, env.lease_duration);
         // OpenBao grants exactly the increment unless max_ttl is in the way,
         // and then also says so in a warning.
         let warned = env.warnings.iter().flatten().any(|w| w.contains("max_ttl") || w.contains("capped"));
         Ok(Renewed { ttl, renewable: env.renewable, capped: ttl < increment || warned })
     }
 
-    /// `PUT sys/leases/revoke`.
+    /// `PUT sys/leases/lookup` with `{"lease_id": …}`: whether Vault still
+    /// knows the lease. A revoked or expired one answers 400 `invalid lease`
+    /// ([`VaultError::is_lease_gone`]); nothing is issued or extended.
+    pub async fn lookup_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
+        let op = Op {
+            kind: "lease_lookup",
+            what: format!("lease lookup of {}", lease.path()),
+            capability: "update",
+            path: "sys/leases/lookup".into(),
+            idempotent: true,
+        };
+        if !valid_lease_id(lease.as_str()) {
+            return Err(malformed(&op, "a lease_id that is not a plain path"));
+        }
+        let id = lease.as_str();
+        self.call(&op, Some(token), |c| async move { raw(&c, LookupLeaseRequest { lease_id: id.to_owned() }).await })
+            .await
+            .map(drop)
+    }
+
+    /// `PUT sys/leases/revoke/<lease_id>`.
     pub async fn revoke_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
         let op = Op {
             kind: "lease_revoke",
             what: format!("lease revocation of {}", lease.path()),
             capability: "update",
-            path: "sys/leases/revoke".into(),
+            path: format!("sys/leases/revoke/{}", lease.path()),
+            idempotent: true,
         };
-        self.call(&op, Some(token), |c| async move {
-            raw(&c, RevokeLeaseRequest { lease_id: lease.as_str().to_owned() }).await
-        })
-        .await
-        .map(drop)
+        if !valid_lease_id(lease.as_str()) {
+            return Err(malformed(&op, "a lease_id that is not a plain path"));
+        }
+        let id = lease.as_str();
+        match self
+            .call(&op, Some(token), |c| async move { raw(&c, RevokeLeaseRequest { lease_id: id.to_owned() }).await })
+            .await
+        {
+            Err(e) if e.is_forbidden() => unscoped_fallback(e, || {
+                self.call(&op, Some(token), |c| async move {
+                    raw(&c, RevokeLeaseBodyRequest { lease_id: id.to_owned() }).await
+                })
+            })
+            .await
+            .map(drop),
+            r => r.map(drop),
+        }
     }
 
     /// Reads a KV secret (v1 or v2) as a map of strings; non-string values
@@ -582,11 +1102,38 @@ impl Vault {
         } else {
             (format!("{mount}/{path}"), format!("kv secret {mount}/{path}"))
         };
-        let op = Op { kind: "kv_read", what, capability: "read", path: api_path };
+        let op = Op { kind: "kv_read", what, capability: "read", path: api_path, idempotent: true };
         let map: BTreeMap<String, serde_json::Value> = if version == 2 {
-            self.call(&op, Some(token), |c| async move { vaultrs::kv2::read(&c.0, mount, path).await }).await?
+            let body = self
+                .call(&op, Some(token), |c| async move {
+                    raw(
+                        &c,
+                        vaultrs::api::kv2::requests::ReadSecretRequest {
+                            mount: mount.to_owned(),
+                            path: path.to_owned(),
+                            version: None,
+                        },
+                    )
+                    .await
+                })
+                .await?;
+            let env: Envelope<Kv2Data> = parse(&op, &body)?;
+            env.data.and_then(|d| d.data).ok_or_else(|| malformed(&op, "no data"))?
         } else {
-            self.call(&op, Some(token), |c| async move { vaultrs::kv1::get(&c.0, mount, path).await }).await?
+            let body = self
+                .call(&op, Some(token), |c| async move {
+                    raw(
+                        &c,
+                        vaultrs::api::kv1::requests::GetSecretRequest {
+                            mount: mount.to_owned(),
+                            path: path.to_owned(),
+                        },
+                    )
+                    .await
+                })
+                .await?;
+            let env: Envelope<BTreeMap<String, serde_json::Value>> = parse(&op, &body)?;
+            env.data.ok_or_else(|| malformed(&op, "no data"))?
         };
         let mut data = SecretData::default();
         for (k, v) in map {
@@ -600,10 +1147,33 @@ impl Vault {
     }
 }
 
-/// Executes one of our endpoints, returning the body (wiped on drop).
+/// Executes an endpoint through our transport, returning the body (wiped on
+/// drop). Error statuses become `APIError` with Vault's `errors` strings.
 async fn raw<E: Endpoint>(c: &Conn, e: E) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-    let res = e.with_middleware(&c.0.middle).exec(&c.0.http).await?;
-    Ok(Zeroizing::new(res.response.into_body()))
+    let res = e.with_middleware(&c.middle).exec(&c.transport).await;
+    match res {
+        Ok(r) => Ok(Zeroizing::new(r.response.into_body())),
+        Err(RestError::ServerResponseError { code, content }) => {
+            let content = content.map(Zeroizing::new);
+            let errors = content
+                .as_deref()
+                .and_then(|c| serde_json::from_str::<ErrorBody>(c).ok())
+                .map(|b| b.errors)
+                .unwrap_or_default();
+            Err(ClientError::APIError { code, errors })
+        }
+        Err(e) => Err(ClientError::RestClientError { source: e }),
+    }
+}
+
+/// Whether a failed request surely never reached a server: no connection,
+/// or a redirect we did not follow (the server that answered did nothing).
+fn surely_unsent(e: &ClientError) -> bool {
+    let ClientError::RestClientError { source: RestError::RequestError { source, .. } } = e else { return false };
+    if source.downcast_ref::<RedirectRefused>().is_some() {
+        return true;
+    }
+    source.downcast_ref::<reqwest::Error>().is_some_and(|r| r.is_connect())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(op: &Op, body: &[u8]) -> Result<T, VaultError> {
@@ -614,15 +1184,17 @@ fn malformed(op: &Op, what: &'static str) -> VaultError {
     VaultError::Malformed { op: op.what.clone(), what }
 }
 
-fn auth_from(op: &Op, mut info: vaultrs::api::AuthInfo) -> Result<Auth, VaultError> {
+fn auth_from(op: &Op, body: &[u8]) -> Result<Auth, VaultError> {
+    let env: Envelope<serde::de::IgnoredAny> = parse(op, body)?;
+    let Some(mut info) = env.auth else { return Err(malformed(op, "no auth")) };
     let token = SecretString::from(std::mem::take(&mut info.client_token));
-    // The token goes into a header on every request; vaultrs would panic
-    // building one from anything but visible ASCII.
+    // The token goes into a header on every request; the HTTP stack refuses
+    // (or vaultrs panics on) anything but visible ASCII.
     let t = token.expose_secret();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(malformed(op, "a client token that is not visible ASCII"));
     }
-    Ok(Auth { token, ttl: Duration::from_secs(info.lease_duration), renewable: info.renewable })
+    Ok(Auth { token, ttl: server_ttl(op.kind, info.lease_duration), renewable: info.renewable })
 }
 
 /// Vault's error JSON: `{"errors": ["…"]}`.
@@ -673,6 +1245,10 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
                 .unwrap_or_default();
             status_err(code, errors)
         }
+        R::ResponseError { source } if source.downcast_ref::<BodyTooLarge>().is_some() => {
+            let limit = source.downcast_ref::<BodyTooLarge>().map_or(0, |b| b.0);
+            VaultError::TooLarge { op: op.what.clone(), limit }
+        }
         R::RequestError { source, .. } | R::ResponseError { source } => VaultError::Unreachable {
             op: op.what.clone(),
             addr: addr.to_string(),
@@ -721,6 +1297,7 @@ mod tests {
             what: "database credentials database/creds/api".into(),
             capability: "read",
             path: "database/creds/api".into(),
+            idempotent: false,
         }
     }
 
@@ -770,6 +1347,111 @@ mod tests {
             ClientError::APIError { code: 500, errors: vec![format!("a{}", "é".repeat(400))] },
         );
         assert!(e.to_string().len() < 1000);
+    }
+
+    const TEST_CA: &str = include_str!("../tests/fixtures/hostile-ca.pem");
+
+    fn url(s: &str) -> reqwest::Url {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn redirect_is_followed_only_to_a_configured_address_and_never_down_to_http() {
+        let allowed = [url("https://a.example:8200"), url("https://b.example:8200"), url("http://127.0.0.1:8200")];
+        let from = url("https://a.example:8200/v1/auth/approle/login");
+        let ok = redirect_target(&from, "https://b.example:8200/v1/auth/approle/login", &allowed).unwrap();
+        assert_eq!(ok.as_str(), "https://b.example:8200/v1/auth/approle/login");
+        // Relative locations stay on the same origin.
+        assert!(redirect_target(&from, "/v1/x", &allowed).is_ok());
+        for bad in [
+            "https://evil.example:8200/v1/auth/approle/login",
+            "https://b.example:8201/v1/x",
+            "http://a.example:8200/v1/x",
+            // Configured, but plain http reached from https: a downgrade.
+            "http://127.0.0.1:8200/v1/x",
+            "//evil.example/v1/x",
+        ] {
+            let e = redirect_target(&from, bad, &allowed).unwrap_err();
+            assert!(e.to_string().contains("not followed"), "{bad}: {e}");
+        }
+        let e = redirect_target(&from, "http://127.0.0.1:8200/v1/x", &allowed).unwrap_err();
+        assert!(e.to_string().contains("leave https"), "{e}");
+    }
+
+    #[test]
+    fn body_cap_refuses_one_byte_more_and_keeps_what_fits() {
+        let mut buf = Zeroizing::new(Vec::new());
+        for _ in 0..4 {
+            push_capped(&mut buf, &[7u8; 256], 1024).unwrap();
+        }
+        assert_eq!(buf.len(), 1024);
+        assert!(buf.capacity() <= 1024);
+        assert!(push_capped(&mut buf, &[1], 1024).is_err());
+        assert_eq!(buf.len(), 1024);
+    }
+
+    #[test]
+    fn absurd_ttls_are_clamped() {
+        assert_eq!(server_ttl("db_creds", u64::MAX), MAX_TTL);
+        assert_eq!(server_ttl("db_creds", 0), MIN_TTL);
+        assert_eq!(server_ttl("login", 3600), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn lease_ids_that_would_steer_the_path_are_refused() {
+        assert!(valid_lease_id("database/creds/api/AbC.12-x_y"));
+        for bad in
+            ["", "/database/creds/api/x", "database/../../auth/token/revoke-self", "a//b", "a/b?c", "a/b#c", "a b"]
+        {
+            assert!(!valid_lease_id(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn issue_bucket_caps_the_rate_after_the_burst() {
+        let b = IssueBucket::new(5.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..25 {
+            b.take().await;
+        }
+        // 5 at once, then 20 at 10 per second.
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100), "{took:?}");
+    }
+
+    fn cfg(addr: &str, ca: Option<&str>) -> VaultConfig {
+        VaultConfig {
+            addresses: vec![url(addr)],
+            ca_cert: ca.map(Into::into),
+            namespace: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            client_cert: None,
+            max_response_size: DEFAULT_MAX_RESPONSE,
+        }
+    }
+
+    #[test]
+    fn missing_system_ca_certificates_name_the_paths_and_the_fix() {
+        let nowhere = ["/nonexistent/vaultlet-test/ca.crt", "/nonexistent/vaultlet-test/cert.pem"];
+        let Err(e) = Vault::with_system_roots(&cfg("https://vault.example:8200", None), &nowhere) else {
+            panic!("built a client with no roots")
+        };
+        let msg = e.to_string();
+        assert!(msg.contains(nowhere[0]) && msg.contains(nowhere[1]), "{msg}");
+        assert!(msg.contains("ca-certificates") && msg.contains("vault.ca_cert"), "{msg}");
+        // Plain http to loopback needs no roots at all.
+        assert!(Vault::with_system_roots(&cfg("http://127.0.0.1:8200", None), &nowhere).is_ok());
+    }
+
+    #[test]
+    fn configured_ca_needs_no_system_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let nowhere = ["/nonexistent/vaultlet-test/ca.crt"];
+        let c = cfg("https://vault.example:8200", Some(ca.to_str().unwrap()));
+        assert!(Vault::with_system_roots(&c, &nowhere).is_ok());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 // No runtime dependencies. `pg` is only used by createPgPool, and the caller
 // passes it in.
 
+const fs = require('node:fs');
 const http = require('node:http');
+const nodePathMod = require('node:path');
 
 const DEFAULT_SOCKET = '/run/vaultlet/vaultlet.sock';
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -164,7 +166,41 @@ function statusError(status, body, socket, secret) {
  * rejects with a VaultletError for connection problems, timeouts, aborts and
  * unreadable answers. Always settles within timeoutMs.
  */
-function request(path, { socket, timeoutMs, signal }) {
+/**
+ * `expectUid`: Node cannot read the server's SO_PEERCRED (as `vaultlet get
+ * --expect-uid` does), so this checks the socket file before connecting: it
+ * must be a socket owned by `expectUid`, in a directory other users cannot
+ * write to (or a sticky one owned by `expectUid` or root). That proves the
+ * file at the path was put there by `expectUid` (or root) and that nobody
+ * else could have swapped it since. It does not prove which process listens
+ * on it (that uid could hand the socket to another process), and it checks
+ * only the socket's own directory, not the directories above it. Throws
+ * WRONG_OWNER before anything is sent.
+ */
+function checkOwner(socket, expectUid) {
+  if (expectUid === undefined || expectUid === null) return;
+  let st;
+  let dir;
+  const dirname = nodePathMod.dirname(socket);
+  try {
+    st = fs.lstatSync(socket);
+    dir = fs.statSync(dirname);
+  } catch {
+    return; // missing: connecting reports it
+  }
+  const refuse = (why) => {
+    throw new VaultletError('WRONG_OWNER', `${why}; request not sent (expectUid ${expectUid})`, { socket });
+  };
+  if (!st.isSocket()) refuse(`${socket} is not a socket`);
+  if (st.uid !== expectUid) refuse(`${socket} is owned by uid ${st.uid}`);
+  if (dir.mode & 0o002) {
+    if (!(dir.mode & 0o1000)) refuse(`${dirname} is writable by other users without the sticky bit`);
+    if (dir.uid !== expectUid && dir.uid !== 0) refuse(`${dirname} is writable by other users and owned by uid ${dir.uid}`);
+  }
+}
+
+function request(path, { socket, timeoutMs, signal, expectUid, method = 'GET' }) {
+  checkOwner(socket, expectUid);
   return new Promise((resolve, reject) => {
     let settled = false;
     let req;
@@ -181,7 +217,7 @@ function request(path, { socket, timeoutMs, signal }) {
       if (req) req.destroy();
     };
     const timer = setTimeout(() => {
-      fail(new VaultletError('TIMEOUT', `vaultlet on ${socket} did not answer GET ${path} within ${timeoutMs} ms`, { socket }));
+      fail(new VaultletError('TIMEOUT', `vaultlet on ${socket} did not answer ${method} ${path} within ${timeoutMs} ms`, { socket }));
     }, timeoutMs);
     const onAbort = () => fail(new VaultletError('ABORTED', 'request aborted', { socket }));
     if (signal) {
@@ -189,7 +225,13 @@ function request(path, { socket, timeoutMs, signal }) {
       signal.addEventListener('abort', onAbort, { once: true });
     }
     req = http.request(
-      { socketPath: socket, path, method: 'GET', agent: false, headers: { accept: 'application/json', host: 'vaultlet' } },
+      {
+        socketPath: socket,
+        path,
+        method,
+        agent: false,
+        headers: { accept: 'application/json', host: 'vaultlet', ...(method === 'GET' ? {} : { 'content-length': '0' }) },
+      },
       (res) => {
         const chunks = [];
         let size = 0;
@@ -262,7 +304,7 @@ function warner(prefix, code) {
 }
 
 // Errors that waiting or retrying will not fix by themselves.
-const PERMANENT = new Set(['FORBIDDEN', 'RATE_LIMITED', 'EACCES', 'NOT_FOUND', 'BAD_REQUEST']);
+const PERMANENT = new Set(['FORBIDDEN', 'RATE_LIMITED', 'EACCES', 'NOT_FOUND', 'BAD_REQUEST', 'WRONG_OWNER']);
 
 function timeoutError(what, timeoutMs, last, socket) {
   const because = last ? `: ${last.message}` : '';
@@ -291,7 +333,7 @@ async function waitUntilReady(opts = {}) {
     const left = deadline - Date.now();
     if (left <= 0) throw timeoutError('vaultlet was not ready', timeoutMs, last, socket);
     try {
-      const res = await request('/v1/ready', { socket, timeoutMs: Math.min(left, DEFAULT_TIMEOUT_MS), signal: opts.signal });
+      const res = await request('/v1/ready', { socket, expectUid: opts.expectUid, timeoutMs: Math.min(left, DEFAULT_TIMEOUT_MS), signal: opts.signal });
       if (res.status === 200) return { ready: true };
       last = statusError(res.status, res.body, socket);
       if (PERMANENT.has(last.code)) throw last;
@@ -313,7 +355,7 @@ async function getSecret(name, opts = {}) {
   const socket = socketPath(opts);
   const path = `/v1/secrets/${encodeURIComponent(name)}`;
   if (!opts.waitUntilReady) {
-    const res = await request(path, { socket, timeoutMs: positive(opts.timeoutMs, DEFAULT_TIMEOUT_MS), signal: opts.signal });
+    const res = await request(path, { socket, expectUid: opts.expectUid, timeoutMs: positive(opts.timeoutMs, DEFAULT_TIMEOUT_MS), signal: opts.signal });
     if (res.status === 200) return res.body;
     throw statusError(res.status, res.body, socket, name);
   }
@@ -326,6 +368,7 @@ async function getSecret(name, opts = {}) {
     try {
       const res = await request(`${path}?wait=${Math.max(1, Math.floor(left))}ms`, {
         socket,
+        expectUid: opts.expectUid,
         timeoutMs: left + 2000,
         signal: opts.signal,
       });
@@ -340,6 +383,34 @@ async function getSecret(name, opts = {}) {
   }
 }
 
+// A report waits for vaultlet to check the lease and, if it is gone, for the
+// replacement to be issued (vaultlet gives up after 15 s).
+const DEFAULT_REPORT_TIMEOUT_MS = 20000;
+
+/**
+ * POST /v1/secrets/{name}/rejected?version=N: tells vaultlet that the database
+ * refused the credential of `version`. vaultlet looks the lease up at once and
+ * replaces it if Vault no longer knows it. Resolves { name, version, replaced }:
+ * the version to use now (`replaced` is true when it is another credential).
+ */
+async function reportRejected(name, version, opts = {}) {
+  checkName(name);
+  if (!Number.isSafeInteger(version) || version < 0) {
+    throw new TypeError('vaultlet: reportRejected needs the version number the credential came with');
+  }
+  const socket = socketPath(opts);
+  const path = `/v1/secrets/${encodeURIComponent(name)}/rejected?version=${version}`;
+  const res = await request(path, {
+    socket,
+    method: 'POST',
+    timeoutMs: positive(opts.timeoutMs, DEFAULT_REPORT_TIMEOUT_MS),
+    signal: opts.signal,
+    expectUid: opts.expectUid,
+  });
+  if (res.status === 200) return res.body;
+  throw statusError(res.status, res.body, socket, name);
+}
+
 /**
  * GET /v1/secrets → { [name]: data }. Throws NOT_READY naming every secret
  * vaultlet does not hold, unless {partial: true}. With {waitUntilReady: true}
@@ -350,6 +421,7 @@ async function loadSecrets(opts = {}) {
   if (opts.waitUntilReady) await waitUntilReady(opts);
   const res = await request('/v1/secrets', {
     socket,
+    expectUid: opts.expectUid,
     timeoutMs: positive(opts.waitUntilReady ? undefined : opts.timeoutMs, DEFAULT_TIMEOUT_MS),
     signal: opts.signal,
   });
@@ -409,7 +481,7 @@ function watch(name, callback, opts = {}) {
       const started = Date.now();
       let changed = false;
       try {
-        const res = await request(path + q, { socket, timeoutMs: waitMs + 10000, signal: stop.signal });
+        const res = await request(path + q, { socket, expectUid: opts.expectUid, timeoutMs: waitMs + 10000, signal: stop.signal });
         if (res.status === 200 && res.body && typeof res.body.version === 'number') {
           attempt = 0;
           fresh = false;
@@ -563,6 +635,7 @@ async function createPgPool(name, opts = {}) {
     },
     {
       socket,
+      expectUid: opts.expectUid,
       pollWaitMs: opts.pollWaitMs,
       minBackoffMs: opts.minBackoffMs,
       maxBackoffMs: opts.maxBackoffMs,
@@ -581,24 +654,40 @@ async function createPgPool(name, opts = {}) {
     throw outcome.error;
   }
 
-  // After a login failure, check whether vaultlet already has a newer
-  // credential (e.g. a change the watcher has not delivered yet).
-  const refresh = async () => {
-    try {
-      swap(await getSecret(name, { socket }));
-    } catch (err) {
-      onError(err);
+  // After a login failure: report the refused credential (vaultlet checks
+  // its lease at once and replaces it if it was revoked), then take whatever
+  // vaultlet serves now. Queries failing together share one report.
+  const reports = new Map(); // version → promise of the report and refresh
+  const refresh = (usedVersion) => {
+    if (!reports.has(usedVersion)) {
+      const p = (async () => {
+        try {
+          await reportRejected(name, usedVersion, { socket, expectUid: opts.expectUid });
+        } catch (err) {
+          onError(err);
+        }
+        try {
+          swap(await getSecret(name, { socket, expectUid: opts.expectUid }));
+        } catch (err) {
+          onError(err);
+        }
+      })();
+      reports.set(usedVersion, p);
+      p.finally(() => reports.delete(usedVersion));
     }
+    return reports.get(usedVersion);
   };
 
   const withRetry = async (fn) => {
     const used = pool;
+    const usedVersion = version;
     try {
       return await fn(used);
     } catch (err) {
       if (ended || !err || !LOGIN_FAILURES.has(err.code)) throw err;
-      await refresh();
+      await refresh(usedVersion);
       if (pool === used) throw err;
+      // A new pool: the retry runs on a new connection with the new credential.
       return fn(pool);
     }
   };
@@ -650,4 +739,5 @@ module.exports = {
   waitUntilReady,
   watch,
   createPgPool,
+  reportRejected,
 };

@@ -25,7 +25,9 @@ export type VaultletErrorCode =
   /** Any other unexpected answer or transport failure. */
   | 'EPROTO'
   /** The request was aborted through `signal`. */
-  | 'ABORTED';
+  | 'ABORTED'
+  /** `expectUid` was given and the socket file is not that uid's, or sits in a directory others may write; nothing was sent. */
+  | 'WRONG_OWNER';
 
 export declare class VaultletError extends Error {
   constructor(
@@ -89,6 +91,11 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Abort the request(s). */
   signal?: AbortSignalLike;
+  /**
+   * Only talk to a socket file owned by this uid, in a directory other users cannot
+   * write to (else WRONG_OWNER, nothing sent). Checks the file, not the listening process.
+   */
+  expectUid?: number;
 }
 
 export interface GetSecretOptions extends ClientOptions {
@@ -110,6 +117,8 @@ export interface WaitUntilReadyOptions extends ClientOptions {
 
 export interface WatchOptions {
   socket?: string;
+  /** As in ClientOptions: only a socket file owned by this uid. */
+  expectUid?: number;
   /** How long one long-poll waits on the server (default 30000, max 300000). */
   pollWaitMs?: number;
   /** Reconnect backoff: first delay (default 250) and cap (default 10000), with jitter. */
@@ -154,6 +163,24 @@ export declare function watch<D extends Record<string, string> = Record<string, 
   opts?: WatchOptions,
 ): Watcher<D>;
 
+/** The answer to a rejected-credential report. */
+export interface RejectedAnswer {
+  name: string;
+  /** The version to use now. */
+  version: number;
+  /** True when it is another credential than the one reported (the lease was gone, or already replaced). */
+  replaced: boolean;
+}
+
+export type ReportRejectedOptions = ClientOptions;
+
+/**
+ * POST /v1/secrets/{name}/rejected?version=N: the database refused the credential of `version`.
+ * vaultlet looks its lease up at once and replaces it if Vault no longer knows it; resolves once
+ * the version to use is published.
+ */
+export declare function reportRejected(name: string, version: number, opts?: ReportRejectedOptions): Promise<RejectedAnswer>;
+
 /** The parts of node-postgres createPgPool uses (structural, so `pg` stays optional). */
 export interface PgModuleLike<P extends PgPoolLike = PgPoolLike> {
   Pool: new (config: any) => P;
@@ -190,6 +217,8 @@ export interface PgPoolOptions<P extends PgPoolLike = PgPoolLike> {
   /** Maps the secret's data to pool credentials. Default: `{ user: data.username, password: data.password }`. */
   credentials?: (data: Record<string, string>) => { user: string; password: string };
   socket?: string;
+  /** As in ClientOptions: only a socket file owned by this uid. */
+  expectUid?: number;
   /** How long to wait for the first credential (default 30000). */
   timeoutMs?: number;
   pollWaitMs?: number;
@@ -202,7 +231,7 @@ export interface PgPoolOptions<P extends PgPoolLike = PgPoolLike> {
 }
 
 export interface RotatingPgPool<P extends PgPoolLike = PgPoolLike> {
-  /** pg's pool.query on the current pool (promise or callback form). A login refused with an old password is retried once on a fresh credential. */
+  /** pg's pool.query on the current pool (promise or callback form). A login refused by PostgreSQL (SQLSTATE 28P01/28000) is reported to vaultlet (`reportRejected`) and retried once on a new connection with the credential vaultlet serves then. */
   query: P['query'];
   /** A client from the current pool; call `client.release()` when done. */
   connect(): Promise<PgClientOf<P>>;

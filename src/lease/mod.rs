@@ -7,6 +7,25 @@
 //! drain task that keeps it renewed until `drain` has passed and then revokes
 //! it (or just lets it run out with `revoke_old_after = "never"`).
 //!
+//! Whatever the lease times say, two credentials of one secret are issued at
+//! least [`MIN_ISSUE_INTERVAL`] apart, so a server answering tiny TTLs cannot
+//! make vaultlet hammer it (the issue bucket in [`crate::vault`] caps all
+//! secrets together).
+//!
+//! A lease can also die behind vaultlet's back: an operator revokes it, or
+//! revokes the token that created it (Vault revokes a token's leases with
+//! it). Three things notice that well before the next renewal:
+//!
+//! * the task looks its lease up (`sys/leases/lookup`) every `verify_every`;
+//!   a lease Vault no longer knows is withdrawn and replaced at once, a
+//!   lookup that fails for any other reason changes nothing;
+//! * the auth task confirms a dead token ([`AuthHandle::is_dead`]): every
+//!   credential issued under it is withdrawn and replaced as soon as the new
+//!   token is there, and a 403 retry waits for that token, not for the slow
+//!   backoff;
+//! * the app reports a refused login (`POST /v1/secrets/{name}/rejected`,
+//!   see [`crate::rejected`]): the task looks the lease up at once.
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
@@ -28,29 +47,83 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHandle, current_token};
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
+use crate::rejected::{CHECK_INTERVAL, Check, Checked};
 use crate::secret::{Lease, LeaseId, SecretData};
 use crate::store::{LeaseView, Store};
 use crate::vault::{Vault, VaultError};
 use schedule::{Backoff, LeaseTimes, Step};
 
-/// Every lease vaultlet holds, for revocation at shutdown.
+/// Shortest time between two credentials issued for one secret. A server
+/// that answers with tiny TTLs (or lies) gets at most one issue per second
+/// per secret; the test bed's 3 s leases are replaced every 1.5 s, so real
+/// short leases are not slowed.
+pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every lease vaultlet holds (with the token generation that issued it),
+/// for revocation at shutdown and to know when an old token is unused.
 #[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<HashMap<LeaseId, Instant>>>);
+pub struct Leases(Arc<Mutex<LeaseMap>>);
+
+#[derive(Default)]
+struct LeaseMap {
+    live: HashMap<LeaseId, (Instant, u64)>,
+    /// Issues in flight per token generation: their lease is not known yet.
+    pending: HashMap<u64, usize>,
+}
+
+/// An issue in flight under one token generation (see [`Leases::pending`]).
+pub struct Pending(Leases, u64);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.pending.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.pending.remove(&self.1);
+            }
+        }
+    }
+}
 
 impl Leases {
-    fn add(&self, id: &LeaseId, expires_at: Instant) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), expires_at);
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks an issue under `generation` as in flight until dropped.
+    fn pending(&self, generation: u64) -> Pending {
+        *self.lock().pending.entry(generation).or_default() += 1;
+        Pending(self.clone(), generation)
+    }
+
+    fn add(&self, id: &LeaseId, expires_at: Instant, generation: u64) {
+        self.lock().live.insert(id.clone(), (expires_at, generation));
+    }
+
+    fn extend(&self, id: &LeaseId, expires_at: Instant) {
+        if let Some(e) = self.lock().live.get_mut(id) {
+            e.0 = expires_at;
+        }
+    }
+
+    /// Whether a lease issued under token `generation` is still live, or
+    /// an issue under it is in flight.
+    pub fn uses_generation(&self, generation: u64) -> bool {
+        let now = Instant::now();
+        let m = self.lock();
+        m.pending.contains_key(&generation) || m.live.values().any(|(end, g)| *g == generation && *end > now)
     }
 
     fn remove(&self, id: &LeaseId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.lock().live.remove(id);
     }
 
     /// Takes every lease that has not ended yet.
     pub fn take_live(&self) -> Vec<LeaseId> {
         let now = Instant::now();
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.drain().filter(|(_, end)| *end > now).map(|(id, _)| id).collect()
+        let mut m = self.lock();
+        m.live.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
     }
 }
 
@@ -87,6 +160,14 @@ struct Held {
     token_end: Option<Instant>,
 }
 
+/// What the task wakes up to do.
+enum Wake {
+    /// The scheduled renewal or replacement.
+    Step,
+    /// The `verify_every` lookup.
+    Verify,
+}
+
 impl Held {
     fn times(&self) -> LeaseTimes {
         let hard_end = match (self.cap, self.token_end) {
@@ -110,10 +191,18 @@ struct Database {
     cx: Cx,
     spec: SecretSpec,
     cur: Option<Held>,
+    /// When the last credential was issued (or asked for).
+    last_issue: Option<Instant>,
     /// Lifetime (issue → cap) learned from an earlier lease of this secret.
     learned: Option<Duration>,
     transient: Backoff,
     permanent: Backoff,
+    /// When Vault last vouched for the held lease (issue, renewal, lookup).
+    vouched_at: Option<Instant>,
+    /// The step planned for the held lease's times.
+    plan: Option<(LeaseTimes, Step)>,
+    /// The last lookup a report asked for that found the lease there.
+    last_check: Option<Instant>,
 }
 
 impl Database {
@@ -122,18 +211,38 @@ impl Database {
             cx,
             spec,
             cur: None,
+            last_issue: None,
             learned: None,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
+            vouched_at: None,
+            plan: None,
+            last_check: None,
         }
     }
 
     async fn run(mut self, mount: &str, role: &str) {
         let name = self.spec.name.clone();
         let mut token_rx = self.cx.auth.token.clone();
+        let mut deaths = self.cx.auth.deaths();
+        let mut checks = self.cx.store.rejections().register(&name);
         let mut asked_max_ttl = false;
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
+            deaths.borrow_and_update();
+            if self.cur.as_ref().is_some_and(|h| self.cx.auth.is_dead(h.token_generation)) {
+                // Vault revoked the lease with its token.
+                self.expired("its token was revoked");
+            }
+            if self.cx.auth.is_dead(token.generation) {
+                // The auth task is logging in again; nothing works until then.
+                tokio::select! {
+                    _ = self.cx.shutdown.cancelled() => return,
+                    _ = token_rx.changed() => {}
+                    Some(c) = checks.recv() => self.answer(c, Checked::Gone),
+                }
+                continue;
+            }
             if !asked_max_ttl && self.cur.is_some() {
                 // Once, after the first credential is out (so it costs start-up
                 // nothing): the role's max_ttl, if the policy lets us read it.
@@ -148,7 +257,7 @@ impl Database {
                         tracing::debug!(secret = %name, max_ttl = ?max, "read the role's max_ttl");
                         self.learned = Some(max);
                         if let Some(h) = self.cur.as_mut() {
-                            h.cap = Some(h.lease.issued_at + max);
+                            h.cap = Some(schedule::after(h.lease.issued_at, max));
                         }
                     }
                     Ok(None) => {}
@@ -166,17 +275,58 @@ impl Database {
             let now = Instant::now();
             let step = match &self.cur {
                 None => Step::Replace(now),
-                Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+                // Planned once per lease state: waking for a lookup or a
+                // report must not move the renewal (see `schedule::verify_at`).
+                Some(h) => match self.plan {
+                    Some((times, step)) if times == h.times() => step,
+                    _ => {
+                        let step = schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter());
+                        self.plan = Some((h.times(), step));
+                        step
+                    }
+                },
+            };
+            // Whatever the lease times say, issues of one secret are spaced.
+            let step = match (step, self.last_issue) {
+                (Step::Replace(t), Some(last)) => Step::Replace(t.max(schedule::after(last, MIN_ISSUE_INTERVAL))),
+                (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-            tokio::select! {
+            let verify_at = self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()));
+            let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
                 _ = token_rx.changed() => continue,
-                _ = sleep_until(step.at()) => {}
+                _ = deaths.changed() => continue,
+                Some(c) = checks.recv() => {
+                    let shutdown = self.cx.shutdown.clone();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        found = self.check(&token, true) => self.answer(c, found),
+                    }
+                    continue;
+                }
+                _ = sleep_until(step.at()) => Wake::Step,
+                _ = sleep_until(verify_at.unwrap_or(step.at())), if self.cur.is_some() && verify_at.is_some() => Wake::Verify,
                 _ = sleep_until(expiry.unwrap_or(step.at())), if expiry.is_some_and(|e| e < step.at()) => {
                     self.expired("lease ended before it could be renewed or replaced");
                     continue;
                 }
+            };
+            if let Wake::Verify = wake {
+                // Errors change nothing here: the renewal rhythm handles them.
+                let shutdown = self.cx.shutdown.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.check(&token, false) => {}
+                }
+                continue;
+            }
+            // A new token may have arrived at the same moment the step fell
+            // due (select! picks either): decide again with it, or a
+            // replacement would be issued under the token that is about to
+            // die, and die with it.
+            if token_rx.has_changed().unwrap_or(false) {
+                continue;
             }
             let shutdown = self.cx.shutdown.clone();
             let attempt = async {
@@ -190,6 +340,8 @@ impl Database {
                 _ = shutdown.cancelled() => return,
                 r = attempt => r,
             };
+            // Whatever happened, the next step is planned afresh.
+            self.plan = None;
             match res {
                 Ok(()) => {
                     self.transient.reset();
@@ -206,11 +358,14 @@ impl Database {
                     };
                     tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "database secret");
                     self.cx.store.set_problem(&name, e.to_string());
-                    let until = Instant::now() + wait;
+                    let until = schedule::after(Instant::now(), wait);
                     let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
                     tokio::select! {
                         _ = self.cx.shutdown.cancelled() => return,
                         _ = sleep_until(until) => {}
+                        // A new token (after a dead one) is worth trying at once.
+                        _ = token_rx.changed(), if e.is_forbidden() => self.permanent.reset(),
+                        _ = deaths.changed(), if e.is_forbidden() => self.permanent.reset(),
                         _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
                     }
                     if self.cur.as_ref().is_some_and(|h| h.lease.expires_at <= Instant::now()) {
@@ -219,6 +374,51 @@ impl Database {
                 }
             }
         }
+    }
+
+    /// Looks the held lease up; a lease Vault no longer knows is withdrawn,
+    /// so the next turn replaces it. Reports get at most one lookup per
+    /// [`CHECK_INTERVAL`] that found the lease there (the scheduled lookups
+    /// do not count: a report right after one must still look).
+    async fn check(&mut self, token: &crate::secret::Token, reported: bool) -> Checked {
+        let Some(h) = self.cur.as_ref() else { return Checked::Gone };
+        let now = Instant::now();
+        if reported && self.last_check.is_some_and(|t| now < schedule::after(t, CHECK_INTERVAL)) {
+            return Checked::Valid;
+        }
+        let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
+        crate::metrics::inc(
+            "vaultlet_lease_lookups_total",
+            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
+        );
+        let now = Instant::now();
+        // A failed lookup is not tried again before the next turn either.
+        self.vouched_at = Some(now);
+        match res {
+            Ok(()) => {
+                if reported {
+                    self.last_check = Some(now);
+                }
+                Checked::Valid
+            }
+            Err(e) if e.is_lease_gone() => {
+                self.expired("lease was revoked");
+                Checked::Gone
+            }
+            Err(e) if e.is_forbidden() => {
+                tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup refused; checking the token");
+                self.cx.auth.rejected(token.generation);
+                Checked::TokenChecked
+            }
+            Err(e) => {
+                tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup failed; the credential stays served");
+                Checked::Failed(e.to_string())
+            }
+        }
+    }
+
+    fn answer(&self, c: Check, found: Checked) {
+        let _ = c.reply.send(found);
     }
 
     fn expired(&mut self, why: &str) {
@@ -230,24 +430,27 @@ impl Database {
     }
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
+        self.last_issue = Some(Instant::now());
+        let _pending = self.cx.leases.pending(token.generation);
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
         crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
             issued_at: now,
-            expires_at: now + creds.ttl,
+            expires_at: schedule::after(now, creds.ttl),
             ttl: creds.ttl,
             renewable: creds.renewable,
         };
-        self.cx.leases.add(&lease.id, lease.expires_at);
+        self.cx.leases.add(&lease.id, lease.expires_at, token.generation);
         let held = Held {
-            cap: self.learned.map(|l| now + l),
+            cap: self.learned.map(|l| schedule::after(now, l)),
             lease,
             token_generation: token.generation,
             token_end: token.hard_end,
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
+        self.vouched_at = Some(now);
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
         if let Some(old) = self.cur.replace(held) {
             tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
@@ -265,7 +468,7 @@ impl Database {
         match res {
             Ok(r) => {
                 let now = Instant::now();
-                h.lease.expires_at = now + r.ttl;
+                h.lease.expires_at = schedule::after(now, r.ttl);
                 h.lease.renewable = r.renewable;
                 if r.capped {
                     // Capped: this is the role's max_ttl. Remember the lifetime
@@ -273,8 +476,9 @@ impl Database {
                     h.cap = Some(h.lease.expires_at);
                     self.learned = Some(h.lease.expires_at - h.lease.issued_at);
                 }
-                self.cx.leases.add(&h.lease.id, h.lease.expires_at);
+                self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
+                self.vouched_at = Some(now);
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
             }
@@ -290,7 +494,7 @@ impl Database {
 
 /// Keeps a replaced lease usable for `drain`, then revokes it (or lets it run out).
 async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
-    let drain_end = Instant::now() + spec.drain;
+    let drain_end = schedule::after(Instant::now(), spec.drain);
     let mut token_rx = cx.auth.token.clone();
     loop {
         let now = Instant::now();
@@ -329,11 +533,11 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
         match cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl).await {
             Ok(r) => {
                 let now = Instant::now();
-                old.lease.expires_at = now + r.ttl;
+                old.lease.expires_at = schedule::after(now, r.ttl);
                 if r.capped {
                     old.cap = Some(old.lease.expires_at);
                 }
-                cx.leases.add(&old.lease.id, old.lease.expires_at);
+                cx.leases.extend(&old.lease.id, old.lease.expires_at);
             }
             Err(e) if e.is_lease_gone() => {
                 cx.leases.remove(&old.lease.id);
@@ -358,6 +562,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             "vaultlet_kv_reads_total",
             &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
         );
+        let mut forbidden = false;
         let wait = match res {
             Ok(data) => {
                 transient.reset();
@@ -370,6 +575,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             }
             Err(e) => {
                 if e.is_forbidden() {
+                    forbidden = true;
                     cx.auth.rejected(token.generation);
                 }
                 let wait = if e.is_transient() {
@@ -385,6 +591,8 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
         tokio::select! {
             _ = cx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            // After a 403, a new login is worth trying at once.
+            _ = token_rx.changed(), if forbidden => permanent.reset(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::bed::{Bed, Daemon, eventually, test_dir};
@@ -15,7 +15,7 @@ use crate::tests::config;
 pub async fn exec_runs_the_app_with_secrets_and_restarts_on_change(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("exec")?;
     bed.approle("t_exec", "vaultlet-test", "1h", "4h", &dir, false).await?;
-    bed.write("secret/data/t_exec", json!({ "data": { "token": "first" } })).await?;
+    bed.write("secret/data/t_exec", json!({ "data": { "token": "exec-tok-1st-7f3a" } })).await?;
     let out = dir.join("out");
     let cfg = config(
         &bed,
@@ -27,12 +27,12 @@ pub async fn exec_runs_the_app_with_secrets_and_restarts_on_change(bed: Arc<Bed>
     let mut d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
     let lines = || std::fs::read_to_string(&out).unwrap_or_default();
     eventually(Duration::from_secs(30), "app started with the secret", || async {
-        Ok((lines() == "first\n").then_some(()))
+        Ok((lines() == "exec-tok-1st-7f3a\n").then_some(()))
     })
     .await?;
-    bed.write("secret/data/t_exec", json!({ "data": { "token": "second" } })).await?;
+    bed.write("secret/data/t_exec", json!({ "data": { "token": "exec-tok-2nd-9c1e" } })).await?;
     eventually(Duration::from_secs(15), "app restarted with the new secret", || async {
-        Ok((lines() == "first\nsecond\n").then_some(()))
+        Ok((lines() == "exec-tok-1st-7f3a\nexec-tok-2nd-9c1e\n").then_some(()))
     })
     .await?;
     // Unchanged re-reads do not restart it.
@@ -41,12 +41,12 @@ pub async fn exec_runs_the_app_with_secrets_and_restarts_on_change(bed: Arc<Bed>
         Ok((d.log_text().matches("read kv secret").count() >= reads + 3).then_some(()))
     })
     .await?;
-    ensure!(lines() == "first\nsecond\n", "restarted without a change: {}", lines());
+    ensure!(lines() == "exec-tok-1st-7f3a\nexec-tok-2nd-9c1e\n", "restarted without a change: {}", lines());
     // SIGTERM goes to the app; its exit code comes back.
     d.signal(rustix::process::Signal::TERM)?;
     let st = d.wait().await?;
     ensure!(st.code() == Some(42), "exit code passed through: {st}\n{}", d.log_text());
-    ensure!(!d.log_text().contains("second"), "the secret is not logged");
+    ensure!(!d.log_text().contains("exec-tok-"), "the secret is not logged");
 
     // A program that cannot start: 127, like a shell.
     let mut d = Daemon::start_with(&dir, &cfg, &["exec"], &["/nonexistent/app"], &[])?;
@@ -115,5 +115,31 @@ pub async fn systemd_notify_ready_and_stopping(bed: Arc<Bed>) -> Result<()> {
     d.signal(rustix::process::Signal::TERM)?;
     let n = tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf)).await??;
     ensure!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    drop(d);
+
+    // `vaultlet exec` under `WatchdogSec=` (here 400 ms): ready, then
+    // pinging the watchdog while the app runs (it used to ping nothing, so
+    // systemd killed it).
+    let exec_cfg =
+        config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n[exec]\nenv = { K = \"api.stripe_key\" }\n");
+    let mut d = Daemon::start_with(
+        &dir,
+        &exec_cfg,
+        &["exec"],
+        &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"],
+        &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default()), ("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "")],
+    )?;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.iter().filter(|m: &&String| m.starts_with("WATCHDOG=1")).count() < 3 {
+        let n = tokio::time::timeout_at(deadline, rx.recv(&mut buf))
+            .await
+            .with_context(|| format!("vaultlet exec stopped pinging the watchdog; got {seen:?}\n{}", d.log_text()))??;
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    ensure!(seen.iter().any(|m| m.starts_with("READY=1")), "exec tells systemd it is ready: {seen:?}");
+    d.signal(rustix::process::Signal::TERM)?;
+    let st = d.wait().await?;
+    ensure!(st.code() == Some(0), "app's exit code: {st}");
     Ok(())
 }

@@ -6,7 +6,11 @@
 //! substring to run only matching tests: `cargo test --test e2e -- rotation`.
 
 mod apps;
+mod attack_exec;
+mod attack_local;
+mod attack_vault;
 mod bed;
+mod revocation;
 mod rotation;
 mod security;
 mod tests;
@@ -19,6 +23,40 @@ use std::time::Instant;
 use bed::Bed;
 
 type TestFn = fn(Arc<Bed>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Tests that must not share the machine with the others.
+const ALONE: &[&str] = &[
+    "flood_by_a_refused_uid_does_not_starve_allowed_callers",
+    "accept_errors_under_descriptor_exhaustion_are_logged_once",
+];
+
+/// Runs `tests` side by side; each result with its name and seconds.
+async fn run_all(bed: &Arc<Bed>, tests: Vec<(&'static str, TestFn)>) -> Vec<(String, anyhow::Result<()>, f64)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (name, f) in tests {
+        let bed = bed.clone();
+        set.spawn(async move {
+            let t = Instant::now();
+            let r = tokio::time::timeout(std::time::Duration::from_secs(300), f(bed))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 300 s")));
+            let secs = t.elapsed().as_secs_f64();
+            match &r {
+                Ok(()) => println!("test {name} ... ok ({secs:.1}s)"),
+                Err(e) => println!("test {name} ... FAILED ({secs:.1}s)\n{e:#}\n"),
+            }
+            (name.to_string(), r, secs)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(r) => out.push(r),
+            Err(e) => out.push(("<panicked>".into(), Err(anyhow::anyhow!("test panicked: {e}")), 0.0)),
+        }
+    }
+    out
+}
 
 fn main() {
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -49,28 +87,13 @@ fn main() {
         if let Err(e) = tests::prepare(&bed).await {
             return vec![("prepare".to_string(), Err(e), 0.0)];
         }
-        let mut set = tokio::task::JoinSet::new();
-        for (name, f) in selected {
-            let bed = bed.clone();
-            set.spawn(async move {
-                let t = Instant::now();
-                let r = tokio::time::timeout(std::time::Duration::from_secs(300), f(bed))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 300 s")));
-                let secs = t.elapsed().as_secs_f64();
-                match &r {
-                    Ok(()) => println!("test {name} ... ok ({secs:.1}s)"),
-                    Err(e) => println!("test {name} ... FAILED ({secs:.1}s)\n{e:#}\n"),
-                }
-                (name.to_string(), r, secs)
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok(r) => out.push(r),
-                Err(e) => out.push(("<panicked>".into(), Err(anyhow::anyhow!("test panicked: {e}")), 0.0)),
-            }
+        // Tests that load the whole machine on purpose (floods, descriptor
+        // exhaustion) run after the others, one at a time, so they cannot
+        // starve the timing of rotation and outage tests.
+        let (alone, together): (Vec<_>, Vec<_>) = selected.into_iter().partition(|(n, _)| ALONE.contains(n));
+        let mut out = run_all(&bed, together).await;
+        for t in alone {
+            out.extend(run_all(&bed, vec![t]).await);
         }
         out
     });

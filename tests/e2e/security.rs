@@ -95,7 +95,7 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -301,8 +301,8 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
 
     // 2. Malformed responses carrying secrets.
     let dir = test_dir("leak-fake")?;
-    std::fs::write(dir.join("role_id"), "role")?;
-    std::fs::write(dir.join("secret_id"), "sid")?;
+    std::fs::write(dir.join("role_id"), "LEAKYROLEID-5d2e")?;
+    std::fs::write(dir.join("secret_id"), "LEAKYSECRETID-8b41")?;
     let addr = fake_vault(vec![
         ("auth/approle/login", 200, r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":null,"auth":{"client_token":"s.LEAKYTOKENabcdefghijklmnop","lease_duration":3600,"renewable":true,"accessor":"a","policies":[],"token_policies":[],"entity_id":"","token_type":"service","orphan":true}}"#.into()),
         ("creds/", 200, r#"{"lease_id":"database/creds/x/1","lease_duration":60,"renewable":true,"data":{"username":"u","password":"LEAKYPASSWORD-123"#.into()),
@@ -323,7 +323,7 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
         .await?;
         d.stop().await?;
         let log = std::fs::read_to_string(dir.join("vaultlet.log"))?;
-        for leak in ["LEAKYPASSWORD", "LEAKY-HTML", "sid\"", "LEAKYTOKEN"] {
+        for leak in ["LEAKYPASSWORD", "LEAKY-HTML", "LEAKYSECRETID", "LEAKYROLEID", "LEAKYTOKEN"] {
             ensure!(!log.contains(leak), "{format} log holds `{leak}`");
         }
         if format == "json" {

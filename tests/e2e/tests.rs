@@ -21,7 +21,7 @@ macro_rules! t {
 }
 
 pub fn all() -> Vec<(&'static str, TestFn)> {
-    vec![
+    let mut v = vec![
         t!(core_slice_with_shipped_policy),
         t!(kv_change_bumps_version_and_rewrites_env_file),
         t!(long_poll_and_events_announce_new_versions),
@@ -43,7 +43,12 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(modes_owner_and_memory_hold_under_permissive_umask),
         t!(no_secret_in_logs_at_trace_level),
         t!(tls_verifies_against_the_configured_ca_only),
-    ]
+    ];
+    v.extend(crate::attack_local::all());
+    v.extend(crate::attack_exec::all());
+    v.extend(crate::attack_vault::all());
+    v.extend(crate::revocation::all());
+    v
 }
 
 /// Broad policy for the per-test AppRoles (the shipped least-privilege policy
@@ -52,8 +57,12 @@ pub const TEST_POLICY: &str = r#"
 path "database/creds/*" { capabilities = ["read"] }
 path "secret/data/*" { capabilities = ["read"] }
 path "kv/*" { capabilities = ["read"] }
-path "sys/leases/renew" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/renew/database/creds/*" { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/*" { capabilities = ["update"] }
+path "sys/leases/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = { "lease_id" = ["database/creds/*"] }
+}
 "#;
 
 pub async fn prepare(bed: &Bed) -> Result<()> {
@@ -185,11 +194,25 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
     let mut raw = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut s, &mut raw).await?;
     ensure!(raw.to_ascii_lowercase().contains("cache-control: no-store"), "no-store header missing");
-    let (st, _) = d.request("THIS IS NOT HTTP\r\n\r\n").await.unwrap_or((400, String::new()));
+    let (st, _) = d.request("THIS IS NOT HTTP\r\n\r\n").await.context("garbage must get an answer")?;
     ensure!(st == 400, "garbage: {st}");
     let huge = format!("GET /v1/health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
-    let st = d.request(&huge).await.map(|r| r.0).unwrap_or(431);
-    ensure!(st == 431 || st == 400, "huge header: {st}");
+    // The server answers before it has read everything and closes, so the
+    // rest of the write may fail; the answer must still arrive.
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await?;
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await? {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if !answer.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e).context("a huge header must get an answer"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    ensure!(answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"), "huge header: {answer}");
     let (st, _) = d.get("/v1/health").await?;
     ensure!(st == 200, "still healthy after bad input");
 
@@ -228,7 +251,8 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
     .await?;
     let (_, v) = d.get("/v1/secrets/app").await?;
     ensure!(v["version"] == 1, "unchanged content must not bump the version: {v}");
-    let written = std::fs::metadata(&env_path)?.modified()?;
+    // Each write is a new file renamed into place: a new inode.
+    let written = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&env_path)?);
 
     bed.write("secret/data/t_kv", json!({ "data": { "token": "second 'value' $x" } })).await?;
     eventually(Duration::from_secs(15), "version 2", || async {
@@ -241,7 +265,10 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
         Ok((vals == ["second 'value' $x"]).then_some(()))
     })
     .await?;
-    ensure!(std::fs::metadata(&env_path)?.modified()? >= written);
+    ensure!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&env_path)?) != written,
+        "the env file was replaced, not edited in place"
+    );
     ensure!(d.log_text().matches("wrote file").count() == 2, "env file written once per change");
     d.stop().await?;
     Ok(())
@@ -251,7 +278,11 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
     let dir = test_dir("poll")?;
     bed.approle("t_poll", "vaultlet-test", "1h", "4h", &dir, false).await?;
     bed.write("secret/data/t_poll", json!({ "data": { "v": "one" } })).await?;
-    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.app]\nkv = { path = \"t_poll\" }\nrefresh = \"1s\"\n"))?;
+    // Two waits per uid: the event stream and one parked long-poll. A third
+    // is refused (429), which shows the parked one is really waiting.
+    let cfg = config(&bed, &dir, "[secret.app]\nkv = { path = \"t_poll\" }\nrefresh = \"1s\"\n")
+        .replace("[socket]\n", "[socket]\nmax_waits_per_uid = 2\n");
+    let d = Daemon::start(&dir, &cfg)?;
     eventually(Duration::from_secs(10), "socket", || async { Ok(d.socket.exists().then_some(())) }).await?;
     // Without `after`, `wait` waits for the secret to become available.
     let (st, v) = d.get("/v1/secrets/app?wait=30s").await?;
@@ -292,7 +323,12 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
         tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await?;
         anyhow::Ok((tokio::time::Instant::now(), out))
     });
+    // Give the long-poll time to arrive, then prove it is parked: the wait
+    // budget is full, so a third wait is refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, _) = d.get("/v1/secrets/app?wait=1ms&after=1").await?;
+    ensure!(st == 429, "the long-poll must be parked when the value changes (probe got {st})");
+    ensure!(!poll.is_finished(), "the long-poll must still be waiting before the change");
     let changed_at = tokio::time::Instant::now();
     bed.write("secret/data/t_poll", json!({ "data": { "v": "two" } })).await?;
     let (answered, out) = tokio::time::timeout(Duration::from_secs(15), poll).await???;
@@ -413,16 +449,31 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
 
 async fn wrapped_secret_id_is_unwrapped_and_removed(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("wrap")?;
-    bed.approle("t_wrap", "vaultlet-test", "1h", "4h", &dir, true).await?;
+    bed.approle("t_wrap", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    // A secret_id of our choosing, response-wrapped: the test knows the
+    // value vaultlet unwraps and can look for it in the log.
+    let secret_id = format!("wrapped-sid-{}", std::process::id());
+    let wrapped = bed
+        .api(
+            reqwest::Method::POST,
+            "auth/approle/role/t_wrap/custom-secret-id",
+            Some(json!({ "secret_id": secret_id })),
+            Some("120s"),
+        )
+        .await?;
+    let wrapping = wrapped["wrap_info"]["token"].as_str().context("wrapping token")?.to_owned();
+    std::fs::write(dir.join("secret_id"), &wrapping)?;
     let cfg = config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n");
     let cfg =
         cfg.replace("secret_id_file = ", "secret_id_wrapped = true\nremove_secret_id_file = true\nsecret_id_file = ");
-    let d = Daemon::start(&dir, &cfg)?;
+    let d = Daemon::start_via(&[bin(), "--log", "trace"], &dir, &cfg, &["run"], &[], &[])?;
     d.wait_ready(Duration::from_secs(30)).await?;
     ensure!(!dir.join("secret_id").exists(), "secret_id file must be removed after use");
     let log = d.log_text();
-    let wrapping = std::fs::read_to_string(dir.join("role_id"))?;
-    ensure!(!log.contains(wrapping.trim()), "role_id in log");
+    let role_id = std::fs::read_to_string(dir.join("role_id"))?;
+    ensure!(!log.contains(role_id.trim()), "role_id in log");
+    ensure!(!log.contains(&secret_id), "unwrapped secret_id in log");
+    ensure!(!log.contains(&wrapping), "wrapping token in log");
     d.stop().await?;
     Ok(())
 }
