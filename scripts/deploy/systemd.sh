@@ -124,7 +124,9 @@ install -m 0644 vaultlet.service /etc/systemd/system/
 install -m 0644 app.service /etc/systemd/system/node-api.service
 systemctl daemon-reload
 '
-out=$(sx /usr/local/bin/vaultlet check -c /etc/vaultlet/vaultlet.toml 2>&1) || { printf '%s\n' "$out" >&2; die "vaultlet check failed"; }
+# As examples/systemd/README.md says: outside the unit, point
+# CREDENTIALS_DIRECTORY at the folder that holds role_id.
+out=$(sx env CREDENTIALS_DIRECTORY=/etc/vaultlet /usr/local/bin/vaultlet check -c /etc/vaultlet/vaultlet.toml 2>&1) || { printf '%s\n' "$out" >&2; die "vaultlet check failed"; }
 printf '%s\n' "$out" | sed 's/^/  /'
 say "installed (vaultlet uid $(sx id -u vaultlet), nodeapi uid $app_uid)"
 
