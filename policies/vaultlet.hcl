@@ -50,6 +50,19 @@ path "sys/leases/revoke/database/creds/api/*" {
   capabilities = ["update"]
 }
 
+# PUT sys/leases/lookup {"lease_id": ...} - verify that a held database lease
+# still exists (every verify_every, default 60 s, and when the app reports a
+# credential the database refused), so a lease an operator revoked is noticed
+# in seconds. This call has no path form (the lease id travels in the body),
+# so the grant is scoped by its parameter instead: only ids of the leases of
+# database/creds/api. Looking up a lease reveals its times, never its secret.
+path "sys/leases/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "lease_id" = ["database/creds/api/*"]
+  }
+}
+
 # Token self-management. The "default" policy already grants these three;
 # they are repeated so this policy still works if a role is created with
 # token_no_default_policy=true.

@@ -239,7 +239,7 @@ EOF
 done
 
 step "shellcheck"
-shellcheck examples/compose/setup.sh scripts/check-deploy.sh scripts/test-node.sh
+shellcheck -x examples/compose/setup.sh scripts/check-deploy.sh scripts/test-node.sh scripts/test-deploy.sh scripts/deploy/*.sh
 echo "shellcheck: no findings"
 
 if [ "$live" = 0 ]; then
@@ -291,6 +291,7 @@ done
 sed -e "s|http://openbao:8200|$dev_addr|" \
     -e "s|/approle/|$work/approle/|g" \
     -e "s|/run/vaultlet/vaultlet.sock|$work/compose.sock|" \
+    -e "s|/run/vaultlet/api.env|$work/compose-api.env|" \
     -e "s|allow = \[{ uid = 1000 }\]|allow = [{ uid = $(id -u) }]|" \
     examples/compose/vaultlet.toml >"$work/compose-vaultlet.toml"
 "$vaultlet" run -c "$work/compose-vaultlet.toml" 2>"$work/compose-vaultlet.log" &

@@ -19,7 +19,7 @@ registries = set(policy["sources"]["allow-registry"])
 
 meta = json.loads(
     subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--locked"],
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--all-features"],
         cwd=root, check=True, capture_output=True, text=True,
     ).stdout
 )

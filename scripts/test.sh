@@ -6,10 +6,16 @@
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh rotation   # only e2e tests whose name contains "rotation"
+#   scripts/test.sh deploy     # only the container and systemd tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if [ "${1:-}" = deploy ]; then
+    step "container and systemd tests (private dockerd; images cached)"
+    exec scripts/test-deploy.sh
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "test: cargo not found; install Rust from https://rustup.rs" >&2
@@ -70,6 +76,9 @@ if [ $# -eq 0 ]; then
 
     step "deployment files (Dockerfiles, compose, systemd units, example configs)"
     scripts/check-deploy.sh
+
+    step "container and systemd tests (private dockerd; images cached)"
+    scripts/test-deploy.sh
 
     step "benchmark smoke run (tiny sizes; checks the benchmark works, not its numbers)"
     VAULTLET_BIN="$PWD/target/debug/vaultlet" bench/run.sh --smoke >/dev/null

@@ -7,6 +7,7 @@
 //! | `GET /v1/secrets` | `{"secrets": {name: secret}, "unavailable": {name: reason}}` |
 //! | `GET /v1/secrets/{name}` | `{"name", "version", "data": {…}, "lease": {"expires_at", "ttl_seconds", "renewable"}}` (no `lease` for KV) |
 //! | `GET /v1/secrets/{name}?wait=30s&after=N` | long-poll: answers once a version newer than `N` is available, or when the wait (at most 5 min) is over |
+//! | `POST /v1/secrets/{name}/rejected?version=N` | the app's database refused version `N`: the lease is checked at once and replaced if gone; `{"name", "version", "replaced"}` once the version to use is published (see [`crate::rejected`]) |
 //! | `GET /v1/events` | server-sent events: `secret` `{"name", "version"}` per available secret and per change, `unavailable` `{"name", "reason"}` |
 //! | `GET /v1/health` | `{"status": "ok"}` while the process runs |
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
@@ -465,7 +466,13 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             }
         });
     }
-    conns.abort_all();
+    // Each connection finishes the request it is serving (its own 2 s
+    // deadline above); whatever is left after that is cut.
+    let drained =
+        tokio::time::timeout(Duration::from_millis(2500), async { while conns.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        conns.abort_all();
+    }
     file.remove();
 }
 
@@ -488,6 +495,7 @@ fn router_with(store: Store, acl: Arc<Acl>, limits: Limits) -> Router {
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
+        .route("/v1/secrets/{name}/rejected", axum::routing::post(rejected))
         .route("/v1/events", get(events))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
@@ -521,24 +529,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// size is measured first so the buffer is allocated once: growing it would
 /// leave copies of secrets in freed memory.
 fn json<T: Serialize>(v: &T) -> Response {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    if serde_json::to_writer(&mut count, v).is_err() {
+    let Ok(buf) = crate::secret::written_once(|w| serde_json::to_writer(w, v)) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(count.0));
-    if serde_json::to_writer(&mut *buf, v).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
+    };
     let body = axum::body::Body::from(axum::body::Bytes::from_owner(buf));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
@@ -701,6 +694,25 @@ async fn one(
             audit(&peer, &name, None, "unavailable");
             error(StatusCode::SERVICE_UNAVAILABLE, store.unavailable(entry, now).unwrap_or_default())
         }
+    }
+}
+
+/// `POST /v1/secrets/{name}/rejected?version=N` (logic in [`crate::rejected`]).
+async fn rejected(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if !valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "invalid secret name");
+    }
+    if !api.acl.may_read(&peer, &name) {
+        return deny(&api.denials, &peer, &name, "secret");
+    }
+    match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
+        Ok(a) => json(&serde_json::json!({ "name": name, "version": a.version, "replaced": a.replaced })),
+        Err(e) => error(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), e.to_string()),
     }
 }
 

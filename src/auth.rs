@@ -23,7 +23,10 @@
 //! Other tasks report a 403 through [`AuthHandle::rejected`]; the task then
 //! checks the token with `lookup-self` and logs in again only if the token
 //! itself is dead (a 403 from a missing policy capability is not fixed by a
-//! new login).
+//! new login). A dead token is recorded ([`AuthHandle::is_dead`]) and lease
+//! tasks are woken ([`AuthHandle::deaths`]): Vault revoked every lease the
+//! token created along with it, so those credentials are withdrawn and
+//! replaced as soon as the new token is there, not at their next renewal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -67,6 +70,10 @@ pub struct AuthHandle {
     ends: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>>,
     /// Replaced tokens not yet revoked (still used by a lease, or in grace).
     retired: Arc<std::sync::Mutex<Vec<Arc<Token>>>>,
+    /// Generations Vault confirmed dead (revoked, not just replaced).
+    dead: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    /// Bumped on every confirmed death, to wake lease tasks.
+    deaths: Arc<watch::Sender<u64>>,
 }
 
 impl AuthHandle {
@@ -99,6 +106,27 @@ impl AuthHandle {
         let before = v.len();
         v.retain(|t| t.generation != generation);
         v.len() != before
+    }
+
+    /// Whether Vault confirmed token `generation` dead (its leases died with it).
+    pub fn is_dead(&self, generation: u64) -> bool {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner()).contains(&generation)
+    }
+
+    /// A receiver that changes whenever a token is confirmed dead.
+    pub fn deaths(&self) -> watch::Receiver<u64> {
+        self.deaths.subscribe()
+    }
+
+    fn mark_dead(&self, generation: u64) {
+        {
+            let mut d = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            d.insert(generation);
+            while d.len() > 8 {
+                d.pop_first();
+            }
+        }
+        self.deaths.send_modify(|n| *n += 1);
     }
 
     /// Reports that Vault answered 403 to a request made with token `generation`.
@@ -144,7 +172,14 @@ pub fn spawn(
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (rej_tx, rej_rx) = mpsc::unbounded_channel();
-    let handle = AuthHandle { token: rx, rejected: rej_tx, ends: Arc::default(), retired: Arc::default() };
+    let handle = AuthHandle {
+        token: rx,
+        rejected: rej_tx,
+        ends: Arc::default(),
+        retired: Arc::default(),
+        dead: Arc::default(),
+        deaths: Arc::new(watch::channel(0).0),
+    };
     let task = tokio::spawn(run(vault, cfg, store, leases, handle.clone(), tx, rej_rx, shutdown));
     (handle, task)
 }
@@ -345,7 +380,8 @@ async fn run(
                     }
                     match vault.lookup_self(&token.secret).await {
                         Err(e) if e.is_forbidden() => {
-                            tracing::warn!("token rejected by vault; logging in again");
+                            tracing::warn!(generation, "token rejected by vault (revoked); its leases died with it; logging in again");
+                            handle.mark_dead(generation);
                             break;
                         }
                         _ => continue,
@@ -387,6 +423,12 @@ async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "token cannot be renewed; logging in again");
+                    // A 403 may be a policy without renew-self; only a
+                    // lookup-self refused too says the token itself is gone.
+                    if e.is_forbidden() && matches!(vault.lookup_self(&token.secret).await, Err(e) if e.is_forbidden())
+                    {
+                        handle.mark_dead(generation);
+                    }
                     break;
                 }
             }

@@ -22,6 +22,16 @@ use toml::Spanned;
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 
+/// Default `verify_every`: one `sys/leases/lookup` per database secret per
+/// minute. A revoked lease is noticed within this bound; a minute keeps the
+/// cost at about a third of a renewal rhythm for hour-long leases, and far
+/// below the request budget of one sidecar (see the README).
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(60);
+/// Shortest `verify_every` (tests use 2 s).
+pub const MIN_VERIFY_EVERY: Duration = Duration::from_secs(1);
+/// Longest `verify_every`.
+pub const MAX_VERIFY_EVERY: Duration = Duration::from_secs(3600);
+
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -143,6 +153,9 @@ pub struct SecretSpec {
     pub drain: Duration,
     /// Whether replaced leases are revoked.
     pub revoke_old: RevokeOld,
+    /// Database: how often the held lease is checked with `sys/leases/lookup`,
+    /// so a lease revoked behind vaultlet's back is noticed within this bound.
+    pub verify_every: Duration,
     /// Who may read it on the socket; `None` means the socket's allow list.
     pub allow: Option<Vec<Allow>>,
 }
@@ -424,6 +437,7 @@ struct RawSecret {
     revoke_old: Option<Spanned<bool>>,
     drain: Option<Spanned<String>>,
     revoke_old_after: Option<Spanned<String>>,
+    verify_every: Option<Spanned<String>>,
     allow: Option<Vec<Spanned<RawAllow>>>,
 }
 
@@ -1124,6 +1138,11 @@ impl Cx<'_> {
             }
         };
         let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
+        let verify_every = self.duration(&s.verify_every, &format!("{key}.verify_every"), DEFAULT_VERIFY_EVERY)?;
+        if s.verify_every.is_some() && !(MIN_VERIFY_EVERY..=MAX_VERIFY_EVERY).contains(&verify_every) {
+            let sp = s.verify_every.as_ref().map_or(0..0, |v| v.span());
+            return self.err(sp, &format!("{key}.verify_every"), "must be between 1s and 1h");
+        }
         let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
             // Revoking a certificate grows the CRL: opt-in for PKI.
             None if is_pki => {
@@ -1137,7 +1156,11 @@ impl Cx<'_> {
             Some((_, "never")) => RevokeOld::Never,
             Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
         };
-        for (k, v) in [("rotate_before", &s.rotate_before), ("revoke_old_after", &s.revoke_old_after)] {
+        for (k, v) in [
+            ("rotate_before", &s.rotate_before),
+            ("revoke_old_after", &s.revoke_old_after),
+            ("verify_every", &s.verify_every),
+        ] {
             if let (false, Some(v)) = (is_db, v) {
                 let hint = if is_pki { "; PKI secrets use reissue_before and revoke_old" } else { "" };
                 return self.err(v.span(), &format!("{key}.{k}"), format!("only applies to database secrets{hint}"));
@@ -1167,7 +1190,7 @@ impl Cx<'_> {
             );
         }
         let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
-        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, allow })
+        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, verify_every, allow })
     }
 }
 
@@ -1582,6 +1605,22 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         for bad in ["\"1KiB\"", "\"65MiB\"", "\"lots\"", "0", "\"99999999999999999999MiB\""] {
             expect_err(&with(bad), "vault.max_response_size", 4);
         }
+    }
+
+    #[test]
+    fn verify_every_defaults_to_a_minute_and_is_bounded() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.secrets[1].name, "db");
+        assert_eq!(c.secrets[1].verify_every, DEFAULT_VERIFY_EVERY);
+        assert!(DEFAULT_VERIFY_EVERY <= Duration::from_secs(60));
+        let with = |v: &str| GOOD.replace("[secret.db]\n", &format!("[secret.db]\nverify_every = {v}\n"));
+        assert_eq!(load(&with("\"2s\"")).unwrap().secrets[1].verify_every, Duration::from_secs(2));
+        for bad in ["\"500ms\"", "\"2h\"", "\"soon\"", "\"0s\""] {
+            expect_err(&with(bad), "secret.db.verify_every", 8);
+        }
+        let kv = GOOD.replace("[secret.api]\n", "[secret.api]\nverify_every = \"5s\"\n");
+        let e = expect_err(&kv, "secret.api.verify_every", 10);
+        assert!(e.message.contains("only applies to database secrets"), "{e}");
     }
 
     #[test]

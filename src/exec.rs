@@ -202,6 +202,9 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
         }
     };
     let notifier = crate::telemetry::Notifier::from_env();
+    // With `WatchdogSec=`, systemd kills a service that stops pinging: the
+    // pings run for as long as this function does (stopping included).
+    let _watchdog = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(notifier.clone().watchdog()));
     let mut rx = running.store().subscribe();
     if rustix::process::getpid().is_init() {
         tokio::spawn(reap_orphans());

@@ -36,6 +36,7 @@ pub mod exec;
 pub mod harden;
 pub mod lease;
 pub mod metrics;
+pub mod rejected;
 pub mod render;
 pub mod secret;
 pub mod store;

@@ -12,6 +12,7 @@
 //! | `vaultlet_logins_total` | counter | `result` |
 //! | `vaultlet_token_renewals_total` | counter | `result` |
 //! | `vaultlet_lease_renewals_total` | counter | `secret`, `result` |
+//! | `vaultlet_lease_lookups_total` | counter | `secret`, `result` (`verify_every` and reported credentials) |
 //! | `vaultlet_credentials_issued_total` | counter | `secret` (first issue and every replacement) |
 //! | `vaultlet_kv_reads_total` | counter | `secret`, `result` |
 //! | `vaultlet_vault_request_duration_seconds` | histogram | `operation` |

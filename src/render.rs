@@ -317,30 +317,14 @@ pub fn render_raw(
     // minijinja's own output String grows as it renders and frees its old
     // buffers unwiped: measure the output first, then render into one
     // allocation of that size.
-    let mut count = Count(0);
-    tpl.render_captured_to(context(secrets), &mut count).map_err(|e| RenderError::Template(describe(&e)))?;
-    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
-    tpl.render_captured_to(context(secrets), &mut *buf).map_err(|e| RenderError::Template(describe(&e)))?;
+    let mut buf = crate::secret::written_once(|w| tpl.render_captured_to(context(secrets), w).map(drop))
+        .map_err(|e| RenderError::Template(describe(&e)))?;
     match String::from_utf8(std::mem::take(&mut *buf)) {
         Ok(s) => Ok(Zeroizing::new(s)),
         Err(e) => {
             drop(Zeroizing::new(e.into_bytes()));
             Err(RenderError::Template("output is not UTF-8".into()))
         }
-    }
-}
-
-/// Counts bytes written, to size a buffer before filling it.
-struct Count(usize);
-
-impl std::io::Write for Count {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 += b.len();
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -1210,7 +1194,8 @@ mod tests {
         while read().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let first = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Every write is a new file renamed into place: a new inode.
+        let first = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
         // Two changes 100 ms apart: one write with both.
         store.publish("a", data("2"), None);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1220,7 +1205,11 @@ mod tests {
             assert!(read() != "A='2'\nB='1'\n", "half-batched write");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= first);
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
+            first,
+            "the file was replaced, not edited in place"
+        );
         shutdown.cancel();
         task.await.unwrap();
     }

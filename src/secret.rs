@@ -144,6 +144,31 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Writes with `fill` twice: once only counting bytes, then into a buffer
+/// of exactly that size. A buffer that grows is reallocated and its old
+/// block freed unwiped, leaving the secret written so far behind; this one
+/// is allocated once and wiped on drop. `fill` must write the same bytes
+/// both times.
+pub fn written_once<E>(
+    mut fill: impl FnMut(&mut dyn std::io::Write) -> Result<(), E>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, E> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    fill(&mut count)?;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(count.0));
+    fill(&mut *buf)?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,8 @@ pub struct Store {
     /// Why vaultlet cannot log in, if it cannot: the reason a secret that was
     /// never fetched is missing.
     login_problem: Arc<std::sync::Mutex<Option<String>>>,
+    /// Where reports of a rejected credential go (database secrets).
+    rejections: crate::rejected::Registry,
 }
 
 // === impl Store ===
@@ -110,7 +112,12 @@ impl Store {
             .map(|n| (Arc::from(n), Arc::new(Entry { version: 0, value: None, lease: None, problem: None })))
             .collect();
         let (tx, _) = watch::channel(Arc::new(map));
-        Store { tx: Arc::new(tx), login_problem: Arc::default() }
+        Store { tx: Arc::new(tx), login_problem: Arc::default(), rejections: Default::default() }
+    }
+
+    /// The lease tasks that take reports of a rejected credential.
+    pub fn rejections(&self) -> &crate::rejected::Registry {
+        &self.rejections
     }
 
     /// A receiver of snapshots.

@@ -290,6 +290,15 @@ struct RevokeLeaseRequest {
     lease_id: String,
 }
 
+/// `sys/leases/lookup` has no path form (`sys/leases/lookup/<prefix>` is the
+/// root-only LIST), so the id travels in the body; the shipped policy scopes
+/// it with `allowed_parameters` instead (see policies/README.md).
+#[derive(Endpoint)]
+#[endpoint(path = "sys/leases/lookup", method = "PUT", response = "serde_json::Value")]
+struct LookupLeaseRequest {
+    lease_id: String,
+}
+
 /// The unscoped forms, lease id in the body: only for policies written
 /// before vaultlet used the path forms (see [`Vault::renew_lease`]).
 #[derive(Endpoint)]
@@ -1165,6 +1174,26 @@ impl Vault {
         // and then also says so in a warning.
         let warned = env.warnings.iter().flatten().any(|w| w.contains("max_ttl") || w.contains("capped"));
         Ok(Renewed { ttl, renewable: env.renewable, capped: ttl < increment || warned })
+    }
+
+    /// `PUT sys/leases/lookup` with `{"lease_id": …}`: whether Vault still
+    /// knows the lease. A revoked or expired one answers 400 `invalid lease`
+    /// ([`VaultError::is_lease_gone`]); nothing is issued or extended.
+    pub async fn lookup_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
+        let op = Op {
+            kind: "lease_lookup",
+            what: format!("lease lookup of {}", lease.path()),
+            capability: "update",
+            path: "sys/leases/lookup".into(),
+            idempotent: true,
+        };
+        if !valid_lease_id(lease.as_str()) {
+            return Err(malformed(&op, "a lease_id that is not a plain path"));
+        }
+        let id = lease.as_str();
+        self.call(&op, Some(token), |c| async move { raw(&c, LookupLeaseRequest { lease_id: id.to_owned() }).await })
+            .await
+            .map(drop)
     }
 
     /// `PUT sys/leases/revoke/<lease_id>`.

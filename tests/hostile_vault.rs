@@ -597,3 +597,45 @@ async fn ssl_cert_file_in_the_environment_adds_no_trusted_root() -> Result<()> {
     ensure!(v["data"]["v"] == "kv-value", "{v}");
     Ok(())
 }
+
+// === lease verification ===
+
+/// A lookup that fails without saying the lease is gone (5xx, or hanging
+/// past the request timeout) must not withdraw or replace a credential:
+/// only Vault's "invalid lease" means revoked.
+#[tokio::test]
+async fn failing_lease_lookups_neither_withdraw_nor_replace_the_credential() -> Result<()> {
+    let inner = vault_like(3600, 60, true);
+    let lookups = Arc::new(Mutex::new(0u32));
+    let l = lookups.clone();
+    let handler: Handler = Arc::new(move |r: &Seen| {
+        if r.path.ends_with("/sys/leases/lookup") {
+            let mut n = l.lock().unwrap();
+            *n += 1;
+            return if n.is_multiple_of(3) {
+                Answer::Hang(Duration::from_secs(7))
+            } else {
+                Answer::Json(500, vec![], r#"{"errors":["internal error"]}"#.into())
+            };
+        }
+        inner(r)
+    });
+    let fake = Fake::start("127.0.0.1", false, handler).await?;
+    let mut d =
+        Daemon::start(&fake.url("http"), "[secret.db]\ndatabase = { role = \"api\" }\nverify_every = \"1s\"\n")?;
+    d.served("db", Duration::from_secs(20)).await?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        let (st, v) = d.get("/v1/secrets/db").await?;
+        ensure!(st == 200 && v["data"]["username"] == "v-user-1", "served throughout: {st} {v}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.alive()?;
+    let seen = fake.seen();
+    let n = *lookups.lock().unwrap();
+    ensure!(n >= 3, "only {n} lookups in 10 s with verify_every 1s:\n{}", d.log());
+    ensure!(count(&seen, "/database/creds/") == 1, "a failed lookup must not replace: {seen:?}");
+    ensure!(d.log().contains("lease lookup failed; the credential stays served"), "{}", d.log());
+    println!("{n} failing lookups in 10 s: the credential stayed served and was not replaced");
+    Ok(())
+}

@@ -199,7 +199,7 @@ function checkOwner(socket, expectUid) {
   }
 }
 
-function request(path, { socket, timeoutMs, signal, expectUid }) {
+function request(path, { socket, timeoutMs, signal, expectUid, method = 'GET' }) {
   checkOwner(socket, expectUid);
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -217,7 +217,7 @@ function request(path, { socket, timeoutMs, signal, expectUid }) {
       if (req) req.destroy();
     };
     const timer = setTimeout(() => {
-      fail(new VaultletError('TIMEOUT', `vaultlet on ${socket} did not answer GET ${path} within ${timeoutMs} ms`, { socket }));
+      fail(new VaultletError('TIMEOUT', `vaultlet on ${socket} did not answer ${method} ${path} within ${timeoutMs} ms`, { socket }));
     }, timeoutMs);
     const onAbort = () => fail(new VaultletError('ABORTED', 'request aborted', { socket }));
     if (signal) {
@@ -225,7 +225,13 @@ function request(path, { socket, timeoutMs, signal, expectUid }) {
       signal.addEventListener('abort', onAbort, { once: true });
     }
     req = http.request(
-      { socketPath: socket, path, method: 'GET', agent: false, headers: { accept: 'application/json', host: 'vaultlet' } },
+      {
+        socketPath: socket,
+        path,
+        method,
+        agent: false,
+        headers: { accept: 'application/json', host: 'vaultlet', ...(method === 'GET' ? {} : { 'content-length': '0' }) },
+      },
       (res) => {
         const chunks = [];
         let size = 0;
@@ -375,6 +381,34 @@ async function getSecret(name, opts = {}) {
     }
     await sleep(Math.min(Math.max(0, deadline - Date.now()), backoffDelay(attempt, 100, 2000)), opts.signal);
   }
+}
+
+// A report waits for vaultlet to check the lease and, if it is gone, for the
+// replacement to be issued (vaultlet gives up after 15 s).
+const DEFAULT_REPORT_TIMEOUT_MS = 20000;
+
+/**
+ * POST /v1/secrets/{name}/rejected?version=N: tells vaultlet that the database
+ * refused the credential of `version`. vaultlet looks the lease up at once and
+ * replaces it if Vault no longer knows it. Resolves { name, version, replaced }:
+ * the version to use now (`replaced` is true when it is another credential).
+ */
+async function reportRejected(name, version, opts = {}) {
+  checkName(name);
+  if (!Number.isSafeInteger(version) || version < 0) {
+    throw new TypeError('vaultlet: reportRejected needs the version number the credential came with');
+  }
+  const socket = socketPath(opts);
+  const path = `/v1/secrets/${encodeURIComponent(name)}/rejected?version=${version}`;
+  const res = await request(path, {
+    socket,
+    method: 'POST',
+    timeoutMs: positive(opts.timeoutMs, DEFAULT_REPORT_TIMEOUT_MS),
+    signal: opts.signal,
+    expectUid: opts.expectUid,
+  });
+  if (res.status === 200) return res.body;
+  throw statusError(res.status, res.body, socket, name);
 }
 
 /**
@@ -680,24 +714,40 @@ async function createPgPool(name, opts = {}) {
     throw outcome.error;
   }
 
-  // After a login failure, check whether vaultlet already has a newer
-  // credential (e.g. a change the watcher has not delivered yet).
-  const refresh = async () => {
-    try {
-      swap(await getSecret(name, { socket, expectUid: opts.expectUid }));
-    } catch (err) {
-      onError(err);
+  // After a login failure: report the refused credential (vaultlet checks
+  // its lease at once and replaces it if it was revoked), then take whatever
+  // vaultlet serves now. Queries failing together share one report.
+  const reports = new Map(); // version → promise of the report and refresh
+  const refresh = (usedVersion) => {
+    if (!reports.has(usedVersion)) {
+      const p = (async () => {
+        try {
+          await reportRejected(name, usedVersion, { socket, expectUid: opts.expectUid });
+        } catch (err) {
+          onError(err);
+        }
+        try {
+          swap(await getSecret(name, { socket, expectUid: opts.expectUid }));
+        } catch (err) {
+          onError(err);
+        }
+      })();
+      reports.set(usedVersion, p);
+      p.finally(() => reports.delete(usedVersion));
     }
+    return reports.get(usedVersion);
   };
 
   const withRetry = async (fn) => {
     const used = pool;
+    const usedVersion = version;
     try {
       return await fn(used);
     } catch (err) {
       if (ended || !err || !LOGIN_FAILURES.has(err.code)) throw err;
-      await refresh();
+      await refresh(usedVersion);
       if (pool === used) throw err;
+      // A new pool: the retry runs on a new connection with the new credential.
       return fn(pool);
     }
   };
@@ -751,4 +801,5 @@ module.exports = {
   createPgPool,
   serveTls,
   tlsContextOf,
+  reportRejected,
 };

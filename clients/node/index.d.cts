@@ -205,6 +205,23 @@ export declare function serveTls(server: SecureContextServer, name: string, opts
 
 /** `{ cert, key }` (leaf then chain) for tls.createSecureContext from a PKI secret. */
 export declare function tlsContextOf(secret: Secret<Record<string, string>>, name: string): { cert: string; key: string };
+/** The answer to a rejected-credential report. */
+export interface RejectedAnswer {
+  name: string;
+  /** The version to use now. */
+  version: number;
+  /** True when it is another credential than the one reported (the lease was gone, or already replaced). */
+  replaced: boolean;
+}
+
+export type ReportRejectedOptions = ClientOptions;
+
+/**
+ * POST /v1/secrets/{name}/rejected?version=N: the database refused the credential of `version`.
+ * vaultlet looks its lease up at once and replaces it if Vault no longer knows it; resolves once
+ * the version to use is published.
+ */
+export declare function reportRejected(name: string, version: number, opts?: ReportRejectedOptions): Promise<RejectedAnswer>;
 
 /** The parts of node-postgres createPgPool uses (structural, so `pg` stays optional). */
 export interface PgModuleLike<P extends PgPoolLike = PgPoolLike> {
@@ -256,7 +273,7 @@ export interface PgPoolOptions<P extends PgPoolLike = PgPoolLike> {
 }
 
 export interface RotatingPgPool<P extends PgPoolLike = PgPoolLike> {
-  /** pg's pool.query on the current pool (promise or callback form). A login refused with an old password is retried once on a fresh credential. */
+  /** pg's pool.query on the current pool (promise or callback form). A login refused by PostgreSQL (SQLSTATE 28P01/28000) is reported to vaultlet (`reportRejected`) and retried once on a new connection with the credential vaultlet serves then. */
   query: P['query'];
   /** A client from the current pool; call `client.release()` when done. */
   connect(): Promise<PgClientOf<P>>;

@@ -11,6 +11,7 @@
 #   PG_ADMIN_USER, PG_ADMIN_PASSWORD  the account OpenBao creates roles with
 #   POLICY_FILE                    policies/vaultlet.hcl as mounted
 #   OUT_DIR, OUT_UID               where role_id/secret_id go, and their owner (vaultlet's uid)
+#   DB_DEFAULT_TTL, DB_MAX_TTL     the database role's lease TTL and max TTL (1h, 24h)
 set -eu
 
 : "${BAO_ADDR:=http://openbao:8200}"
@@ -18,6 +19,7 @@ set -eu
 : "${PG_HOST:=postgres}" "${PG_PORT:=5432}" "${PG_DATABASE:=app}"
 : "${PG_ADMIN_USER:=vaultadmin}" "${PG_ADMIN_PASSWORD:?PG_ADMIN_PASSWORD must be set}"
 : "${POLICY_FILE:=/setup/vaultlet.hcl}" "${OUT_DIR:=/approle}" "${OUT_UID:=65532}"
+: "${DB_DEFAULT_TTL:=1h}" "${DB_MAX_TTL:=24h}"
 export BAO_ADDR BAO_TOKEN
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -46,11 +48,11 @@ bao write database/config/pg \
     allowed_roles=api \
     verify_connection=true >/dev/null
 
-say "database/roles/api (TTL 1h, max 24h)"
+say "database/roles/api (TTL $DB_DEFAULT_TTL, max $DB_MAX_TTL)"
 bao write database/roles/api \
     db_name=pg \
-    default_ttl=1h \
-    max_ttl=24h \
+    default_ttl="$DB_DEFAULT_TTL" \
+    max_ttl="$DB_MAX_TTL" \
     creation_statements="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT CONNECT ON DATABASE $PG_DATABASE TO \"{{name}}\";" \
     revocation_statements="REVOKE ALL ON DATABASE $PG_DATABASE FROM \"{{name}}\"; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS \"{{name}}\";" \
     >/dev/null

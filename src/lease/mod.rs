@@ -12,6 +12,20 @@
 //! make vaultlet hammer it (the issue bucket in [`crate::vault`] caps all
 //! secrets together).
 //!
+//! A lease can also die behind vaultlet's back: an operator revokes it, or
+//! revokes the token that created it (Vault revokes a token's leases with
+//! it). Three things notice that well before the next renewal:
+//!
+//! * the task looks its lease up (`sys/leases/lookup`) every `verify_every`;
+//!   a lease Vault no longer knows is withdrawn and replaced at once, a
+//!   lookup that fails for any other reason changes nothing;
+//! * the auth task confirms a dead token ([`AuthHandle::is_dead`]): every
+//!   credential issued under it is withdrawn and replaced as soon as the new
+//!   token is there, and a 403 retry waits for that token, not for the slow
+//!   backoff;
+//! * the app reports a refused login (`POST /v1/secrets/{name}/rejected`,
+//!   see [`crate::rejected`]): the task looks the lease up at once.
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
@@ -34,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHandle, current_token};
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
+use crate::rejected::{CHECK_INTERVAL, Check, Checked};
 use crate::secret::{Lease, LeaseId, SecretData};
 use crate::store::{LeaseView, Store};
 use crate::vault::{Vault, VaultError};
@@ -149,6 +164,14 @@ struct Held {
     token_end: Option<Instant>,
 }
 
+/// What the task wakes up to do.
+enum Wake {
+    /// The scheduled renewal or replacement.
+    Step,
+    /// The `verify_every` lookup.
+    Verify,
+}
+
 impl Held {
     fn times(&self) -> LeaseTimes {
         let hard_end = match (self.cap, self.token_end) {
@@ -178,6 +201,12 @@ struct Database {
     learned: Option<Duration>,
     transient: Backoff,
     permanent: Backoff,
+    /// When Vault last vouched for the held lease (issue, renewal, lookup).
+    vouched_at: Option<Instant>,
+    /// The step planned for the held lease's times.
+    plan: Option<(LeaseTimes, Step)>,
+    /// The last lookup a report asked for that found the lease there.
+    last_check: Option<Instant>,
 }
 
 impl Database {
@@ -190,15 +219,34 @@ impl Database {
             learned: None,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
+            vouched_at: None,
+            plan: None,
+            last_check: None,
         }
     }
 
     async fn run(mut self, mount: &str, role: &str) {
         let name = self.spec.name.clone();
         let mut token_rx = self.cx.auth.token.clone();
+        let mut deaths = self.cx.auth.deaths();
+        let mut checks = self.cx.store.rejections().register(&name);
         let mut asked_max_ttl = false;
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
+            deaths.borrow_and_update();
+            if self.cur.as_ref().is_some_and(|h| self.cx.auth.is_dead(h.token_generation)) {
+                // Vault revoked the lease with its token.
+                self.expired("its token was revoked");
+            }
+            if self.cx.auth.is_dead(token.generation) {
+                // The auth task is logging in again; nothing works until then.
+                tokio::select! {
+                    _ = self.cx.shutdown.cancelled() => return,
+                    _ = token_rx.changed() => {}
+                    Some(c) = checks.recv() => self.answer(c, Checked::Gone),
+                }
+                continue;
+            }
             if !asked_max_ttl && self.cur.is_some() {
                 // Once, after the first credential is out (so it costs start-up
                 // nothing): the role's max_ttl, if the policy lets us read it.
@@ -231,7 +279,16 @@ impl Database {
             let now = Instant::now();
             let step = match &self.cur {
                 None => Step::Replace(now),
-                Some(h) => schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter()),
+                // Planned once per lease state: waking for a lookup or a
+                // report must not move the renewal (see `schedule::verify_at`).
+                Some(h) => match self.plan {
+                    Some((times, step)) if times == h.times() => step,
+                    _ => {
+                        let step = schedule::next_step(now, h.times(), self.spec.rotate_before, schedule::jitter());
+                        self.plan = Some((h.times(), step));
+                        step
+                    }
+                },
             };
             // Whatever the lease times say, issues of one secret are spaced.
             let step = match (step, self.last_issue) {
@@ -239,14 +296,34 @@ impl Database {
                 (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-            tokio::select! {
+            let verify_at = self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()));
+            let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
                 _ = token_rx.changed() => continue,
-                _ = sleep_until(step.at()) => {}
+                _ = deaths.changed() => continue,
+                Some(c) = checks.recv() => {
+                    let shutdown = self.cx.shutdown.clone();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        found = self.check(&token, true) => self.answer(c, found),
+                    }
+                    continue;
+                }
+                _ = sleep_until(step.at()) => Wake::Step,
+                _ = sleep_until(verify_at.unwrap_or(step.at())), if self.cur.is_some() && verify_at.is_some() => Wake::Verify,
                 _ = sleep_until(expiry.unwrap_or(step.at())), if expiry.is_some_and(|e| e < step.at()) => {
                     self.expired("lease ended before it could be renewed or replaced");
                     continue;
                 }
+            };
+            if let Wake::Verify = wake {
+                // Errors change nothing here: the renewal rhythm handles them.
+                let shutdown = self.cx.shutdown.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.check(&token, false) => {}
+                }
+                continue;
             }
             // A new token may have arrived at the same moment the step fell
             // due (select! picks either): decide again with it, or a
@@ -267,6 +344,8 @@ impl Database {
                 _ = shutdown.cancelled() => return,
                 r = attempt => r,
             };
+            // Whatever happened, the next step is planned afresh.
+            self.plan = None;
             match res {
                 Ok(()) => {
                     self.transient.reset();
@@ -288,6 +367,9 @@ impl Database {
                     tokio::select! {
                         _ = self.cx.shutdown.cancelled() => return,
                         _ = sleep_until(until) => {}
+                        // A new token (after a dead one) is worth trying at once.
+                        _ = token_rx.changed(), if e.is_forbidden() => self.permanent.reset(),
+                        _ = deaths.changed(), if e.is_forbidden() => self.permanent.reset(),
                         _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
                     }
                     if self.cur.as_ref().is_some_and(|h| h.lease.expires_at <= Instant::now()) {
@@ -296,6 +378,51 @@ impl Database {
                 }
             }
         }
+    }
+
+    /// Looks the held lease up; a lease Vault no longer knows is withdrawn,
+    /// so the next turn replaces it. Reports get at most one lookup per
+    /// [`CHECK_INTERVAL`] that found the lease there (the scheduled lookups
+    /// do not count: a report right after one must still look).
+    async fn check(&mut self, token: &crate::secret::Token, reported: bool) -> Checked {
+        let Some(h) = self.cur.as_ref() else { return Checked::Gone };
+        let now = Instant::now();
+        if reported && self.last_check.is_some_and(|t| now < schedule::after(t, CHECK_INTERVAL)) {
+            return Checked::Valid;
+        }
+        let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
+        crate::metrics::inc(
+            "vaultlet_lease_lookups_total",
+            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
+        );
+        let now = Instant::now();
+        // A failed lookup is not tried again before the next turn either.
+        self.vouched_at = Some(now);
+        match res {
+            Ok(()) => {
+                if reported {
+                    self.last_check = Some(now);
+                }
+                Checked::Valid
+            }
+            Err(e) if e.is_lease_gone() => {
+                self.expired("lease was revoked");
+                Checked::Gone
+            }
+            Err(e) if e.is_forbidden() => {
+                tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup refused; checking the token");
+                self.cx.auth.rejected(token.generation);
+                Checked::TokenChecked
+            }
+            Err(e) => {
+                tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup failed; the credential stays served");
+                Checked::Failed(e.to_string())
+            }
+        }
+    }
+
+    fn answer(&self, c: Check, found: Checked) {
+        let _ = c.reply.send(found);
     }
 
     fn expired(&mut self, why: &str) {
@@ -327,6 +454,7 @@ impl Database {
             token_end: token.hard_end,
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
+        self.vouched_at = Some(now);
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
         if let Some(old) = self.cur.replace(held) {
             tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
@@ -354,6 +482,7 @@ impl Database {
                 }
                 self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
+                self.vouched_at = Some(now);
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
             }
@@ -437,6 +566,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             "vaultlet_kv_reads_total",
             &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
         );
+        let mut forbidden = false;
         let wait = match res {
             Ok(data) => {
                 transient.reset();
@@ -449,6 +579,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             }
             Err(e) => {
                 if e.is_forbidden() {
+                    forbidden = true;
                     cx.auth.rejected(token.generation);
                 }
                 let wait = if e.is_transient() {
@@ -464,6 +595,8 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
         tokio::select! {
             _ = cx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            // After a 403, a new login is worth trying at once.
+            _ = token_rx.changed(), if forbidden => permanent.reset(),
         }
     }
 }

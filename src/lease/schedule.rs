@@ -14,6 +14,11 @@
 //!   `rotate_before` is left before the hard end, or before the plain end of
 //!   a non-renewable lease.
 //!
+//! * **Verify** (look the lease up) `verify_every` after Vault last vouched
+//!   for it (its issue, a renewal or a lookup), unless a renewal or
+//!   replacement comes first: that request proves the lease exists anyway,
+//!   so a lease renewed more often than `verify_every` costs no lookups.
+//!
 //! `rotate_before` defaults to ⅓ of the lease's lifetime with a 30 s floor,
 //! and never more than half the lifetime: a third leaves the app as long to
 //! move to the new credential as the renewal rhythm gives Vault to answer,
@@ -45,8 +50,18 @@ pub fn rotate_before(lifetime: Duration, configured: Option<Duration>) -> Durati
     configured.unwrap_or_else(|| (lifetime / 3).max(ROTATE_FLOOR)).min(lifetime / 2)
 }
 
+/// When to look a lease up next: `every` after Vault last vouched for it, or
+/// `None` when the next step (at `step_at`) talks to Vault about it first.
+/// `step_at` must be the step planned for the lease's current times, not one
+/// recomputed at each wake-up: [`renew_at`] is relative to now, so replanning
+/// after every lookup would push the renewal later each time.
+pub fn verify_at(vouched_at: Instant, every: Duration, step_at: Instant) -> Option<Instant> {
+    let at = after(vouched_at, every);
+    (at < step_at).then_some(at)
+}
+
 /// What the schedule knows about one lease.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTimes {
     /// Issue time.
     pub issued_at: Instant,
@@ -206,6 +221,33 @@ mod tests {
         assert!(step.at() >= now);
         let l = LeaseTimes { renewable: false, hard_end: None, ..l };
         assert!(next_step(now, l, Some(Duration::MAX), 0.999).at() >= now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verify_cadence_follows_the_last_word_from_vault() {
+        let issued = Instant::now();
+        let l = LeaseTimes { issued_at: issued, expires_at: issued + s(3600), renewable: true, hard_end: None };
+        let every = s(60);
+        // An hour-long lease renews at 40 min: a lookup every minute until then.
+        let mut vouched = issued;
+        let mut lookups = 0;
+        // The step is planned once per lease state: waking up for a lookup
+        // must not move the renewal (⅔ of the time left would drift later).
+        let step = next_step(Instant::now(), l, None, 0.0).at();
+        while let Some(at) = verify_at(vouched, every, step) {
+            tokio::time::sleep_until(at).await;
+            lookups += 1;
+            vouched = Instant::now();
+        }
+        assert_eq!(lookups, 39, "one lookup a minute before the renewal at 40 min");
+        assert!(Instant::now() - issued <= s(40 * 60), "a revoked lease is noticed within verify_every");
+        // A lease renewed more often than verify_every needs no lookup at all.
+        let now = Instant::now();
+        let short = LeaseTimes { issued_at: now, expires_at: now + s(30), renewable: true, hard_end: None };
+        assert_eq!(verify_at(now, every, next_step(now, short, None, 0.0).at()), None);
+        // A 2 s cadence (as in the tests) on a 60 s lease: due 2 s after the last word.
+        let l = LeaseTimes { issued_at: now, expires_at: now + s(60), renewable: true, hard_end: None };
+        assert_eq!(verify_at(now, s(2), next_step(now, l, None, 0.0).at()), Some(now + s(2)));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::bed::{Bed, Daemon, eventually, test_dir};
@@ -115,5 +115,31 @@ pub async fn systemd_notify_ready_and_stopping(bed: Arc<Bed>) -> Result<()> {
     d.signal(rustix::process::Signal::TERM)?;
     let n = tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf)).await??;
     ensure!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    drop(d);
+
+    // `vaultlet exec` under `WatchdogSec=` (here 400 ms): ready, then
+    // pinging the watchdog while the app runs (it used to ping nothing, so
+    // systemd killed it).
+    let exec_cfg =
+        config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n[exec]\nenv = { K = \"api.stripe_key\" }\n");
+    let mut d = Daemon::start_with(
+        &dir,
+        &exec_cfg,
+        &["exec"],
+        &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"],
+        &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default()), ("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "")],
+    )?;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.iter().filter(|m: &&String| m.starts_with("WATCHDOG=1")).count() < 3 {
+        let n = tokio::time::timeout_at(deadline, rx.recv(&mut buf))
+            .await
+            .with_context(|| format!("vaultlet exec stopped pinging the watchdog; got {seen:?}\n{}", d.log_text()))??;
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    ensure!(seen.iter().any(|m| m.starts_with("READY=1")), "exec tells systemd it is ready: {seen:?}");
+    d.signal(rustix::process::Signal::TERM)?;
+    let st = d.wait().await?;
+    ensure!(st.code() == Some(0), "app's exit code: {st}");
     Ok(())
 }

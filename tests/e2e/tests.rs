@@ -48,6 +48,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::attack_exec::all());
     v.extend(crate::attack_vault::all());
     v.extend(crate::pki::all());
+    v.extend(crate::revocation::all());
     v
 }
 
@@ -59,6 +60,10 @@ path "secret/data/*" { capabilities = ["read"] }
 path "kv/*" { capabilities = ["read"] }
 path "sys/leases/renew/database/creds/*" { capabilities = ["update"] }
 path "sys/leases/revoke/database/creds/*" { capabilities = ["update"] }
+path "sys/leases/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = { "lease_id" = ["database/creds/*"] }
+}
 "#;
 
 pub async fn prepare(bed: &Bed) -> Result<()> {

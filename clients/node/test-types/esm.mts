@@ -1,5 +1,6 @@
 // Compiled (not run) by `npm run typecheck`: the ESM types resolve and fit together.
-import vaultlet, { createPgPool, getSecret, loadSecrets, VaultletError, waitUntilReady, watch } from 'vaultlet';
+import vaultlet, { createPgPool, getSecret, loadSecrets, reportRejected, VaultletError, waitUntilReady, watch } from 'vaultlet';
+import type { RejectedAnswer } from 'vaultlet';
 import type { DatabaseCredential, RotatingPgPool, Secret, VaultletErrorCode } from 'vaultlet';
 
 const db: Secret<DatabaseCredential> = await getSecret<DatabaseCredential>('db', { waitUntilReady: true, timeoutMs: 5000 });
@@ -39,3 +40,6 @@ const v: number | undefined = serving.version;
 serving.close();
 const ctx: { cert: string; key: string } = tlsContextOf(await getSecret<PkiCertificate>('tls'), 'tls');
 void v, ctx;
+const answer: RejectedAnswer = await reportRejected('db', pool.version, { timeoutMs: 20000 });
+const fresh: boolean = answer.replaced;
+void [answer.version, fresh];

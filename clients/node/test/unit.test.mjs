@@ -343,6 +343,52 @@ test('createPgPool swaps to a new pool on rotation and drains the old one', asyn
   await assert.rejects(db.query('SELECT 1'), /after end/);
 });
 
+test('createPgPool reports a refused login with the version it used, once for queries failing together, then retries', async () => {
+  const s = secretServer();
+  s.state.data = { username: 'u1', password: 'p1' };
+  const reports = [];
+  const f = await fakeVaultlet((req, res, url) => {
+    if (url.pathname === '/v1/secrets/s/rejected') {
+      reports.push({ method: req.method, version: url.searchParams.get('version') });
+      // vaultlet found the lease gone and published a replacement.
+      s.bump({ username: 'u2', password: 'p2' });
+      return setTimeout(() => send(res, 200, { name: 's', version: s.state.version, replaced: true }), 50);
+    }
+    return s.handler(req, res, url);
+  });
+  const { pg, pools } = fakePg();
+  const db = await createPgPool('s', { pg, socket: f.path, poolOptions: {}, onError: () => {} });
+  try {
+    pools[0].refuse = true;
+    const results = await Promise.all([db.query('SELECT 1'), db.query('SELECT 2'), db.query('SELECT 3')]);
+    assert.deepEqual(
+      results.map((r) => r.rows[0].current_user),
+      ['u2', 'u2', 'u2'],
+      'every query retried on the new credential',
+    );
+    assert.deepEqual(reports, [{ method: 'POST', version: '1' }], 'one report, with the version the refused pool was built from');
+    assert.equal(db.version, 2);
+  } finally {
+    await db.end();
+    await f.close();
+  }
+});
+
+test('reportRejected posts the version and returns the answer; refusals are VaultletErrors', async () => {
+  const f = await fakeVaultlet((req, res, url) => {
+    if (req.method !== 'POST') return send(res, 405, { error: 'only POST' });
+    if (url.searchParams.get('version') === '7') return send(res, 200, { name: 'db', version: 7, replaced: false });
+    return send(res, 503, { error: 'could not check the lease: vault unreachable' });
+  });
+  try {
+    assert.deepEqual(await vaultlet.reportRejected('db', 7, { socket: f.path }), { name: 'db', version: 7, replaced: false });
+    await assert.rejects(vaultlet.reportRejected('db', 8, { socket: f.path }), { code: 'NOT_READY', status: 503 });
+    await assert.rejects(vaultlet.reportRejected('db', -1, { socket: f.path }), TypeError);
+  } finally {
+    await f.close();
+  }
+});
+
 test('createPgPool gives up with TIMEOUT when the secret never arrives, and FORBIDDEN at once on 403', async () => {
   const { pg } = fakePg();
   const missing = join(dir, 'never.sock');
