@@ -795,19 +795,28 @@ pub async fn run_file(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
-        }
-        // Batch: secrets that change together are written once. Not before
-        // the first write: nothing is written until every secret is there.
-        if written.is_some() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(BATCH) => {}
-            }
+        if !next_change(&mut rx, &shutdown, written.is_some()).await {
+            return;
         }
     }
+}
+
+/// Waits for the next change of the secrets and, once something has been
+/// written, for the batch window too, so secrets that change together are
+/// written once (nothing is written until every secret is there, so the
+/// first write does not wait). `false` at shutdown.
+async fn next_change(rx: &mut watch::Receiver<Snapshot>, shutdown: &CancellationToken, batch: bool) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        r = rx.changed() => if r.is_err() { return false },
+    }
+    if batch {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(BATCH) => {}
+        }
+    }
+    true
 }
 
 /// Runs a file's after-change command. Its output is not captured: it goes
@@ -913,15 +922,8 @@ pub async fn run_bundle(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
-        }
-        if written.is_some() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(BATCH) => {}
-            }
+        if !next_change(&mut rx, &shutdown, written.is_some()).await {
+            return;
         }
     }
 }
