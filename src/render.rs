@@ -787,11 +787,9 @@ pub async fn run_file(
                 }
                 Ok(false) => last_error = None,
                 Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_ref() != Some(&msg) {
+                    if let Some(msg) = first_time(&mut last_error, &e) {
                         tracing::error!(path = %spec.path.display(), error = %msg, "file not written");
                     }
-                    last_error = Some(msg);
                 }
             }
         }
@@ -799,6 +797,17 @@ pub async fn run_file(
             return;
         }
     }
+}
+
+/// The error's message if it differs from the last one, so a file that
+/// keeps failing the same way is logged once, not on every change.
+fn first_time(last: &mut Option<String>, e: &impl std::fmt::Display) -> Option<String> {
+    let msg = e.to_string();
+    if last.as_ref() == Some(&msg) {
+        return None;
+    }
+    *last = Some(msg.clone());
+    Some(msg)
 }
 
 /// Waits for the next change of the secrets and, once something has been
@@ -914,11 +923,9 @@ pub async fn run_bundle(
                 }
                 Ok(false) => last_error = None,
                 Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_ref() != Some(&msg) {
+                    if let Some(msg) = first_time(&mut last_error, &e) {
                         tracing::error!(bundle = %bundle, error = %msg, "file bundle not written");
                     }
-                    last_error = Some(msg);
                 }
             }
         }
