@@ -332,6 +332,22 @@ impl Database {
             if token_rx.has_changed().unwrap_or(false) {
                 continue;
             }
+            // A replacement due because the issuing token is about to die
+            // would, issued under that same token, die with it. The auth task
+            // is logging in again by then: wait for the new token (at most
+            // until the old one ends) and issue under it.
+            if let (Step::Replace(_), Some(h)) = (step, &self.cur)
+                && h.token_generation == token.generation
+                && let Some(end) = h.token_end
+                && h.cap.is_none_or(|cap| end <= cap)
+                && end > Instant::now()
+            {
+                tokio::select! {
+                    _ = self.cx.shutdown.cancelled() => return,
+                    _ = token_rx.changed() => continue,
+                    _ = sleep_until(end) => {}
+                }
+            }
             let shutdown = self.cx.shutdown.clone();
             let attempt = async {
                 match step {
