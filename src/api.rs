@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use std::collections::BTreeMap;
 
 use crate::config::{Allow, SecretSpec, SocketConfig, valid_name};
+use crate::metrics::{Denied, Metrics};
 use crate::secret::SecretData;
 use crate::store::{self, Entry, Store};
 
@@ -328,18 +329,18 @@ impl Denials {
 }
 
 /// Counts and logs a refusal; the response to send.
-fn deny(denials: &Denials, peer: &Peer, secret: &str, reason: &'static str) -> Response {
-    let n = denials.record(peer.uid);
+fn deny(api: &Api, peer: &Peer, secret: &str, reason: Denied) -> Response {
+    let n = api.denials.record(peer.uid);
     if n > DENY_LIMIT {
-        crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "rate_limited")]);
+        api.metrics.socket_denied(Denied::RateLimited);
         if n == DENY_LIMIT + 1 {
             audit(peer, secret, None, "rate_limited");
         }
         return error(StatusCode::TOO_MANY_REQUESTS, "too many refused requests; slow down");
     }
-    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
+    api.metrics.socket_denied(reason);
     audit(peer, secret, None, "denied");
-    let msg = if reason == "socket" {
+    let msg = if reason == Denied::Socket {
         "caller is not allowed to use this socket".to_string()
     } else {
         format!("caller uid {} may not read `{secret}`", peer.uid)
@@ -354,6 +355,7 @@ struct Api {
     acl: Arc<Acl>,
     denials: Arc<Denials>,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
@@ -364,9 +366,9 @@ fn allowed(allow: &[Allow], uid: u32, gid: u32) -> bool {
 const REFUSED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves until shutdown, then removes the socket file if it is still ours.
-pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
+pub async fn serve(bound: Bound, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let Bound { listener, file, acl, limits } = bound;
-    let app = router_with(store, acl.clone(), limits.clone());
+    let app = router_with(store, acl.clone(), limits.clone(), metrics.clone());
     let mut conns = JoinSet::new();
     let mut backoff = Duration::ZERO;
     let mut accept_log = Sparse::new(Duration::from_secs(60));
@@ -415,11 +417,11 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             Ok(slot) => slot,
             Err(over) => {
                 let reason = match over {
-                    Over::Uid => "connection_limit_uid",
-                    Over::Total => "connection_limit",
+                    Over::Uid => Denied::ConnectionLimitUid,
+                    Over::Total => Denied::ConnectionLimit,
                 };
-                crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
-                crate::metrics::socket_status(503);
+                metrics.socket_denied(reason);
+                metrics.socket_status(503);
                 if over_log.len() > 10_000 {
                     over_log.clear();
                 }
@@ -430,7 +432,7 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                         uid = peer.uid,
                         gid = peer.gid,
                         skipped,
-                        cap = reason,
+                        cap = reason.label(),
                         "too many connections; closing new ones"
                     );
                 }
@@ -480,18 +482,18 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
 const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
 
 /// The routes; the peer arrives as an extension per connection.
-pub fn router(store: Store, acl: Arc<Acl>) -> Router {
+pub fn router(store: Store, acl: Arc<Acl>, metrics: Arc<Metrics>) -> Router {
     let limits = Limits(Arc::new(LimitsInner {
         max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         per_uid: crate::config::DEFAULT_MAX_CONNECTIONS_PER_UID,
         waits_per_uid: crate::config::DEFAULT_MAX_WAITS_PER_UID,
         counts: Mutex::default(),
     }));
-    router_with(store, acl, limits)
+    router_with(store, acl, limits, metrics)
 }
 
-fn router_with(store: Store, acl: Arc<Acl>, limits: Limits) -> Router {
-    let api = Api { store, acl, denials: Arc::default(), limits };
+fn router_with(store: Store, acl: Arc<Acl>, limits: Limits, metrics: Arc<Metrics>) -> Router {
+    let api = Api { store, acl, denials: Arc::default(), limits, metrics };
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(one))
@@ -502,7 +504,7 @@ fn router_with(store: Store, acl: Arc<Acl>, limits: Limits) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /v1/secrets, /v1/health, /v1/ready") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), check_peer))
-        .layer(axum::middleware::map_response(no_store))
+        .layer(axum::middleware::map_response_with_state(api.clone(), no_store))
         .with_state(api)
 }
 
@@ -512,12 +514,12 @@ async fn check_peer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if peer.allowed { next.run(req).await } else { deny(&api.denials, &peer, "-", "socket") }
+    if peer.allowed { next.run(req).await } else { deny(&api, &peer, "-", Denied::Socket) }
 }
 
-async fn no_store(mut res: Response) -> Response {
+async fn no_store(State(api): State<Api>, mut res: Response) -> Response {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    crate::metrics::socket_status(res.status().as_u16());
+    api.metrics.socket_status(res.status().as_u16());
     res
 }
 
@@ -653,14 +655,14 @@ async fn one(
     // Refuse before saying whether the name exists, so a restricted caller
     // cannot enumerate secrets by comparing 403 with 404.
     if !api.acl.may_read(&peer, &name) {
-        return deny(&api.denials, &peer, &name, "secret");
+        return deny(&api, &peer, &name, Denied::Secret);
     }
     if !store.snapshot().contains_key(name.as_str()) {
         return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
         let Some(_slot) = api.limits.wait(peer.uid) else {
-            return too_many_waits();
+            return too_many_waits(&api.metrics);
         };
         // Long-poll: answer once a version newer than `after` is available
         // (any version without `after`), or when the wait is over.
@@ -708,7 +710,7 @@ async fn rejected(
         return error(StatusCode::BAD_REQUEST, "invalid secret name");
     }
     if !api.acl.may_read(&peer, &name) {
-        return deny(&api.denials, &peer, &name, "secret");
+        return deny(&api, &peer, &name, Denied::Secret);
     }
     match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
         Ok(a) => json(&serde_json::json!({ "name": name, "version": a.version, "replaced": a.replaced })),
@@ -719,7 +721,7 @@ async fn rejected(
 /// `GET /v1/events`: server-sent events, one per version change.
 async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
     let Some(slot) = api.limits.wait(peer.uid) else {
-        return too_many_waits();
+        return too_many_waits(&api.metrics);
     };
     let store = api.store.clone();
     let acl = api.acl.clone();
@@ -771,8 +773,8 @@ async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Res
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")).into_response()
 }
 
-fn too_many_waits() -> Response {
-    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "wait_limit")]);
+fn too_many_waits(metrics: &Metrics) -> Response {
+    metrics.socket_denied(Denied::WaitLimit);
     error(
         StatusCode::TOO_MANY_REQUESTS,
         "too many long-polls and event streams from this uid (socket.max_waits_per_uid)",
@@ -933,7 +935,7 @@ mod prop {
                 let _in_runtime = rt.enter();
                 bind(&cfg, &[]).unwrap()
             };
-            rt.spawn(serve(bound, store, CancellationToken::new()));
+            rt.spawn(serve(bound, store, crate::metrics::Metrics::new(), CancellationToken::new()));
             (rt, path)
         })
     }

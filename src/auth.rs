@@ -168,6 +168,7 @@ pub fn spawn(
     cfg: AppRoleConfig,
     store: Store,
     leases: Leases,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
@@ -180,7 +181,7 @@ pub fn spawn(
         dead: Arc::default(),
         deaths: Arc::new(watch::channel(0).0),
     };
-    let task = tokio::spawn(run(vault, cfg, store, leases, handle.clone(), tx, rej_rx, shutdown));
+    let task = tokio::spawn(run(vault, cfg, store, leases, metrics, handle.clone(), tx, rej_rx, shutdown));
     (handle, task)
 }
 
@@ -292,6 +293,7 @@ async fn run(
     cfg: AppRoleConfig,
     store: Store,
     leases: Leases,
+    metrics: Arc<crate::metrics::Metrics>,
     handle: AuthHandle,
     tx: watch::Sender<Option<Arc<Token>>>,
     mut rejected: mpsc::UnboundedReceiver<u64>,
@@ -319,7 +321,7 @@ async fn run(
             _ = shutdown.cancelled() => return,
             r = creds.login(&vault) => r,
         };
-        crate::metrics::inc("vaultlet_logins_total", &[("result", crate::metrics::result(&res))]);
+        metrics.login(&res);
         let auth = match res {
             Ok(a) => a,
             Err(e) => {
@@ -397,7 +399,7 @@ async fn run(
                 _ = shutdown.cancelled() => return,
                 r = vault.renew_self(&token.secret, initial_ttl) => r,
             };
-            crate::metrics::inc("vaultlet_token_renewals_total", &[("result", crate::metrics::result(&res))]);
+            metrics.token_renewal(&res);
             match res {
                 Ok(a) => {
                     let now = Instant::now();

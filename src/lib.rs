@@ -80,7 +80,8 @@ pub struct Running {
 /// Starts every task: auth, one per secret, files, socket. Fails only on
 /// local set-up problems (TLS files, the socket path).
 pub fn start(config: &Config) -> Result<Running, RunError> {
-    let vault = Arc::new(vault::Vault::new(&config.vault)?);
+    let metrics = metrics::Metrics::new();
+    let vault = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
     let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
@@ -88,7 +89,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     let tasks = CancellationToken::new();
     let leases = lease::Leases::default();
     let (auth, auth_task) =
-        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), tasks.clone());
+        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), metrics.clone(), tasks.clone());
     let cx = lease::Cx {
         vault: vault.clone(),
         store: store.clone(),
@@ -96,6 +97,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         leases: leases.clone(),
         shutdown: tasks.clone(),
         certs: lease::pki::Certs::default(),
+        metrics: metrics.clone(),
     };
     let certs = cx.certs.clone();
 
@@ -119,10 +121,10 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         set.spawn(render::run_file(spec, store.subscribe(), tasks.clone(), Some(tx)));
     }
     if let Some(b) = bound {
-        set.spawn(api::serve(b, store.clone(), tasks.clone()));
+        set.spawn(api::serve(b, store.clone(), metrics.clone(), tasks.clone()));
     }
     if let Some(m) = config.metrics.clone() {
-        set.spawn(metrics::serve(m, store.clone(), tasks.clone()));
+        set.spawn(metrics::serve(m, metrics.register(store.clone()), tasks.clone()));
     }
     tracing::info!(secrets = config.secrets.len(), files = config.files.len(), "vaultlet started");
     Ok(Running {

@@ -736,6 +736,8 @@ pub struct Vault {
     /// queue here instead of opening thousands of connections.
     in_flight: tokio::sync::Semaphore,
     issues: IssueBucket,
+    /// Where request counts and latencies go.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Most requests vaultlet sends to Vault at the same time.
@@ -788,7 +790,15 @@ impl Vault {
             limit: cfg.max_response_size,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             issues: IssueBucket::new(ISSUE_BURST, ISSUE_RATE),
+            metrics: crate::metrics::Metrics::new(),
         })
+    }
+
+    /// Counts this client's requests into `metrics` (the daemon's set)
+    /// instead of a private one.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Vault {
+        self.metrics = metrics;
+        self
     }
 
     fn conn(&self, addr: &reqwest::Url, token: &str) -> Conn {
@@ -830,7 +840,7 @@ impl Vault {
             // of every caller's state keeps idle secret tasks small.
             let res = Box::pin(f(conn)).await;
             tracing::trace!(operation = %op.kind, ok = res.is_ok(), took = ?started.elapsed(), "vault response");
-            crate::metrics::vault_request(op.kind, started.elapsed(), res.is_ok());
+            self.metrics.vault_request(op.kind, started.elapsed(), res.is_ok());
             match res {
                 Ok(v) => {
                     if idx != start {

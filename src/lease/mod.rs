@@ -143,6 +143,8 @@ pub struct Cx {
     pub shutdown: CancellationToken,
     /// Held certificates (PKI secrets).
     pub certs: pki::Certs,
+    /// Counters this task moves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs the task for one secret until shutdown.
@@ -407,10 +409,7 @@ impl Database {
             return Checked::Valid;
         }
         let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
-        crate::metrics::inc(
-            "vaultlet_lease_lookups_total",
-            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
-        );
+        self.cx.metrics.lease_lookup(&self.spec.name, &res);
         let now = Instant::now();
         // A failed lookup is not tried again before the next turn either.
         self.vouched_at = Some(now);
@@ -453,7 +452,7 @@ impl Database {
         self.last_issue = Some(Instant::now());
         let _pending = self.cx.leases.pending(token.generation);
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
-        crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
+        self.cx.metrics.credential_issued(&self.spec.name);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
@@ -481,10 +480,7 @@ impl Database {
     async fn renew(&mut self, token: &crate::secret::Token) -> Result<(), VaultError> {
         let Some(h) = self.cur.as_mut() else { return Ok(()) };
         let res = self.cx.vault.renew_lease(&token.secret, &h.lease.id, h.lease.ttl).await;
-        crate::metrics::inc(
-            "vaultlet_lease_renewals_total",
-            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
-        );
+        self.cx.metrics.lease_renewal(&self.spec.name, &res);
         match res {
             Ok(r) => {
                 let now = Instant::now();
@@ -578,10 +574,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             _ = cx.shutdown.cancelled() => return,
             r = cx.vault.kv(&token.secret, mount, path, version) => r,
         };
-        crate::metrics::inc(
-            "vaultlet_kv_reads_total",
-            &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
-        );
+        cx.metrics.kv_read(&spec.name, &res);
         let mut forbidden = false;
         let wait = match res {
             Ok(data) => {
