@@ -103,7 +103,10 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {
-        set.spawn(lease::run(cx.clone(), spec));
+        // Every line a secret's task logs — including those from the Vault
+        // client it calls — carries the secret's name.
+        let span = tracing::info_span!("secret", name = %spec.name);
+        set.spawn(tracing::Instrument::instrument(lease::run(cx.clone(), spec), span));
     }
     let mut first_writes = Vec::new();
     let mut bundles: std::collections::BTreeMap<String, Vec<config::FileSpec>> = Default::default();
