@@ -19,6 +19,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod templates;
+
+use templates::Shape;
+
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 
@@ -712,7 +716,7 @@ impl Cx<'_> {
             }
         };
 
-        let kinds: BTreeMap<&str, &SecretSource> = secrets.iter().map(|s| (s.name.as_str(), &s.source)).collect();
+        let kinds: BTreeMap<&str, Shape> = secrets.iter().map(|s| (s.name.as_str(), Shape::of(&s.source))).collect();
         let mut files = Vec::new();
         for (i, e) in raw.env_file.into_iter().enumerate() {
             let span = e.span();
@@ -738,7 +742,7 @@ impl Cx<'_> {
             };
             let tspan = e.template.span();
             let template = e.template.into_inner();
-            let uses = crate::render::check_template(&template, &kinds)
+            let uses = templates::check_template(&template, &kinds)
                 .or_else(|msg| self.err(tspan, &format!("{key}.template"), msg))?;
             files.push(FileSpec {
                 path: e.path,
@@ -771,7 +775,7 @@ impl Cx<'_> {
                 }
                 _ => return self.err(span, &key, "needs exactly one of `template` (inline) or `source` (a file)"),
             };
-            let uses = crate::render::check_template(&template, &kinds).or_else(|msg| self.err(tspan, &tkey, msg))?;
+            let uses = templates::check_template(&template, &kinds).or_else(|msg| self.err(tspan, &tkey, msg))?;
             let command = match t.command {
                 Some(c) if c.get_ref().is_empty() => {
                     return self.err(c.span(), &format!("{key}.command"), "must name a program: [\"prog\", \"arg\"…]");
@@ -839,7 +843,7 @@ impl Cx<'_> {
         })
     }
 
-    fn exec(&self, e: Spanned<RawExec>, kinds: &BTreeMap<&str, &SecretSource>) -> Result<ExecSpec, ConfigError> {
+    fn exec(&self, e: Spanned<RawExec>, kinds: &BTreeMap<&str, Shape>) -> Result<ExecSpec, ConfigError> {
         let span = e.span();
         let e = e.into_inner();
         let mut template = String::new();
@@ -854,7 +858,7 @@ impl Cx<'_> {
         // The mapping is sugar for template lines.
         for (var, reference) in &e.env {
             let key = format!("exec.env.{var}");
-            if !crate::render::is_env_key(var) {
+            if !templates::is_env_key(var) {
                 return self.err(reference.span(), &key, "not a valid environment variable name");
             }
             let r = reference.get_ref();
@@ -863,15 +867,14 @@ impl Cx<'_> {
             if !valid {
                 return self.err(reference.span(), &key, "must be `secret.key`, e.g. \"db.password\"");
             }
-            crate::render::check_template(&format!("{{{{ {r} }}}}"), kinds)
+            templates::check_template(&format!("{{{{ {r} }}}}"), kinds)
                 .or_else(|msg| self.err(reference.span(), &key, msg))?;
             template.push_str(&format!("{var}={{{{ {r} }}}}\n"));
         }
         if template.is_empty() {
             return self.err(span, "exec", "needs `template` or an `env` mapping");
         }
-        let uses =
-            crate::render::check_template(&template, kinds).or_else(|msg| self.err(tspan, "exec.template", msg))?;
+        let uses = templates::check_template(&template, kinds).or_else(|msg| self.err(tspan, "exec.template", msg))?;
         let on_change = match e.on_change.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
             None | Some((_, "restart")) => OnChange::Restart,
             Some((_, "signal")) => OnChange::Signal,
@@ -913,7 +916,7 @@ impl Cx<'_> {
         let Some(list) = v else { return Ok(Vec::new()) };
         for (i, name) in list.get_ref().iter().enumerate() {
             let bare = name.strip_suffix('*').unwrap_or(name);
-            if name != "*" && !crate::render::is_env_key(bare) {
+            if name != "*" && !templates::is_env_key(bare) {
                 return self.err(
                     list.span(),
                     &format!("{key}[{i}]"),
@@ -1533,7 +1536,7 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
 
     #[test]
     fn shipped_example_is_valid() {
-        let src = include_str!("../examples/vaultlet.toml").replace("/run/vaultlet/role_id", "/etc/hostname");
+        let src = include_str!("../../examples/vaultlet.toml").replace("/run/vaultlet/role_id", "/etc/hostname");
         let c = load(&src).unwrap_or_else(|e| panic!("examples/vaultlet.toml: {e}"));
         assert_eq!(c.secrets.len(), 2);
         assert_eq!(c.socket.unwrap().allow.len(), 2);
@@ -1641,7 +1644,7 @@ mod prop {
     use super::*;
     use proptest::prelude::*;
 
-    const BASE: &str = include_str!("../examples/vaultlet.toml");
+    const BASE: &str = include_str!("../../examples/vaultlet.toml");
 
     fn check(src: &str) {
         let lines = src.lines().count() + 1;
