@@ -1,27 +1,38 @@
 //! The configuration file: raw TOML → validated [`Config`].
 //!
-//! Loading happens in two steps, the way ripgrep turns flags into arguments:
-//! serde reads the file into `Raw*` structs that reject unknown keys, then
-//! [`Config::from_toml`] checks what serde cannot (durations, modes, template
-//! references, paths) and builds the types the rest of the program uses.
-//! Nothing downstream re-validates.
+//! Loading happens in steps, the way ripgrep turns flags into arguments:
 //!
-//! Every error names the file, the line and the dotted key. Messages never
-//! quote values from the file: the config holds no credentials itself (they
-//! live in the files it points to), but an error message is the wrong place
-//! to find out that someone pasted one in.
+//! * `raw.rs`: serde reads each table of the file into `Raw*` structs that
+//!   reject unknown keys, one table at a time so one mistake does not hide
+//!   the next;
+//! * [`types`]: every value with a spelling of its own (durations, modes,
+//!   signals, addresses, sizes, the string options) is a type that refuses
+//!   a bad spelling as serde reads it;
+//! * `check.rs`: what no single value can know (keys that go together,
+//!   files that must exist, paths rendered twice);
+//! * [`templates`]: each template against the configured secrets.
+//!
+//! The result is the [`Config`] the rest of the program uses, plus warnings
+//! for the binary to print ([`Loaded`]); nothing downstream re-validates,
+//! and nothing here touches the network.
+//!
+//! A bad file yields [`ConfigErrors`]: every problem found, in file order,
+//! each naming the file, the line and the dotted key. Messages never quote
+//! values from the file: the config holds no credentials itself (they live
+//! in the files it points to), but an error message is the wrong place to
+//! find out that someone pasted one in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
 
+mod check;
+mod raw;
 pub mod templates;
-
-use templates::Shape;
+pub mod types;
 
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
@@ -132,7 +143,8 @@ pub struct AppRoleConfig {
 }
 
 /// What to do with the lease a replacement took over from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum RevokeOld {
     /// Revoke it once `drain` has passed (or let it expire if sooner).
     Drain,
@@ -251,7 +263,8 @@ pub enum FileFormat {
 /// The reader an `[[env_file]]` is written for (`format = "…"`). Each one
 /// reads quotes and backslashes differently, so each gets its own encoding,
 /// and a value its reader cannot hold exactly is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum EnvFormat {
     /// `set -a; . file` in a POSIX shell (the default).
     Sh,
@@ -310,7 +323,8 @@ pub struct FileSpec {
 }
 
 /// What `vaultlet exec` does when the app's environment changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum OnChange {
     /// Stop the child gracefully and start it again with the new environment.
     Restart,
@@ -345,223 +359,69 @@ pub struct ExecSpec {
     pub uses: BTreeSet<String>,
 }
 
-// === raw structs (serde) ===
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    vault: Spanned<RawVault>,
-    auth: Spanned<RawAuth>,
-    #[serde(default)]
-    secret: BTreeMap<String, Spanned<RawSecret>>,
-    socket: Option<Spanned<RawSocket>>,
-    #[serde(default)]
-    env_file: Vec<Spanned<RawEnvFile>>,
-    #[serde(default)]
-    template: Vec<Spanned<RawTemplate>>,
-    exec: Option<Spanned<RawExec>>,
-    #[serde(default)]
-    revoke_on_shutdown: bool,
-    memory: Option<RawMemory>,
-    metrics: Option<Spanned<RawMetrics>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMemory {
-    #[serde(default)]
-    require_lock: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: Option<Spanned<String>>,
-    socket: Option<PathBuf>,
-    mode: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVault {
-    address: Spanned<OneOrMany>,
-    ca_cert: Option<Spanned<PathBuf>>,
-    namespace: Option<String>,
-    connect_timeout: Option<Spanned<String>>,
-    request_timeout: Option<Spanned<String>>,
-    client_cert: Option<Spanned<PathBuf>>,
-    client_key: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    allow_insecure_http: bool,
-    max_response_size: Option<Spanned<RawSize>>,
-}
-
-/// A size: bytes as a number, or a string like `"512KiB"`, `"4MiB"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(u64),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    approle: Spanned<RawAppRole>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAppRole {
-    mount: Option<String>,
-    role_id_file: Spanned<PathBuf>,
-    secret_id_file: Spanned<PathBuf>,
-    #[serde(default)]
-    secret_id_wrapped: bool,
-    #[serde(default)]
-    remove_secret_id_file: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    database: Option<RawDatabase>,
-    kv: Option<RawKv>,
-    pki: Option<Spanned<RawPki>>,
-    refresh: Option<Spanned<String>>,
-    rotate_before: Option<Spanned<String>>,
-    reissue_before: Option<Spanned<String>>,
-    revoke_old: Option<Spanned<bool>>,
-    drain: Option<Spanned<String>>,
-    revoke_old_after: Option<Spanned<String>>,
-    verify_every: Option<Spanned<String>>,
-    allow: Option<Vec<Spanned<RawAllow>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    #[serde(default = "default_db_mount")]
-    mount: String,
-    role: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPki {
-    #[serde(default = "default_pki_mount")]
-    mount: Spanned<String>,
-    role: Spanned<String>,
-    common_name: Spanned<String>,
-    #[serde(default)]
-    alt_names: Vec<Spanned<String>>,
-    #[serde(default)]
-    ip_sans: Vec<Spanned<String>>,
-    ttl: Option<Spanned<String>>,
-}
-
-fn default_pki_mount() -> Spanned<String> {
-    Spanned::new(0..0, "pki".into())
-}
-
-fn default_db_mount() -> String {
-    "database".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKv {
-    #[serde(default = "default_kv_mount")]
-    mount: String,
-    path: String,
-    #[serde(default = "default_kv_version")]
-    version: Spanned<u8>,
-}
-
-fn default_kv_mount() -> String {
-    "secret".into()
-}
-
-fn default_kv_version() -> Spanned<u8> {
-    Spanned::new(0..0, 2)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSocket {
-    path: Option<PathBuf>,
-    mode: Option<Spanned<String>>,
-    allow: Option<Vec<Spanned<RawAllow>>>,
-    max_connections: Option<Spanned<i64>>,
-    max_connections_per_uid: Option<Spanned<i64>>,
-    max_waits_per_uid: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAllow {
-    uid: Option<u32>,
-    gid: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEnvFile {
-    path: PathBuf,
-    template: Spanned<String>,
-    mode: Option<Spanned<String>>,
-    format: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTemplate {
-    path: PathBuf,
-    template: Option<Spanned<String>>,
-    source: Option<Spanned<PathBuf>>,
-    mode: Option<Spanned<String>>,
-    owner: Option<u32>,
-    group: Option<u32>,
-    command: Option<Spanned<Vec<String>>>,
-    command_timeout: Option<Spanned<String>>,
-    inherit_env: Option<Spanned<Vec<String>>>,
-    bundle: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExec {
-    template: Option<Spanned<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, Spanned<String>>,
-    command: Option<Spanned<Vec<String>>>,
-    on_change: Option<Spanned<String>>,
-    signal: Option<Spanned<String>>,
-    stop_signal: Option<Spanned<String>>,
-    stop_timeout: Option<Spanned<String>>,
-    debounce: Option<Spanned<String>>,
-    inherit_env: Option<Spanned<Vec<String>>>,
-    user: Option<Spanned<u32>>,
-    group: Option<Spanned<u32>>,
-}
-
 // === impl Config ===
 
+/// A config that loaded, and what it loaded with that deserves a word.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Settings that are allowed but weaken something (for the binary to print).
+    pub warnings: Vec<Warning>,
+}
+
+/// An allowed but risky setting, e.g. `vault.allow_insecure_http` in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Dotted key.
+    pub key: String,
+    /// What it means.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in the file, in file order (never empty).
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The problems, in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One problem per line, each in [`ConfigError`]'s format.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 impl Config {
-    /// Reads and validates a config file. No network I/O.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read config file: {e}"),
+    /// Reads and validates a config file, reporting every problem in it. No
+    /// network I/O.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])
         })?;
         // systemd's LoadCredential= puts role_id/secret_id in a directory
         // named by this variable; the config may refer to it.
@@ -570,714 +430,19 @@ impl Config {
     }
 
     /// Validates config text. `uid` is the default socket allow-list entry.
-    pub fn from_toml(file: &Path, src: &str, uid: u32) -> Result<Config, ConfigError> {
+    pub fn from_toml(file: &Path, src: &str, uid: u32) -> Result<Loaded, ConfigErrors> {
         Self::parse(file, src, uid, None)
     }
 
-    fn parse(file: &Path, src: &str, uid: u32, credentials: Option<PathBuf>) -> Result<Config, ConfigError> {
-        let cx = Cx { file, src, credentials };
-        let de = toml::de::Deserializer::parse(src).map_err(|e| cx.toml_err(&e, ""))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-            cx.toml_err(e.inner(), if key == "." { "" } else { &key })
-        })?;
-        cx.validate(raw, uid)
+    fn parse(file: &Path, src: &str, uid: u32, credentials: Option<PathBuf>) -> Result<Loaded, ConfigErrors> {
+        let cx = check::Cx::new(file, src, credentials);
+        let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));
+        cx.finish(config)
     }
 }
 
 fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
-}
-
-struct Cx<'a> {
-    file: &'a Path,
-    src: &'a str,
-    /// `$CREDENTIALS_DIRECTORY`, when systemd set it.
-    credentials: Option<PathBuf>,
-}
-
-impl Cx<'_> {
-    fn line(&self, offset: usize) -> usize {
-        self.src[..offset.min(self.src.len())].matches('\n').count() + 1
-    }
-
-    fn err<T>(&self, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError {
-            file: self.file.to_owned(),
-            line: (span != (0..0)).then(|| self.line(span.start)),
-            key: key.to_owned(),
-            message: msg.into(),
-        })
-    }
-
-    /// Keeps toml's message (it names the problem, e.g. "unknown field `x`,
-    /// expected one of …") but not its excerpt of the offending line.
-    fn toml_err(&self, e: &toml::de::Error, key: &str) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: e.span().map(|s| self.line(s.start)),
-            key: key.to_owned(),
-            message: e.message().trim().replace('\n', " "),
-        }
-    }
-
-    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => match parse_duration(s.get_ref()) {
-                Some(d) if !d.is_zero() => Ok(d),
-                Some(_) => self.err(s.span(), key, "must be greater than zero"),
-                None => self.err(s.span(), key, "not a duration; write e.g. \"30s\", \"5m\", \"1h30m\""),
-            },
-        }
-    }
-
-    fn count(&self, v: &Option<Spanned<i64>>, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(n) => match usize::try_from(*n.get_ref()) {
-                Ok(c) if (1..=1_000_000).contains(&c) => Ok(c),
-                _ => self.err(n.span(), key, "must be a whole number from 1 to 1000000"),
-            },
-        }
-    }
-
-    /// `vault.max_response_size`: 4 KiB ..= 64 MiB, default 1 MiB.
-    fn max_response_size(&self, v: &Option<Spanned<RawSize>>) -> Result<usize, ConfigError> {
-        const KEY: &str = "vault.max_response_size";
-        let Some(v) = v else { return Ok(crate::vault::DEFAULT_MAX_RESPONSE) };
-        let n = match v.get_ref() {
-            RawSize::Bytes(n) => Some(*n),
-            RawSize::Text(t) => {
-                let t = t.trim();
-                let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("B", 1)]
-                    .iter()
-                    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
-                    .unwrap_or((t, 1));
-                num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
-            }
-        };
-        match n {
-            Some(n) if ((4 << 10)..=(64 << 20)).contains(&n) => Ok(n as usize),
-            Some(_) => self.err(v.span(), KEY, "must be between 4KiB and 64MiB"),
-            None => self.err(v.span(), KEY, "not a size; write e.g. \"1MiB\", \"512KiB\" or a number of bytes"),
-        }
-    }
-
-    fn mode(&self, v: &Option<Spanned<String>>, key: &str, default: u32) -> Result<u32, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => match u32::from_str_radix(s.get_ref().trim_start_matches("0o"), 8) {
-                Ok(m) if m <= 0o777 && m & 0o7 == 0 => Ok(m),
-                Ok(m) if m <= 0o777 => {
-                    self.err(s.span(), key, "must not grant access to others (last digit must be 0)")
-                }
-                _ => self.err(s.span(), key, "not an octal file mode; write e.g. \"0600\""),
-            },
-        }
-    }
-
-    fn validate(&self, raw: RawConfig, uid: u32) -> Result<Config, ConfigError> {
-        let vault = self.vault(raw.vault)?;
-        let auth = self.auth(raw.auth)?;
-
-        let mut secrets = Vec::new();
-        for (name, s) in raw.secret {
-            secrets.push(self.secret(name, s)?);
-        }
-
-        let socket = match raw.socket {
-            None => None,
-            Some(s) => {
-                let span = s.span();
-                let s = s.into_inner();
-                let path = s.path.unwrap_or_else(|| DEFAULT_SOCKET.into());
-                if !path.is_absolute() {
-                    return self.err(span, "socket.path", "must be an absolute path");
-                }
-                let mode = self.mode(&s.mode, "socket.mode", 0o600)?;
-                let allow = match s.allow {
-                    None => vec![Allow { uid: Some(uid), gid: None }],
-                    Some(list) => self.allow_list(list, "socket.allow")?,
-                };
-                let max_connections =
-                    self.count(&s.max_connections, "socket.max_connections", DEFAULT_MAX_CONNECTIONS)?;
-                let max_connections_per_uid = self.count(
-                    &s.max_connections_per_uid,
-                    "socket.max_connections_per_uid",
-                    DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
-                )?;
-                let max_waits_per_uid = self.count(
-                    &s.max_waits_per_uid,
-                    "socket.max_waits_per_uid",
-                    DEFAULT_MAX_WAITS_PER_UID.min(max_connections_per_uid),
-                )?;
-                Some(SocketConfig { path, mode, allow, max_connections, max_connections_per_uid, max_waits_per_uid })
-            }
-        };
-
-        let kinds: BTreeMap<&str, Shape> = secrets.iter().map(|s| (s.name.as_str(), Shape::of(&s.source))).collect();
-        let mut files = Vec::new();
-        for (i, e) in raw.env_file.into_iter().enumerate() {
-            let span = e.span();
-            let e = e.into_inner();
-            let key = format!("env_file[{i}]");
-            if !e.path.is_absolute() {
-                return self.err(span, &format!("{key}.path"), "must be an absolute path");
-            }
-            let mode = self.mode(&e.mode, &format!("{key}.mode"), 0o600)?;
-            let format = match &e.format {
-                None => EnvFormat::Sh,
-                Some(f) => match EnvFormat::ALL.iter().find(|(n, _)| *n == f.get_ref().as_str()) {
-                    Some((_, fmt)) => *fmt,
-                    None => {
-                        let names: Vec<&str> = EnvFormat::ALL.iter().map(|(n, _)| *n).collect();
-                        return self.err(
-                            f.span(),
-                            &format!("{key}.format"),
-                            format!("must be one of {}", names.join(", ")),
-                        );
-                    }
-                },
-            };
-            let tspan = e.template.span();
-            let template = e.template.into_inner();
-            let uses = templates::check_template(&template, &kinds)
-                .or_else(|msg| self.err(tspan, &format!("{key}.template"), msg))?;
-            files.push(FileSpec {
-                path: e.path,
-                template,
-                format: FileFormat::Env(format),
-                mode,
-                owner: None,
-                group: None,
-                command: None,
-                command_timeout: Duration::from_secs(30),
-                inherit_env: Vec::new(),
-                uses,
-                bundle: None,
-            });
-        }
-        for (i, t) in raw.template.into_iter().enumerate() {
-            let span = t.span();
-            let t = t.into_inner();
-            let key = format!("template[{i}]");
-            if !t.path.is_absolute() {
-                return self.err(span, &format!("{key}.path"), "must be an absolute path");
-            }
-            let mode = self.mode(&t.mode, &format!("{key}.mode"), 0o600)?;
-            let (tspan, template, tkey) = match (t.template, t.source) {
-                (Some(inline), None) => (inline.span(), inline.into_inner(), format!("{key}.template")),
-                (None, Some(src)) => {
-                    let text = std::fs::read_to_string(src.get_ref())
-                        .or_else(|e| self.err(src.span(), &format!("{key}.source"), format!("cannot read: {e}")))?;
-                    (src.span(), text, format!("{key}.source"))
-                }
-                _ => return self.err(span, &key, "needs exactly one of `template` (inline) or `source` (a file)"),
-            };
-            let uses = templates::check_template(&template, &kinds).or_else(|msg| self.err(tspan, &tkey, msg))?;
-            let command = match t.command {
-                Some(c) if c.get_ref().is_empty() => {
-                    return self.err(c.span(), &format!("{key}.command"), "must name a program: [\"prog\", \"arg\"…]");
-                }
-                c => c.map(Spanned::into_inner),
-            };
-            let command_timeout =
-                self.duration(&t.command_timeout, &format!("{key}.command_timeout"), Duration::from_secs(30))?;
-            let inherit_env = self.inherit_env(&t.inherit_env, &format!("{key}.inherit_env"))?;
-            if let Some(b) = &t.bundle {
-                let n = b.get_ref();
-                if n.is_empty() || !n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
-                    return self.err(b.span(), &format!("{key}.bundle"), "letters, digits, `-` and `_` only");
-                }
-                // One directory: one symlink switch covers the whole bundle.
-                let dir = t.path.parent();
-                if let Some(other) = files.iter().find(|f| f.bundle.as_ref() == Some(n) && f.path.parent() != dir) {
-                    return self.err(
-                        b.span(),
-                        &format!("{key}.bundle"),
-                        format!("files of one bundle must share a directory; {} is elsewhere", other.path.display()),
-                    );
-                }
-            }
-            files.push(FileSpec {
-                path: t.path,
-                template,
-                format: FileFormat::Raw,
-                mode,
-                owner: t.owner,
-                group: t.group,
-                command,
-                command_timeout,
-                inherit_env,
-                uses,
-                bundle: t.bundle.map(Spanned::into_inner),
-            });
-        }
-        let mut seen = BTreeSet::new();
-        for f in &files {
-            if !seen.insert(&f.path) {
-                return self.err(0..0, "env_file", format!("{} is rendered twice", f.path.display()));
-            }
-        }
-        let exec = raw.exec.map(|e| self.exec(e, &kinds)).transpose()?;
-
-        if secrets.is_empty() {
-            return self.err(0..0, "secret", "no secrets configured; add a [secret.NAME] table");
-        }
-        if socket.is_none() && files.is_empty() && exec.is_none() {
-            return self.err(0..0, "socket", "nothing to serve secrets with; add [socket], [[env_file]] or [exec]");
-        }
-
-        let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
-        Ok(Config {
-            vault,
-            auth,
-            secrets,
-            socket,
-            files,
-            exec,
-            revoke_on_shutdown: raw.revoke_on_shutdown,
-            require_memory_lock: raw.memory.is_some_and(|m| m.require_lock),
-            metrics,
-        })
-    }
-
-    fn exec(&self, e: Spanned<RawExec>, kinds: &BTreeMap<&str, Shape>) -> Result<ExecSpec, ConfigError> {
-        let span = e.span();
-        let e = e.into_inner();
-        let mut template = String::new();
-        let mut tspan = span.clone();
-        if let Some(t) = e.template {
-            tspan = t.span();
-            template = t.into_inner();
-            if !template.is_empty() && !template.ends_with('\n') {
-                template.push('\n');
-            }
-        }
-        // The mapping is sugar for template lines.
-        for (var, reference) in &e.env {
-            let key = format!("exec.env.{var}");
-            if !templates::is_env_key(var) {
-                return self.err(reference.span(), &key, "not a valid environment variable name");
-            }
-            let r = reference.get_ref();
-            let valid =
-                r.split_once('.').is_some_and(|(n, k)| valid_name(n) && !k.is_empty() && !k.contains(['{', '}']));
-            if !valid {
-                return self.err(reference.span(), &key, "must be `secret.key`, e.g. \"db.password\"");
-            }
-            templates::check_template(&format!("{{{{ {r} }}}}"), kinds)
-                .or_else(|msg| self.err(reference.span(), &key, msg))?;
-            template.push_str(&format!("{var}={{{{ {r} }}}}\n"));
-        }
-        if template.is_empty() {
-            return self.err(span, "exec", "needs `template` or an `env` mapping");
-        }
-        let uses = templates::check_template(&template, kinds).or_else(|msg| self.err(tspan, "exec.template", msg))?;
-        let on_change = match e.on_change.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
-            None | Some((_, "restart")) => OnChange::Restart,
-            Some((_, "signal")) => OnChange::Signal,
-            Some((_, "none")) => OnChange::None,
-            Some((sp, _)) => return self.err(sp, "exec.on_change", "must be \"restart\", \"signal\" or \"none\""),
-        };
-        let signal = self.signal(&e.signal, "exec.signal", "SIGHUP")?;
-        let stop_signal = self.signal(&e.stop_signal, "exec.stop_signal", "SIGTERM")?;
-        let command = match e.command {
-            Some(c) if c.get_ref().is_empty() => {
-                return self.err(c.span(), "exec.command", "must name a program: [\"node\", \"server.js\"]");
-            }
-            c => c.map(Spanned::into_inner),
-        };
-        // Both or neither: a uid change alone would keep vaultlet's group,
-        // a gid change alone its supplementary groups.
-        let user = match (e.user, e.group) {
-            (None, None) => None,
-            (Some(u), Some(g)) => Some((u.into_inner(), g.into_inner())),
-            (Some(u), None) => return self.err(u.span(), "exec.user", "needs exec.group too (a numeric gid)"),
-            (None, Some(g)) => return self.err(g.span(), "exec.group", "needs exec.user too (a numeric uid)"),
-        };
-        Ok(ExecSpec {
-            template,
-            command,
-            on_change,
-            signal,
-            stop_signal,
-            stop_timeout: self.duration(&e.stop_timeout, "exec.stop_timeout", Duration::from_secs(10))?,
-            debounce: self.duration(&e.debounce, "exec.debounce", Duration::from_secs(1))?,
-            inherit_env: self.inherit_env(&e.inherit_env, "exec.inherit_env")?,
-            user,
-            uses,
-        })
-    }
-
-    /// Names (or `PREFIX*`) of variables to pass on; vaultlet's own are refused.
-    fn inherit_env(&self, v: &Option<Spanned<Vec<String>>>, key: &str) -> Result<Vec<String>, ConfigError> {
-        let Some(list) = v else { return Ok(Vec::new()) };
-        for (i, name) in list.get_ref().iter().enumerate() {
-            let bare = name.strip_suffix('*').unwrap_or(name);
-            if name != "*" && !templates::is_env_key(bare) {
-                return self.err(
-                    list.span(),
-                    &format!("{key}[{i}]"),
-                    "must be a variable name, or a prefix ending in `*` (e.g. \"LC_*\")",
-                );
-            }
-            if let Some(own) = crate::exec::own_variable(name) {
-                return self.err(
-                    list.span(),
-                    &format!("{key}[{i}]"),
-                    format!("{own} is vaultlet's own and is never passed on; map what the app needs in `env`"),
-                );
-            }
-        }
-        Ok(list.get_ref().clone())
-    }
-
-    fn allow_list(&self, list: Vec<Spanned<RawAllow>>, key: &str) -> Result<Vec<Allow>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, a) in list.into_iter().enumerate() {
-            let span = a.span();
-            let a = a.into_inner();
-            if a.uid.is_none() && a.gid.is_none() {
-                return self.err(span, &format!("{key}[{i}]"), "needs `uid`, `gid` or both");
-            }
-            out.push(Allow { uid: a.uid, gid: a.gid });
-        }
-        Ok(out)
-    }
-
-    fn metrics(&self, m: Spanned<RawMetrics>) -> Result<MetricsListen, ConfigError> {
-        let span = m.span();
-        let m = m.into_inner();
-        match (m.listen, m.socket) {
-            (Some(l), None) => l
-                .get_ref()
-                .parse()
-                .map(MetricsListen::Tcp)
-                .or_else(|_| self.err(l.span(), "metrics.listen", "not an address like \"127.0.0.1:9102\"")),
-            (None, Some(p)) => {
-                if !p.is_absolute() {
-                    return self.err(span, "metrics.socket", "must be an absolute path");
-                }
-                Ok(MetricsListen::Unix(p, self.mode(&m.mode, "metrics.mode", 0o600)?))
-            }
-            _ => {
-                self.err(span, "metrics", "needs exactly one of `listen` (TCP address) or `socket` (Unix socket path)")
-            }
-        }
-    }
-
-    fn signal(&self, v: &Option<Spanned<String>>, key: &str, default: &str) -> Result<i32, ConfigError> {
-        let (span, name) = match v {
-            Some(s) => (s.span(), s.get_ref().as_str()),
-            None => (0..0, default),
-        };
-        signal_number(name).map_or_else(
-            || {
-                self.err(
-                    span,
-                    key,
-                    "not a signal vaultlet forwards; use SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 or SIGUSR2",
-                )
-            },
-            Ok,
-        )
-    }
-
-    fn vault(&self, v: Spanned<RawVault>) -> Result<VaultConfig, ConfigError> {
-        let v = v.into_inner();
-        let aspan = v.address.span();
-        let list = match v.address.into_inner() {
-            OneOrMany::One(a) => vec![a],
-            OneOrMany::Many(l) => l,
-        };
-        if list.is_empty() {
-            return self.err(aspan, "vault.address", "needs at least one address");
-        }
-        let mut addresses = Vec::new();
-        for a in list {
-            match reqwest::Url::parse(&a) {
-                Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {
-                    if u.scheme() == "http" && !is_loopback(&u) {
-                        if !v.allow_insecure_http {
-                            return self.err(
-                                aspan,
-                                "vault.address",
-                                "plain http to a non-loopback Vault would send tokens in clear; use https \
-                                 (or set vault.allow_insecure_http = true if you really must)",
-                            );
-                        }
-                        eprintln!(
-                            "vaultlet: WARNING: vault.allow_insecure_http: tokens and secrets to {u} travel unencrypted"
-                        );
-                    }
-                    addresses.push(u)
-                }
-                _ => {
-                    return self.err(aspan, "vault.address", "not an http(s) URL like \"https://vault.internal:8200\"");
-                }
-            }
-        }
-        let ca_cert = match v.ca_cert {
-            None => None,
-            Some(p) => {
-                if !p.get_ref().is_file() {
-                    return self.err(p.span(), "vault.ca_cert", "file not found");
-                }
-                Some(p.into_inner())
-            }
-        };
-        if let Some(ns) = &v.namespace
-            && !ns.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return self.err(0..0, "vault.namespace", "must be visible ASCII (it is sent as a header)");
-        }
-        let client_cert = match (v.client_cert, v.client_key) {
-            (None, None) => None,
-            (Some(c), Some(k)) => {
-                for (key, p) in [("vault.client_cert", &c), ("vault.client_key", &k)] {
-                    if !p.get_ref().is_file() {
-                        return self.err(p.span(), key, "file not found");
-                    }
-                }
-                Some((c.into_inner(), k.into_inner()))
-            }
-            (Some(c), None) => return self.err(c.span(), "vault.client_key", "client_cert needs client_key"),
-            (None, Some(k)) => return self.err(k.span(), "vault.client_cert", "client_key needs client_cert"),
-        };
-        Ok(VaultConfig {
-            addresses,
-            ca_cert,
-            client_cert,
-            namespace: v.namespace,
-            connect_timeout: self.duration(&v.connect_timeout, "vault.connect_timeout", Duration::from_secs(5))?,
-            request_timeout: self.duration(&v.request_timeout, "vault.request_timeout", Duration::from_secs(15))?,
-            max_response_size: self.max_response_size(&v.max_response_size)?,
-        })
-    }
-
-    /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Unset (or not
-    /// absolute), the path would be read relative to the working directory,
-    /// where anyone who controls it could plant a role_id: refused.
-    fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
-        let s = p.get_ref().to_string_lossy();
-        for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
-            if let Some(rest) = s.strip_prefix(prefix) {
-                return match &self.credentials {
-                    Some(dir) if dir.is_absolute() => Ok(dir.join(rest)),
-                    _ => self.err(
-                        p.span(),
-                        key,
-                        "starts with $CREDENTIALS_DIRECTORY, which is not set to an absolute path \
-                         (systemd sets it with LoadCredential=; outside the unit, set it or write the full path)",
-                    ),
-                };
-            }
-        }
-        if !p.get_ref().is_absolute() {
-            return self.err(p.span(), key, "must be an absolute path (or start with $CREDENTIALS_DIRECTORY/)");
-        }
-        Ok(p.get_ref().clone())
-    }
-
-    fn auth(&self, a: Spanned<RawAuth>) -> Result<AppRoleConfig, ConfigError> {
-        let a = a.into_inner().approle.into_inner();
-        let role_id_file = self.credential_path(&a.role_id_file, "auth.approle.role_id_file")?;
-        let secret_id_file = self.credential_path(&a.secret_id_file, "auth.approle.secret_id_file")?;
-        // The secret_id file may legitimately be missing at start when it is
-        // delivered later (and it is removed after use with
-        // remove_secret_id_file); the role_id file must be there.
-        if !role_id_file.is_file() {
-            return self.err(a.role_id_file.span(), "auth.approle.role_id_file", "file not found");
-        }
-        Ok(AppRoleConfig {
-            mount: a.mount.unwrap_or_else(|| "approle".into()),
-            role_id_file,
-            secret_id_file,
-            secret_id_wrapped: a.secret_id_wrapped,
-            remove_secret_id_file: a.remove_secret_id_file,
-        })
-    }
-
-    fn secret(&self, name: String, s: Spanned<RawSecret>) -> Result<SecretSpec, ConfigError> {
-        let span = s.span();
-        let s = s.into_inner();
-        let key = format!("secret.{name}");
-        if !valid_name(&name) {
-            return self.err(span, &key, "secret names are letters, digits and `_`, starting with a letter");
-        }
-        let source = match (s.database, s.kv, s.pki) {
-            (Some(d), None, None) => SecretSource::Database { mount: d.mount, role: d.role },
-            (None, None, Some(p)) => SecretSource::Pki(self.pki(&key, p)?),
-            (None, Some(k), None) => {
-                let version = *k.version.get_ref();
-                if version != 1 && version != 2 {
-                    return self.err(k.version.span(), &format!("{key}.kv.version"), "must be 1 or 2");
-                }
-                SecretSource::Kv { mount: k.mount, path: k.path, version }
-            }
-            _ => return self.err(span, &key, "needs exactly one of `database = {…}`, `kv = {…}` or `pki = {…}`"),
-        };
-        let is_db = matches!(source, SecretSource::Database { .. });
-        let is_pki = matches!(source, SecretSource::Pki(_));
-        let refresh = self.duration(&s.refresh, &format!("{key}.refresh"), Duration::from_secs(300))?;
-        let rotate_before = match &s.rotate_before {
-            None => None,
-            Some(_) => Some(self.duration(&s.rotate_before, &format!("{key}.rotate_before"), Duration::ZERO)?),
-        };
-        // A certificate is re-issued where a credential is replaced: the
-        // same schedule, under the name PKI users look for.
-        let rotate_before = match &s.reissue_before {
-            None => rotate_before,
-            Some(v) => {
-                let d = self.duration(&s.reissue_before, &format!("{key}.reissue_before"), Duration::ZERO)?;
-                if let SecretSource::Pki(PkiRequest { ttl: Some(ttl), .. }) = &source
-                    && d >= *ttl
-                {
-                    return self.err(v.span(), &format!("{key}.reissue_before"), "must be shorter than pki.ttl");
-                }
-                Some(d)
-            }
-        };
-        let drain = self.duration(&s.drain, &format!("{key}.drain"), Duration::from_secs(60))?;
-        let verify_every = self.duration(&s.verify_every, &format!("{key}.verify_every"), DEFAULT_VERIFY_EVERY)?;
-        if s.verify_every.is_some() && !(MIN_VERIFY_EVERY..=MAX_VERIFY_EVERY).contains(&verify_every) {
-            let sp = s.verify_every.as_ref().map_or(0..0, |v| v.span());
-            return self.err(sp, &format!("{key}.verify_every"), "must be between 1s and 1h");
-        }
-        let revoke_old = match s.revoke_old_after.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
-            // Revoking a certificate grows the CRL: opt-in for PKI.
-            None if is_pki => {
-                if s.revoke_old.as_ref().is_some_and(|v| *v.get_ref()) {
-                    RevokeOld::Drain
-                } else {
-                    RevokeOld::Never
-                }
-            }
-            None | Some((_, "drain")) => RevokeOld::Drain,
-            Some((_, "never")) => RevokeOld::Never,
-            Some((sp, _)) => return self.err(sp, &format!("{key}.revoke_old_after"), "must be \"drain\" or \"never\""),
-        };
-        for (k, v) in [
-            ("rotate_before", &s.rotate_before),
-            ("revoke_old_after", &s.revoke_old_after),
-            ("verify_every", &s.verify_every),
-        ] {
-            if let (false, Some(v)) = (is_db, v) {
-                let hint = if is_pki { "; PKI secrets use reissue_before and revoke_old" } else { "" };
-                return self.err(v.span(), &format!("{key}.{k}"), format!("only applies to database secrets{hint}"));
-            }
-        }
-        if let (false, false, Some(v)) = (is_db, is_pki, &s.drain) {
-            return self.err(v.span(), &format!("{key}.drain"), "only applies to database and pki secrets");
-        }
-        if let (false, Some(v)) = (is_pki, &s.reissue_before) {
-            return self.err(v.span(), &format!("{key}.reissue_before"), "only applies to pki secrets");
-        }
-        if let (false, Some(v)) = (is_pki, &s.revoke_old) {
-            return self.err(v.span(), &format!("{key}.revoke_old"), "only applies to pki secrets");
-        }
-        if let (true, Some(v)) = (is_pki, &s.refresh) {
-            return self.err(
-                v.span(),
-                &format!("{key}.refresh"),
-                "only applies to kv secrets; pki secrets follow their certificate",
-            );
-        }
-        if let (true, Some(v)) = (is_db, &s.refresh) {
-            return self.err(
-                v.span(),
-                &format!("{key}.refresh"),
-                "only applies to kv secrets; database secrets follow their lease",
-            );
-        }
-        let allow = s.allow.map(|l| self.allow_list(l, &format!("{key}.allow"))).transpose()?;
-        Ok(SecretSpec { name, source, refresh, rotate_before, drain, revoke_old, verify_every, allow })
-    }
-}
-
-impl Cx<'_> {
-    fn pki(&self, key: &str, p: Spanned<RawPki>) -> Result<PkiRequest, ConfigError> {
-        let p = p.into_inner();
-        let key = format!("{key}.pki");
-        let mount = p.mount.get_ref();
-        if mount.is_empty() || !mount.split('/').all(valid_path_segment) {
-            return self.err(p.mount.span(), &format!("{key}.mount"), "not a mount path (letters, digits, `-_.`, `/`)");
-        }
-        if !valid_path_segment(p.role.get_ref()) {
-            return self.err(p.role.span(), &format!("{key}.role"), "not a role name (letters, digits, `-_.`)");
-        }
-        if !valid_host_name(p.common_name.get_ref()) {
-            return self.err(p.common_name.span(), &format!("{key}.common_name"), "not a DNS name");
-        }
-        let mut alt_names = Vec::new();
-        for a in &p.alt_names {
-            if !valid_host_name(a.get_ref()) {
-                return self.err(a.span(), &format!("{key}.alt_names"), format!("`{}` is not a DNS name", a.get_ref()));
-            }
-            alt_names.push(a.get_ref().clone());
-        }
-        let mut ip_sans = Vec::new();
-        for a in &p.ip_sans {
-            match a.get_ref().parse::<std::net::IpAddr>() {
-                Ok(ip) => ip_sans.push(ip),
-                Err(_) => {
-                    return self.err(
-                        a.span(),
-                        &format!("{key}.ip_sans"),
-                        format!("`{}` is not an IP address", a.get_ref()),
-                    );
-                }
-            }
-        }
-        let ttl = match &p.ttl {
-            None => None,
-            Some(_) => Some(self.duration(&p.ttl, &format!("{key}.ttl"), Duration::ZERO)?),
-        };
-        Ok(PkiRequest {
-            mount: mount.clone(),
-            role: p.role.into_inner(),
-            common_name: p.common_name.into_inner(),
-            alt_names,
-            ip_sans,
-            ttl,
-        })
-    }
-}
-
-/// A mount or role path segment: what Vault accepts, and nothing that could
-/// walk to another path (`..`, `?`, `#`, `%`).
-fn valid_path_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A DNS name (optionally a `*.` wildcard): labels of letters, digits and
-/// `-`, at most 253 bytes.
-fn valid_host_name(s: &str) -> bool {
-    let body = s.strip_prefix("*.").unwrap_or(s);
-    !body.is_empty()
-        && s.len() <= 253
-        && body.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-fn is_loopback(u: &reqwest::Url) -> bool {
-    match u.host_str() {
-        Some("localhost") => true,
-        Some(h) => {
-            h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }
-        None => false,
-    }
 }
 
 /// The signals `[exec]` may name, by name (with or without `SIG`).
@@ -1299,45 +464,30 @@ pub fn valid_name(name: &str) -> bool {
     c.next().is_some_and(|f| f.is_ascii_alphabetic()) && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2d"`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            "d" => Duration::from_secs(n.checked_mul(86400)?),
-            _ => return None,
-        };
-        total = total.checked_add(unit)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
+pub use types::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Loads `src`; a refused config must have exactly one error (so a
+    /// mistake is never reported twice, or again by what depends on it).
     fn load(src: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(Path::new("vaultlet.toml"), src, 1000)
+        one(Config::from_toml(Path::new("vaultlet.toml"), src, 1000))
+    }
+
+    fn one(r: Result<Loaded, ConfigErrors>) -> Result<Config, ConfigError> {
+        match r {
+            Ok(l) => Ok(l.config),
+            Err(mut e) => {
+                assert_eq!(e.0.len(), 1, "one error expected:\n{e}");
+                Err(e.0.remove(0))
+            }
+        }
+    }
+
+    fn parse_in(src: &str, credentials: Option<PathBuf>) -> Result<Config, ConfigError> {
+        one(Config::parse(Path::new("v.toml"), src, 0, credentials))
     }
 
     const GOOD: &str = r#"
@@ -1490,7 +640,7 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         expect_err(&with_pki(&PKI.replace("[\"localhost\"]", "[\"-x.example\"]"), ""), "secret.tls.pki.alt_names", 12);
         let e = expect_err(&with_pki(PKI, "reissue_before = \"72h\"\n"), "secret.tls.reissue_before", 13);
         assert!(e.message.contains("shorter than pki.ttl"), "{e}");
-        expect_err(&with_pki(PKI, "reissue_before = \"1 day\"\n"), "secret.tls.reissue_before", 13);
+        expect_err(&with_pki(PKI, "reissue_before = \"1 fortnight\"\n"), "secret.tls.reissue_before", 13);
         let e = expect_err(&with_pki(PKI, "rotate_before = \"1h\"\n"), "secret.tls.rotate_before", 13);
         assert!(e.message.contains("reissue_before"), "{e}");
         expect_err(&with_pki(PKI, "refresh = \"1h\"\n"), "secret.tls.refresh", 13);
@@ -1547,10 +697,17 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         let src = GOOD
             .replace("/etc/hostname", "$CREDENTIALS_DIRECTORY/role_id")
             .replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
-        let e = expect_err(&src, "auth.approle.role_id_file", 5);
-        assert!(e.message.contains("CREDENTIALS_DIRECTORY"), "{e}");
-        let e = Config::parse(Path::new("v.toml"), &src, 0, Some("relative/dir".into())).unwrap_err();
-        assert_eq!(e.key, "auth.approle.role_id_file", "{e}");
+        // Both paths use it: both are named.
+        let errors = Config::from_toml(Path::new("vaultlet.toml"), &src, 1000).unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> = errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(
+            keys,
+            [("auth.approle.role_id_file", Some(5)), ("auth.approle.secret_id_file", Some(6))],
+            "{errors}"
+        );
+        assert!(errors.iter().all(|e| e.message.contains("CREDENTIALS_DIRECTORY")), "{errors}");
+        let errors = Config::parse(Path::new("v.toml"), &src, 0, Some("relative/dir".into())).unwrap_err();
+        assert_eq!(errors.0[0].key, "auth.approle.role_id_file", "{errors}");
         // Only the secret_id path uses it: still named.
         let src2 = GOOD.replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
         expect_err(&src2, "auth.approle.secret_id_file", 6);
@@ -1590,10 +747,10 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
             .replace("/run/vaultlet/secret_id", "${CREDENTIALS_DIRECTORY}/secret_id");
         // Inside the unit: expanded, and the role_id file must exist.
         let dir = tempfile::tempdir().unwrap();
-        let e = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap_err();
+        let e = parse_in(&src, Some(dir.path().to_owned())).unwrap_err();
         assert_eq!(e.key, "auth.approle.role_id_file");
         std::fs::write(dir.path().join("role_id"), "r").unwrap();
-        let c = Config::parse(Path::new("v.toml"), &src, 0, Some(dir.path().to_owned())).unwrap();
+        let c = parse_in(&src, Some(dir.path().to_owned())).unwrap();
         assert_eq!(c.auth.role_id_file, dir.path().join("role_id"));
         assert_eq!(c.auth.secret_id_file, dir.path().join("secret_id"));
     }
@@ -1632,10 +789,76 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("5 m"), None);
+        // humantime reads spaces between a number and its unit.
+        assert_eq!(parse_duration("5 m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("3x"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn every_error_in_the_file_is_reported_with_its_key_and_line() {
+        // Nine distinct mistakes in six tables: bad values, a structural
+        // error in one secret, a key in the wrong place, a missing file.
+        let src = GOOD
+            .replace("address = \"http://127.0.0.1:8200\"", "address = \"http://127.0.0.1:8200\"\nrequest_timeout = \"soon\"")
+            .replace("/etc/hostname", "/nonexistent/role_id")
+            .replace("[secret.db]\n", "[secret.db]\nverify_every = \"2h\"\ndrain = \"later\"\n")
+            .replace("[secret.api]\n", "[secret.api]\nrefresh = \"0s\"\nverify_every = \"5s\"\n")
+            .replace(
+                "[socket]\n",
+                "[secret.broken]\nkv = { path = \"x\" }\nttl = \"1h\"\n[socket]\nmode = \"0644\"\nmax_connections = 0\n",
+            );
+        let errors = Config::from_toml(Path::new("vaultlet.toml"), &src, 1000).unwrap_err();
+        let got: Vec<(Option<usize>, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(4), "vault.request_timeout"),
+                (Some(6), "auth.approle.role_id_file"),
+                (Some(9), "secret.db.verify_every"),
+                (Some(10), "secret.db.drain"),
+                (Some(13), "secret.api.refresh"),
+                (Some(14), "secret.api.verify_every"),
+                (Some(18), "secret.broken.ttl"),
+                (Some(20), "socket.mode"),
+                (Some(21), "socket.max_connections"),
+            ],
+            "\n{errors}"
+        );
+        assert!(errors.0[0].message.contains("not a duration"), "{errors}");
+        assert!(errors.0[4].message.contains("greater than zero"), "{errors}");
+        assert!(errors.0[5].message.contains("only applies to database secrets"), "{errors}");
+        // One line each, in the single-error format.
+        let text = errors.to_string();
+        assert_eq!(text.lines().count(), 9, "{text}");
+        assert!(text.lines().all(|l| l.starts_with("vaultlet.toml:")), "{text}");
+        assert!(!text.contains("soon") && !text.contains("later"), "values are not echoed: {text}");
+    }
+
+    #[test]
+    fn a_broken_secret_is_not_reported_again_by_the_templates_that_use_it() {
+        // `db` has an unknown key; the env file that uses db.password must
+        // not add "not a configured secret".
+        let src = GOOD.replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n");
+        let e = load(&src).unwrap_err();
+        assert_eq!(e.key, "secret.db.ttl", "{e}");
+        // The same for a broken [socket]: not "nothing to serve secrets with".
+        let src = GOOD.replace("[[env_file]]", "[[x]]").replace("[socket]\n", "[socket]\nbogus = 1\n");
+        let errors = Config::from_toml(Path::new("v.toml"), &src, 1000).unwrap_err();
+        assert!(errors.iter().all(|e| e.key != "socket" || !e.message.contains("nothing to serve")), "{errors}");
+    }
+
+    #[test]
+    fn insecure_http_is_a_warning_returned_not_printed() {
+        let src = GOOD
+            .replace("http://127.0.0.1:8200", "http://vault.example.com:8200")
+            .replace("[auth.approle]", "allow_insecure_http = true\n[auth.approle]");
+        let loaded = Config::from_toml(Path::new("v.toml"), &src, 1000).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].key, "vault.allow_insecure_http");
+        assert!(loaded.warnings[0].to_string().contains("travel unencrypted"), "{}", loaded.warnings[0]);
+        assert!(Config::from_toml(Path::new("v.toml"), GOOD, 1000).unwrap().warnings.is_empty());
     }
 }
 
@@ -1650,9 +873,12 @@ mod prop {
         let lines = src.lines().count() + 1;
         match Config::from_toml(Path::new("fuzz.toml"), src, 1000) {
             Ok(_) => {}
-            Err(e) => {
-                assert!(e.line.is_none_or(|l| l >= 1 && l <= lines), "line {:?} of {lines}: {e}", e.line);
-                assert!(!e.message.is_empty());
+            Err(errors) => {
+                assert!(!errors.0.is_empty());
+                for e in errors.iter() {
+                    assert!(e.line.is_none_or(|l| l >= 1 && l <= lines), "line {:?} of {lines}: {e}", e.line);
+                    assert!(!e.message.is_empty());
+                }
             }
         }
     }
