@@ -9,10 +9,8 @@
 //! references.
 //!
 //! They deserialize from what toml hands them, so they can be read on their
-//! own in tests (`toml::Value` is a deserializer) and inside [`Checked`]
-//! (`raw.rs`), which records a refusal instead of stopping the whole file.
-//!
-//! [`Checked`]: super::raw::Checked
+//! own in tests (`toml::Value` is a deserializer) and inside `raw.rs`'s
+//! `Checked`, which records a refusal instead of stopping the whole file.
 
 use std::net::SocketAddr;
 use std::time::Duration;
