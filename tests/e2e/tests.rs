@@ -447,6 +447,19 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
             ensure!(err.contains(&format!("bad{i}.toml:")), "{cmd} bad{i}: message must name file and line: {err}");
         }
     }
+    // Several mistakes at once: every one is reported, one line each.
+    let all = good
+        .replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n")
+        .replace("request_timeout = \"3s\"", "request_timeout = \"soon\"")
+        .replace("[socket]\n", "[socket]\nmode = \"0666\"\n");
+    std::fs::write(dir.join("all.toml"), &all)?;
+    let out = tokio::process::Command::new(bin()).args(["check", "-c"]).arg(dir.join("all.toml")).output().await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(64), "all: exit {:?}: {err}", out.status.code());
+    ensure!(err.lines().count() == 3, "three errors, one line each: {err}");
+    for key in ["secret.db.ttl", "vault.request_timeout", "socket.mode"] {
+        ensure!(err.contains(&format!("`{key}`")), "all: `{key}` is named: {err}");
+    }
     ensure!(!dir.join("vaultlet.sock").exists(), "a bad config must not create the socket");
     Ok(())
 }
