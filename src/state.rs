@@ -1045,6 +1045,31 @@ mod tests {
         assert!(!format!("{:?}", key(0x41)).contains("65"), "Debug shows no key bytes");
     }
 
+    #[test]
+    fn a_bad_key_file_is_a_config_error_naming_key_and_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let src = format!(
+            "[vault]\naddress = \"http://127.0.0.1:8200\"\n[auth.approle]\nrole_id_file = \"/etc/hostname\"\n\
+             secret_id_file = \"/run/x/secret_id\"\n[secret.db]\ndatabase = {{ mount = \"database\", role = \"api\" }}\n\
+             [socket]\n[state]\npath = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("state").display(),
+            key.display()
+        );
+        let load = || crate::Config::from_toml(Path::new("v.toml"), &src, 1000);
+        let e = load().expect_err("a group-readable key is refused");
+        assert_eq!((e.key.as_str(), e.line), ("state.key_file", Some(11)), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load().expect("a 0600 key loads");
+        assert!(c.state.is_some());
+        assert!(!format!("{c:?}").contains("9, 9"), "the key is not in Debug");
+        let without = crate::Config::from_toml(Path::new("v.toml"), src.split("[state]").next().unwrap(), 1000);
+        assert!(without.unwrap().state.is_none(), "no [state], no state");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn times_round_trip_through_the_wall_clock() {
         let c = Clock { now: Instant::now(), wall_ms: 10_000_000 };
