@@ -26,6 +26,12 @@
 //! * the app reports a refused login (`POST /v1/secrets/{name}/rejected`,
 //!   see [`crate::rejected`]): the task looks the lease up at once.
 //!
+//! After a restart with `[state]`, a task may start with a lease taken over
+//! from the sealed state ([`crate::state`]): its value is served already, no
+//! credential is issued while it lives, and it is looked up at once (gone →
+//! replaced at once, like a lease revoked behind our back). Leases that were
+//! draining are handed to [`drain`] again with their old drain end.
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
