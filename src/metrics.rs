@@ -41,7 +41,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
@@ -153,6 +153,10 @@ pub struct Metrics {
     vault_request_duration: Family<Operation, Histogram, fn() -> Histogram>,
     socket_requests: Family<Status, Counter>,
     socket_denied: Family<Reason, Counter>,
+    state_resumed: Gauge,
+    state_load_failures: Family<Reason, Counter>,
+    state_writes: Counter,
+    state_write_failures: Counter,
     /// secret → the served certificate's `notAfter` (PKI secrets); turned
     /// into seconds left at scrape time.
     cert_ends: Arc<Mutex<BTreeMap<Arc<str>, std::time::SystemTime>>>,
@@ -172,6 +176,10 @@ impl Default for Metrics {
             vault_request_duration: Family::new_with_constructor(histogram),
             socket_requests: Family::default(),
             socket_denied: Family::default(),
+            state_resumed: Gauge::default(),
+            state_load_failures: Family::default(),
+            state_writes: Counter::default(),
+            state_write_failures: Counter::default(),
             cert_ends: Arc::default(),
         }
     }
@@ -240,9 +248,31 @@ impl Metrics {
         self.socket_denied.get_or_create(&Reason { reason: why.label() }).inc();
     }
 
+    /// How many secrets were served from the sealed state at start.
+    pub fn state_resumed(&self, n: usize) {
+        self.state_resumed.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A state file that could not be used; `reason` is one of
+    /// `wrong_key_or_tampered`, `truncated`, `unknown_version`,
+    /// `other_config`, `unreadable`.
+    pub fn state_load_failure(&self, reason: &'static str) {
+        self.state_load_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// One state file write, done or failed.
+    pub fn state_write(&self, ok: bool) {
+        if ok {
+            self.state_writes.inc()
+        } else {
+            self.state_write_failures.inc()
+        };
+    }
+
     /// The registry to expose: every metric above, with its help text, plus
-    /// the gauges computed from `store` at scrape time.
-    pub fn register(&self, store: Store) -> Registry {
+    /// the gauges computed from `store` at scrape time. The `vaultlet_state_*`
+    /// metrics are there only with `[state]` configured.
+    pub fn register(&self, store: Store, with_state: bool) -> Registry {
         let mut r = Registry::default();
         // Counter names are given without `_total`: the encoder adds it.
         r.register("vaultlet_logins", "AppRole logins, by result", self.logins.clone());
@@ -280,6 +310,24 @@ impl Metrics {
             "Socket callers refused, by reason (socket, secret, rate_limited, connection_limit_uid, connection_limit, wait_limit)",
             self.socket_denied.clone(),
         );
+        if with_state {
+            r.register(
+                "vaultlet_state_resumed_secrets",
+                "Secrets served from the sealed state file at start",
+                self.state_resumed.clone(),
+            );
+            r.register(
+                "vaultlet_state_load_failures",
+                "State files not used, by reason (wrong_key_or_tampered, truncated, unknown_version, other_config, unreadable)",
+                self.state_load_failures.clone(),
+            );
+            r.register("vaultlet_state_writes", "State file writes", self.state_writes.clone());
+            r.register(
+                "vaultlet_state_write_failures",
+                "State file writes that failed",
+                self.state_write_failures.clone(),
+            );
+        }
         r.register_collector(Box::new(StoreGauges { store, cert_ends: self.cert_ends.clone() }));
         r
     }
@@ -469,7 +517,7 @@ mod tests {
         m.login(&Ok::<(), ()>(()));
         m.vault_request("db_creds", Duration::from_millis(30), true);
         m.socket_denied(Denied::WaitLimit);
-        let text = render(&m.register(store.clone()));
+        let text = render(&m.register(store.clone(), false));
         assert!(text.contains("vaultlet_logins_total{result=\"ok\"}"), "{text}");
         assert!(text.contains("vaultlet_vault_request_duration_seconds_bucket{operation=\"db_creds\",le=\"0.05\"} 1"));
         assert!(text.contains("vaultlet_secret_lease_expiry_seconds{secret=\"db\"} 90"), "{text}");
@@ -484,9 +532,9 @@ mod tests {
     fn two_daemons_in_one_process_keep_their_own_counts() {
         let (a, b) = (Metrics::new(), Metrics::new());
         a.credential_issued("db");
-        let text = render(&b.register(Store::new(["db"])));
+        let text = render(&b.register(Store::new(["db"]), false));
         assert!(!text.contains("vaultlet_credentials_issued_total{secret=\"db\"}"), "{text}");
-        let text = render(&a.register(Store::new(["db"])));
+        let text = render(&a.register(Store::new(["db"]), false));
         assert!(text.contains("vaultlet_credentials_issued_total{secret=\"db\"} 1"), "{text}");
     }
 }

@@ -74,7 +74,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Records an error; `None`, for `?` and `and_then`.
-    fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Option<T> {
+    pub(crate) fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Option<T> {
         self.push(self.error(span, key, msg));
         None
     }
@@ -183,6 +183,10 @@ impl<'a> Cx<'a> {
             None => Some(None),
             Some(m) => self.metrics(m).map(Some),
         };
+        let state = match raw.state {
+            None => Some(None),
+            Some(s) => crate::state::validate(self, s).map(Some),
+        };
         Some(Config {
             vault: vault?,
             auth: auth?,
@@ -193,6 +197,7 @@ impl<'a> Cx<'a> {
             revoke_on_shutdown: raw.revoke_on_shutdown,
             require_memory_lock: raw.memory.is_some_and(|m| m.require_lock),
             metrics: metrics?,
+            state: state?,
         })
     }
 
@@ -534,7 +539,7 @@ impl<'a> Cx<'a> {
     /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Unset (or not
     /// absolute), the path would be read relative to the working directory,
     /// where anyone who controls it could plant a role_id: refused.
-    fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Option<PathBuf> {
+    pub(crate) fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Option<PathBuf> {
         let s = p.get_ref().to_string_lossy();
         for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
             if let Some(rest) = s.strip_prefix(prefix) {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod check;
+pub(crate) use check::Cx;
 mod raw;
 pub mod templates;
 pub mod types;
@@ -97,6 +98,8 @@ pub struct Config {
     pub require_memory_lock: bool,
     /// Where to serve Prometheus metrics (off by default).
     pub metrics: Option<MetricsListen>,
+    /// `[state]`: the sealed state file and its key (off by default).
+    pub state: Option<crate::state::StateConfig>,
 }
 
 /// `[metrics]`: a TCP address or a Unix socket of its own.

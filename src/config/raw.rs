@@ -59,13 +59,25 @@ pub(crate) struct RawConfig {
     pub revoke_on_shutdown: bool,
     pub memory: Option<RawMemory>,
     pub metrics: Option<Spanned<RawMetrics>>,
+    pub state: Option<Spanned<crate::state::RawState>>,
     /// Dotted keys of the tables that are present but in error.
     pub broken: BTreeSet<String>,
 }
 
 /// The top-level keys, in the order serde listed them in its message.
-const TOP: &[&str] =
-    &["vault", "auth", "secret", "socket", "env_file", "template", "exec", "revoke_on_shutdown", "memory", "metrics"];
+const TOP: &[&str] = &[
+    "vault",
+    "auth",
+    "secret",
+    "socket",
+    "env_file",
+    "template",
+    "exec",
+    "revoke_on_shutdown",
+    "memory",
+    "metrics",
+    "state",
+];
 
 impl RawConfig {
     /// Reads the document table by table. `None` when it is not TOML at all
@@ -87,6 +99,7 @@ impl RawConfig {
                 "socket" => raw.socket = table(cx, "socket", v, &mut raw.broken),
                 "exec" => raw.exec = table(cx, "exec", v, &mut raw.broken),
                 "metrics" => raw.metrics = table(cx, "metrics", v, &mut raw.broken),
+                "state" => raw.state = table(cx, "state", v, &mut raw.broken),
                 "memory" => raw.memory = table::<RawMemory>(cx, "memory", v, &mut raw.broken).map(Spanned::into_inner),
                 "revoke_on_shutdown" => {
                     raw.revoke_on_shutdown =
