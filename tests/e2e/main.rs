@@ -11,6 +11,7 @@ mod attack_local;
 mod attack_vault;
 mod bed;
 mod pki;
+mod restart;
 mod revocation;
 mod rotation;
 mod security;
