@@ -118,10 +118,13 @@ async fn metric_reaches(d: &Daemon, port: u16, prefix: &str, at_least: f64, with
 /// daemon and the time from just before the spawn to the first 200.
 async fn start_timed(dir: &Path, cfg: &str, within: Duration) -> Result<(Daemon, Duration)> {
     let t = std::time::Instant::now();
-    let d = Daemon::start(dir, cfg)?;
+    let mut d = Daemon::start(dir, cfg)?;
     loop {
         if let Ok((200, _)) = d.get("/v1/ready").await {
             return Ok((d, t.elapsed()));
+        }
+        if let Some(st) = d.child.try_wait()? {
+            bail!("exited before it was ready: {st}\n--- log ---\n{}", d.log_text());
         }
         if t.elapsed() > within {
             bail!("not ready within {within:?}\n--- log ---\n{}", d.log_text());
