@@ -82,6 +82,8 @@ pub struct Config {
     pub require_memory_lock: bool,
     /// Where to serve Prometheus metrics (off by default).
     pub metrics: Option<MetricsListen>,
+    /// `[state]`: the sealed state file and its key (off by default).
+    pub state: Option<crate::state::StateConfig>,
 }
 
 /// `[metrics]`: a TCP address or a Unix socket of its own.
@@ -360,6 +362,7 @@ struct RawConfig {
     revoke_on_shutdown: bool,
     memory: Option<RawMemory>,
     metrics: Option<Spanned<RawMetrics>>,
+    state: Option<Spanned<crate::state::RawState>>,
 }
 
 #[derive(Deserialize)]
@@ -585,7 +588,7 @@ fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
-struct Cx<'a> {
+pub(crate) struct Cx<'a> {
     file: &'a Path,
     src: &'a str,
     /// `$CREDENTIALS_DIRECTORY`, when systemd set it.
@@ -597,7 +600,12 @@ impl Cx<'_> {
         self.src[..offset.min(self.src.len())].matches('\n').count() + 1
     }
 
-    fn err<T>(&self, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
+    pub(crate) fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        msg: impl Into<String>,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError {
             file: self.file.to_owned(),
             line: (span != (0..0)).then(|| self.line(span.start)),
@@ -826,6 +834,7 @@ impl Cx<'_> {
         }
 
         let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
+        let state = raw.state.map(|s| crate::state::validate(self, s)).transpose()?;
         Ok(Config {
             vault,
             auth,
@@ -836,6 +845,7 @@ impl Cx<'_> {
             revoke_on_shutdown: raw.revoke_on_shutdown,
             require_memory_lock: raw.memory.is_some_and(|m| m.require_lock),
             metrics,
+            state,
         })
     }
 
@@ -1057,7 +1067,7 @@ impl Cx<'_> {
     /// Expands a leading `$CREDENTIALS_DIRECTORY` (or `${…}`). Unset (or not
     /// absolute), the path would be read relative to the working directory,
     /// where anyone who controls it could plant a role_id: refused.
-    fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
+    pub(crate) fn credential_path(&self, p: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
         let s = p.get_ref().to_string_lossy();
         for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
             if let Some(rest) = s.strip_prefix(prefix) {

@@ -21,6 +21,8 @@
 //! * [`lease`] runs one task per secret; [`lease::schedule`] holds the timing.
 //! * [`store`] holds the current value and version of every secret.
 //! * [`api`] serves the store on the socket; [`render`] writes env files.
+//! * [`state`] (optional) seals the token, leases and values to a file and,
+//!   on the next start, hands them back before any task talks to Vault.
 //!
 //! [`run`] wires these together and returns when `shutdown` is cancelled and
 //! everything has stopped (leases revoked first, if configured).
@@ -39,6 +41,7 @@ pub mod metrics;
 pub mod rejected;
 pub mod render;
 pub mod secret;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
@@ -75,6 +78,7 @@ pub struct Running {
     auth_task: tokio::task::JoinHandle<()>,
     first_writes: Vec<tokio::sync::oneshot::Receiver<()>>,
     revoke_on_shutdown: bool,
+    state: Option<state::Writer>,
 }
 
 /// Starts every task: auth, one per secret, files, socket. Fails only on
@@ -85,10 +89,53 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
 
+    // The sealed state is read and decided on before any task starts, so
+    // what it holds is served before Vault is asked anything.
+    let (plan, identity) = match &config.state {
+        None => (state::Plan::default(), None),
+        Some(s) => match state::Identity::of(config) {
+            Ok(id) => (state::load(s, &id, &config.secrets), Some(id)),
+            Err(e) => {
+                crate::metrics::inc("vaultlet_state_load_failures_total", &[("reason", "unreadable")]);
+                tracing::warn!(
+                    "state file {} not used (the role_id file cannot be read: {e}); starting fresh",
+                    s.path.display()
+                );
+                (state::Plan::default(), None)
+            }
+        },
+    };
+    let mut resumed_leases = std::collections::BTreeMap::new();
+    let resumed = plan.secrets.len();
+    for (name, r) in plan.secrets {
+        let view = r.lease.as_ref().map(|(h, _)| store::LeaseView {
+            expires_at: h.lease.expires_at,
+            ttl: h.lease.ttl,
+            renewable: h.lease.renewable,
+        });
+        store.restore(&name, r.data, r.version, view);
+        if let Some(l) = r.lease {
+            resumed_leases.insert(name, l);
+        }
+    }
+    if config.state.is_some() {
+        metrics::set_gauge("vaultlet_state_resumed_secrets", resumed as f64);
+        if resumed > 0 || plan.token.is_some() {
+            tracing::info!(
+                secrets = resumed,
+                token_reused = plan.token.is_some(),
+                ended = plan.ended,
+                "resumed {resumed} secrets from the state file ({})",
+                if plan.token.is_some() { "token reused" } else { "new login" }
+            );
+        }
+    }
+    let saved_token = plan.token.as_ref().map(|t| t.secret.clone());
+
     let tasks = CancellationToken::new();
     let leases = lease::Leases::default();
     let (auth, auth_task) =
-        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), tasks.clone());
+        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), plan.token, tasks.clone());
     let cx = lease::Cx {
         vault: vault.clone(),
         store: store.clone(),
@@ -96,13 +143,36 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         leases: leases.clone(),
         shutdown: tasks.clone(),
         certs: lease::pki::Certs::default(),
+        tracker: state::Tracker::default(),
     };
     let certs = cx.certs.clone();
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {
-        set.spawn(lease::run(cx.clone(), spec));
+        let resumed = resumed_leases.remove(&spec.name);
+        set.spawn(lease::run(cx.clone(), spec, resumed));
     }
+    for (name, held, drain_end) in plan.draining {
+        if let Some(spec) = config.secrets.iter().find(|s| s.name == name) {
+            tokio::spawn(lease::drain(cx.clone(), spec.clone(), held, drain_end));
+        }
+    }
+    tokio::spawn(state::revoke_unresumable(vault.clone(), saved_token, plan.revoke));
+    let state = match (&config.state, identity) {
+        (Some(s), Some(id)) => {
+            let w = state::Writer::new(
+                s.clone(),
+                id,
+                config.secrets.clone(),
+                store.clone(),
+                auth.clone(),
+                cx.tracker.clone(),
+            );
+            set.spawn(w.clone().run(tasks.clone()));
+            Some(w)
+        }
+        _ => None,
+    };
     let mut first_writes = Vec::new();
     let mut bundles: std::collections::BTreeMap<String, Vec<config::FileSpec>> = Default::default();
     for spec in config.files.iter().filter(|f| f.bundle.is_some()) {
@@ -136,6 +206,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         auth_task,
         first_writes,
         revoke_on_shutdown: config.revoke_on_shutdown,
+        state,
     })
 }
 
@@ -165,6 +236,10 @@ impl Running {
         let _ = self.auth_task.await;
         if self.revoke_on_shutdown {
             revoke_all(&self.vault, &self.auth, &self.leases, &self.certs).await;
+        }
+        // After revocation: what was revoked must not be resumed.
+        if let Some(w) = &self.state {
+            w.finish(self.revoke_on_shutdown).await;
         }
         tracing::info!("stopped");
     }

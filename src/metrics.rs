@@ -26,6 +26,10 @@
 //! | `vaultlet_secret_version` | gauge | `secret` |
 //! | `vaultlet_secret_available` | gauge | `secret`: 1 when served, 0 when missing or expired |
 //! | `vaultlet_ready` | gauge | 1 when every secret is available |
+//! | `vaultlet_state_resumed_secrets` | gauge | secrets served from the sealed state at start |
+//! | `vaultlet_state_load_failures_total` | counter | `reason` (`wrong_key_or_tampered`, `truncated`, `unknown_version`, `other_config`, `unreadable`) |
+//! | `vaultlet_state_writes_total` | counter | state file writes |
+//! | `vaultlet_state_write_failures_total` | counter | state file writes that failed |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,6 +54,13 @@ struct Registry {
     latency: BTreeMap<&'static str, ([u64; BUCKETS.len()], f64, u64)>,
     /// secret → the served certificate's end (PKI secrets).
     cert_ends: BTreeMap<Arc<str>, std::time::SystemTime>,
+    /// Process-wide gauges set once in a while (no labels).
+    gauges: BTreeMap<&'static str, f64>,
+}
+
+/// Sets a gauge without labels.
+pub fn set_gauge(name: &'static str, v: f64) {
+    registry().gauges.insert(name, v);
 }
 
 /// Records the end of the certificate a PKI secret now serves.
@@ -123,6 +134,9 @@ pub fn render(store: &Store) -> String {
                 last = name;
             }
             let _ = writeln!(out, "{name}{} {v}", labels(l));
+        }
+        for (name, v) in &r.gauges {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
         }
         let _ = writeln!(out, "# TYPE vaultlet_socket_requests_total counter");
         for (code, c) in SOCKET_STATUS.iter().enumerate() {
