@@ -1106,12 +1106,16 @@ def supports_state(cl: Clients) -> bool:
     (d / "vaultlet.toml").write_text(
         f'[vault]\naddress = "{cl.addr}"\n[auth.approle]\nrole_id_file = "{cl.role_id}"\nsecret_id_file = "{cl.secret_id}"\n'
         f'[secret.kv0]\nkv = {{ mount = "secret", path = "bench/kv0" }}\n'
+        f'[socket]\npath = "{d / "vaultlet.sock"}"\n'
         f'[state]\npath = "{d / "vaultlet.state"}"\nkey_file = "{d / "state.key"}"\n'
     )
     out = subprocess.run([cl.vaultlet_bin, "check", "-c", str(d / "vaultlet.toml")], capture_output=True, text=True)
-    if out.returncode != 0:
-        log(f"  vaultlet check refuses [state]: {out.stderr.strip()[:300]}")
-    return out.returncode == 0
+    if out.returncode == 0:
+        return True
+    if "unknown field `state`" in out.stderr:
+        log("  this vaultlet build has no [state]")
+        return False
+    raise BenchError(f"vaultlet check refuses the [state] probe config: {out.stderr.strip()[:300]}")
 
 
 def fig_restart(mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
