@@ -276,12 +276,12 @@ pub async fn kill_9_restart_serves_the_same_credential_with_no_login_or_issue(_s
     ensure!(count("auth/approle/login") == 0, "audit log: logins by the new process: {reqs:?}");
     ensure!(count("database/creds/t_rs_kill") == 0, "audit log: credentials issued to the new process: {reqs:?}");
     ensure!(d.creds("db").await?.0 == user, "still the same credential after the checks");
+    let paths: Vec<&str> = reqs.iter().map(|(p, _)| p.as_str()).collect();
     println!(
-        "  kill -9 restart: ready {:.1} ms after spawn from state (fresh start: {:.1} ms); {} audited requests \
-         from the new process, 0 logins, 0 issues",
+        "  kill -9 restart: ready {:.1} ms after spawn from state (fresh start: {:.1} ms); audited requests \
+         from the new process: {paths:?} (0 logins, 0 issues)",
         took.as_secs_f64() * 1000.0,
         fresh.as_secs_f64() * 1000.0,
-        reqs.len()
     );
     ensure!(took <= Duration::from_millis(50), "ready {took:?} after spawn (target 50 ms)");
     d.stop().await?;
