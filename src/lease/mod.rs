@@ -26,6 +26,12 @@
 //! * the app reports a refused login (`POST /v1/secrets/{name}/rejected`,
 //!   see [`crate::rejected`]): the task looks the lease up at once.
 //!
+//! After a restart with `[state]`, a task may start with a lease taken over
+//! from the sealed state ([`crate::state`]): its value is served already, no
+//! credential is issued while it lives, and it is looked up at once (gone →
+//! replaced at once, like a lease revoked behind our back). Leases that were
+//! draining are handed to [`drain`] again with their old drain end.
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
@@ -217,8 +223,11 @@ struct Database {
     last_check: Option<Instant>,
     /// The store version of the held credential (for the sealed state).
     version: u64,
-    /// A lease resumed from state: look it up at once, before anything else.
-    verify_now: bool,
+    /// A lease resumed from state is looked up at once, and again with the
+    /// transient backoff while that fails (Vault down at start): until Vault
+    /// has vouched for it once, a lease revoked while vaultlet was down is
+    /// replaced as soon as Vault answers, not a `verify_every` later.
+    verify_resumed: Option<Instant>,
 }
 
 impl Database {
@@ -232,7 +241,7 @@ impl Database {
             None => (None, None),
         };
         let db = Database {
-            verify_now: cur.is_some(),
+            verify_resumed: cur.is_some().then(Instant::now),
             version,
             cx,
             spec,
@@ -260,7 +269,7 @@ impl Database {
         let mut deaths = self.cx.auth.deaths();
         let mut checks = self.cx.store.rejections().register(&name);
         // A resumed lease whose lifetime is known needs no role read either.
-        let mut asked_max_ttl = self.verify_now && self.learned.is_some();
+        let mut asked_max_ttl = self.verify_resumed.is_some() && self.learned.is_some();
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
             deaths.borrow_and_update();
@@ -327,8 +336,8 @@ impl Database {
                 (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-            let verify_at = if self.verify_now {
-                Some(now)
+            let verify_at = if let Some(at) = self.verify_resumed {
+                Some(at)
             } else {
                 self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()))
             };
@@ -352,13 +361,18 @@ impl Database {
                 }
             };
             if let Wake::Verify = wake {
-                self.verify_now = false;
                 // Errors change nothing here: the renewal rhythm handles them.
                 let shutdown = self.cx.shutdown.clone();
-                tokio::select! {
+                let found = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.check(&token, false) => {}
-                }
+                    found = self.check(&token, false) => found,
+                };
+                self.verify_resumed = match (self.verify_resumed, found) {
+                    (Some(_), Checked::Failed(_)) => {
+                        Some(schedule::after(Instant::now(), self.transient.next(schedule::jitter())))
+                    }
+                    _ => None,
+                };
                 continue;
             }
             // A new token may have arrived at the same moment the step fell
@@ -508,7 +522,7 @@ impl Database {
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
         self.vouched_at = Some(now);
-        self.verify_now = false;
+        self.verify_resumed = None;
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
         self.version = version;
         if let Some(old) = self.cur.replace(held) {
@@ -540,7 +554,7 @@ impl Database {
                 self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
                 self.vouched_at = Some(now);
-                self.verify_now = false;
+                self.verify_resumed = None;
                 self.track();
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
