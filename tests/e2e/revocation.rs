@@ -38,7 +38,7 @@ async fn report(d: &Daemon, name: &str, version: u64) -> Result<(u16, Value)> {
 }
 
 /// The lease ids Vault holds for a database role (root token).
-async fn leases_of(bed: &Bed, role: &str) -> Result<Vec<String>> {
+pub async fn leases_of(bed: &Bed, role: &str) -> Result<Vec<String>> {
     let list = reqwest::Method::from_bytes(b"LIST")?;
     let v = bed.api(list, &format!("sys/leases/lookup/database/creds/{role}/"), None, None).await?;
     Ok(v["data"]["keys"]

@@ -261,7 +261,7 @@ pub async fn vault_load_has_no_wasted_requests(_shared: Arc<Bed>) -> Result<()> 
 
 /// (path, seconds since epoch) of the requests vaultlet made (not the root
 /// token's set-up calls).
-fn vaultlet_requests(audit: &Path, skip: usize) -> Result<Vec<(String, f64)>> {
+pub fn vaultlet_requests(audit: &Path, skip: usize) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
     for line in std::fs::read_to_string(audit)?.lines().skip(skip) {
         let v: Value = serde_json::from_str(line)?;
