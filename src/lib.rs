@@ -7,8 +7,8 @@
 //! # Architecture
 //!
 //! ```text
-//!   config ──► main ──► run()
-//!                         │
+//!   config ──► main ──► run() / exec::run() ──► supervise
+//!                         │   start · READY · watchdog · STOPPING · stop
 //!   auth ── token (watch) ─┼──► lease task per secret ──► store (watch)
 //!     │                    │        │  renew / replace      │
 //!     └──── vault ◄────────┴────────┘                       ├──► api (socket)
@@ -23,9 +23,13 @@
 //! * [`api`] serves the store on the socket; [`render`] writes env files.
 //! * [`state`] (optional) seals the token, leases and values to a file and,
 //!   on the next start, hands them back before any task talks to Vault.
+//! * [`supervise`] is the one lifecycle of `vaultlet run` and `vaultlet
+//!   exec`: start, readiness, sd_notify (watchdog included), shutdown and
+//!   revocation; [`exec`] adds only the app.
 //!
-//! [`run`] wires these together and returns when `shutdown` is cancelled and
-//! everything has stopped (leases revoked first, if configured).
+//! [`start`] wires these together; [`run`] supervises them until `shutdown`
+//! is cancelled and everything has stopped (leases revoked first, if
+//! configured).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -43,6 +47,7 @@ pub mod render;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod vault;
 pub mod write;
@@ -261,22 +266,14 @@ impl Running {
 /// Runs the daemon until `shutdown` is cancelled, telling systemd (when it
 /// asks) once it is ready and when it stops.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let notifier = telemetry::Notifier::from_env();
-    let mut running = start(&config)?;
-    let watchdog = tokio::spawn(notifier.clone().watchdog());
-    tokio::select! {
-        _ = running.ready() => {
-            tracing::info!("ready: every secret held, every file written");
-            notifier.notify("READY=1\nSTATUS=serving secrets");
-            shutdown.cancelled().await;
-        }
-        _ = shutdown.cancelled() => {}
-    }
-    tracing::info!("shutting down");
-    notifier.notify("STOPPING=1");
-    running.stop().await;
-    watchdog.abort();
-    Ok(())
+    let serve = async |mut job: supervise::Job<'_>| -> i32 {
+        job.every_secret_ready().await;
+        tracing::info!("ready: every secret held, every file written");
+        job.ready("serving secrets");
+        // Until `shutdown`: the daemon's tasks do the work.
+        std::future::pending().await
+    };
+    supervise::supervise(&config, shutdown, serve).await.map(drop)
 }
 
 /// Everything revocation at shutdown may take: well inside systemd's
