@@ -39,10 +39,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AppRoleConfig;
 use crate::lease::Leases;
-use crate::lease::schedule::{self, Backoff, after};
+use crate::lease::retry::{self, Attempt, Backoffs, Class, Retry};
+use crate::lease::schedule::{self, after};
 use crate::secret::Token;
 use crate::store::Store;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Backend, VaultError};
 
 /// Shortest time between two logins.
 pub const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -165,10 +166,10 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    fn is_transient(&self) -> bool {
+    fn class(&self) -> Class {
         match self {
-            AuthError::File { .. } => false,
-            AuthError::Vault(e) => e.is_transient(),
+            AuthError::File { .. } => Class::Permanent,
+            AuthError::Vault(e) => Class::of(e),
         }
     }
 }
@@ -178,7 +179,7 @@ impl AuthError {
 /// checked with `lookup-self` in the background: a dead one takes the
 /// dead-token path (log in again, its leases replaced at once).
 pub fn spawn(
-    vault: Arc<Vault>,
+    vault: Arc<dyn Backend>,
     cfg: AppRoleConfig,
     store: Store,
     leases: Leases,
@@ -196,7 +197,22 @@ pub fn spawn(
         dead: Arc::default(),
         deaths: Arc::new(watch::channel(0).0),
     };
-    let task = tokio::spawn(run(vault, cfg, store, leases, metrics, handle.clone(), tx, rej_rx, resumed, shutdown));
+    let task = Task {
+        vault,
+        creds: Credentials { cfg, cached: None },
+        store,
+        leases,
+        metrics,
+        handle: handle.clone(),
+        tx,
+        rejected: rej_rx,
+        shutdown,
+        generation: 0,
+        learned_life: None,
+        backoffs: Backoffs::default(),
+        last_login: None,
+    };
+    let task = tokio::spawn(run(task, resumed));
     (handle, task)
 }
 
@@ -209,7 +225,7 @@ struct Credentials {
 }
 
 impl Credentials {
-    async fn secret_id(&mut self, vault: &Vault) -> Result<SecretString, AuthError> {
+    async fn secret_id(&mut self, vault: &dyn Backend) -> Result<SecretString, AuthError> {
         let file = match read_secret_file(&self.cfg.secret_id_file, "secret_id").await {
             Ok(v) => Some(v),
             // The file was consumed (by us, or delivered once): reuse what we had.
@@ -248,7 +264,7 @@ impl Credentials {
         Ok(sid)
     }
 
-    async fn login(&mut self, vault: &Vault) -> Result<crate::vault::Auth, AuthError> {
+    async fn login(&mut self, vault: &dyn Backend) -> Result<crate::vault::Auth, AuthError> {
         let role_id = read_secret_file(&self.cfg.role_id_file, "role_id").await?;
         let secret_id = self.secret_id(vault).await?;
         let res = vault.login_approle(&self.cfg.mount, &role_id, &secret_id).await;
@@ -276,7 +292,13 @@ async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretStrin
 }
 
 /// Revokes a replaced token once no live lease was issued under it.
-async fn retire(vault: Arc<Vault>, leases: Leases, handle: AuthHandle, old: Arc<Token>, shutdown: CancellationToken) {
+async fn retire(
+    vault: Arc<dyn Backend>,
+    leases: Leases,
+    handle: AuthHandle,
+    old: Arc<Token>,
+    shutdown: CancellationToken,
+) {
     handle.retire(old.clone());
     let mut at = after(Instant::now(), RETIRE_GRACE);
     loop {
@@ -302,111 +324,143 @@ async fn retire(vault: Arc<Vault>, leases: Leases, handle: AuthHandle, old: Arc<
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    vault: Arc<Vault>,
-    cfg: AppRoleConfig,
+/// The auth task between two turns.
+struct Task {
+    vault: Arc<dyn Backend>,
+    creds: Credentials,
     store: Store,
     leases: Leases,
     metrics: Arc<crate::metrics::Metrics>,
     handle: AuthHandle,
     tx: watch::Sender<Option<Arc<Token>>>,
-    mut rejected: mpsc::UnboundedReceiver<u64>,
-    mut resumed: Option<Token>,
+    rejected: mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
-) {
-    let mut creds = Credentials { cfg, cached: None };
-    let mut generation = 0u64;
-    // A token's life from login to the end renew-self cannot pass, learned
-    // from the previous token (Vault only reveals it by capping a renewal).
-    let mut learned_life: Option<Duration> = None;
-    let mut transient = Backoff::transient();
-    let mut permanent = Backoff::permanent();
-    let mut last_login: Option<Instant> = None;
+    generation: u64,
+    /// A token's life from login to the end renew-self cannot pass, learned
+    /// from the previous token (Vault only reveals it by capping a renewal).
+    learned_life: Option<Duration>,
+    backoffs: Backoffs,
+    last_login: Option<Instant>,
+}
+
+/// Logs in (or takes the resumed token), publishes the token, keeps it
+/// alive until it must be replaced, and again, until shutdown.
+async fn run(mut task: Task, mut resumed: Option<Token>) {
     let mut previous: Option<Arc<Token>> = None;
     loop {
-        let (mut token, issued_at, initial_ttl) = match resumed.take() {
-            Some(t) => {
-                generation = t.generation;
-                if t.renewable
-                    && let Some(end) = t.hard_end
-                {
-                    learned_life = Some(end.saturating_duration_since(t.issued_at));
-                }
-                tracing::info!(generation, "using the token from the state file; checking it with vault");
-                // The check below, in the keep-alive loop, as for a 403.
-                handle.rejected(generation);
-                let (at, ttl) = (t.issued_at, t.ttl);
-                (t, at, ttl)
-            }
-            None => {
-                // --- log in, never more often than MIN_LOGIN_INTERVAL ---
-                if let Some(t) = last_login {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = sleep_until(after(t, MIN_LOGIN_INTERVAL)) => {}
-                    }
-                }
-                last_login = Some(Instant::now());
-                let res = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = creds.login(&vault) => r,
-                };
-                metrics.login(&res);
-                let auth = match res {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let wait = if e.is_transient() {
-                            transient.next(schedule::jitter())
-                        } else {
-                            permanent.next(schedule::jitter())
-                        };
-                        tracing::error!(error = %e, retry_in = ?wait, "login failed");
-                        store.set_login_problem(Some(e.to_string()));
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(wait) => continue,
-                        }
-                    }
-                };
-                transient.reset();
-                permanent.reset();
-                store.set_login_problem(None);
-                generation += 1;
-                let now = Instant::now();
-                let initial_ttl = auth.ttl;
-                let token = Token {
-                    secret: auth.token,
-                    generation,
-                    issued_at: now,
-                    ttl: auth.ttl,
-                    expires_at: after(now, auth.ttl),
-                    hard_end: if auth.renewable {
-                        learned_life.map(|l| after(now, l))
-                    } else {
-                        Some(after(now, auth.ttl))
-                    },
-                    renewable: auth.renewable,
-                };
-                tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
-                let issued_at = now;
-                (token, issued_at, initial_ttl)
-            }
+        let token = match resumed.take() {
+            Some(t) => task.resume(t),
+            None => match task.log_in().await {
+                Some(t) => t,
+                None => return,
+            },
         };
         if let Some(end) = token.hard_end {
-            handle.set_token_end(generation, end);
+            task.handle.set_token_end(token.generation, end);
         }
-        tx.send_replace(Some(Arc::new(token.clone())));
+        task.tx.send_replace(Some(Arc::new(token.clone())));
         if let Some(old) = previous.take() {
-            tokio::spawn(retire(vault.clone(), leases.clone(), handle.clone(), old, shutdown.clone()));
+            let (vault, leases, handle) = (task.vault.clone(), task.leases.clone(), task.handle.clone());
+            tokio::spawn(retire(vault, leases, handle, old, task.shutdown.clone()));
         }
+        let Some(token) = task.keep_alive(token).await else { return };
+        previous = Some(Arc::new(token));
+    }
+}
 
-        // --- keep it alive until it must be replaced ---
+// === impl Task ===
+
+impl Task {
+    /// Takes over a token from the sealed state; it is checked with
+    /// `lookup-self` in the keep-alive loop, as for a 403.
+    fn resume(&mut self, t: Token) -> Token {
+        self.generation = t.generation;
+        if t.renewable
+            && let Some(end) = t.hard_end
+        {
+            self.learned_life = Some(end.saturating_duration_since(t.issued_at));
+        }
+        tracing::info!(generation = self.generation, "using the token from the state file; checking it with vault");
+        self.handle.rejected(self.generation);
+        t
+    }
+
+    /// Logs in, never more often than [`MIN_LOGIN_INTERVAL`], until it
+    /// works; `None` at shutdown.
+    async fn log_in(&mut self) -> Option<Token> {
+        let shutdown = self.shutdown.clone();
+        loop {
+            if let Some(t) = self.last_login {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = sleep_until(after(t, MIN_LOGIN_INTERVAL)) => {}
+                }
+            }
+            self.last_login = Some(Instant::now());
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = self.login() => r,
+            };
+            self.metrics.login(&res);
+            match res {
+                Ok(token) => {
+                    self.backoffs.reset();
+                    self.store.set_login_problem(None);
+                    tracing::info!(generation = token.generation, ttl = ?token.ttl, renewable = token.renewable, "logged in");
+                    return Some(token);
+                }
+                Err(e) => {
+                    let wait = retry::decide(e.class(), Attempt::Login, &mut self.backoffs).wait();
+                    let wait = wait.unwrap_or(MIN_LOGIN_INTERVAL);
+                    tracing::error!(error = %e, retry_in = ?wait, "login failed");
+                    self.store.set_login_problem(Some(e.to_string()));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One login: the new token, one generation on.
+    async fn login(&mut self) -> Result<Token, AuthError> {
+        let auth = self.creds.login(&*self.vault).await?;
+        self.generation += 1;
+        let now = Instant::now();
+        Ok(Token {
+            secret: auth.token,
+            generation: self.generation,
+            issued_at: now,
+            ttl: auth.ttl,
+            expires_at: after(now, auth.ttl),
+            hard_end: if auth.renewable {
+                self.learned_life.map(|l| after(now, l))
+            } else {
+                Some(after(now, auth.ttl))
+            },
+            renewable: auth.renewable,
+        })
+    }
+
+    /// Whether Vault refuses `lookup-self` too: the token itself is dead
+    /// (a 403 elsewhere may only be a missing capability).
+    async fn is_dead(&self, token: &Token) -> bool {
+        matches!(self.vault.lookup_self(&token.secret).await, Err(e) if e.is_forbidden())
+    }
+
+    /// Renews `token` until it must be replaced (or is dead) and returns it;
+    /// `None` at shutdown.
+    async fn keep_alive(&mut self, mut token: Token) -> Option<Token> {
+        let shutdown = self.shutdown.clone();
+        let generation = token.generation;
+        // Renewals ask for the TTL the token was issued with.
+        let initial_ttl = token.ttl;
         loop {
             let step = schedule::next_step(
                 Instant::now(),
                 schedule::LeaseTimes {
-                    issued_at,
+                    issued_at: token.issued_at,
                     expires_at: token.expires_at,
                     renewable: token.renewable,
                     hard_end: token.hard_end,
@@ -415,32 +469,27 @@ async fn run(
                 schedule::jitter(),
             );
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                Some(g) = rejected.recv() => {
-                    if g != generation {
-                        continue;
+                _ = shutdown.cancelled() => return None,
+                Some(g) = self.rejected.recv() => {
+                    if g == generation && self.is_dead(&token).await {
+                        tracing::warn!(generation, "token rejected by vault (revoked); its leases died with it; logging in again");
+                        self.handle.mark_dead(generation);
+                        return Some(token);
                     }
-                    match vault.lookup_self(&token.secret).await {
-                        Err(e) if e.is_forbidden() => {
-                            tracing::warn!(generation, "token rejected by vault (revoked); its leases died with it; logging in again");
-                            handle.mark_dead(generation);
-                            break;
-                        }
-                        _ => continue,
-                    }
+                    continue;
                 }
                 _ = sleep_until(step.at()) => {}
             }
             if matches!(step, schedule::Step::Replace(_)) {
                 tracing::info!(generation, "token nears its end; logging in again");
-                break;
+                return Some(token);
             }
             let res = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = vault.renew_self(&token.secret, initial_ttl) => r,
+                _ = shutdown.cancelled() => return None,
+                r = self.vault.renew_self(&token.secret, initial_ttl) => r,
             };
-            metrics.token_renewal(&res);
-            match res {
+            self.metrics.token_renewal(&res);
+            let e = match res {
                 Ok(a) => {
                     let now = Instant::now();
                     token.expires_at = after(now, a.ttl);
@@ -448,34 +497,34 @@ async fn run(
                     if a.ttl < initial_ttl || !a.renewable {
                         // Vault capped the renewal: this is the token's max TTL.
                         token.hard_end = Some(token.expires_at);
-                        learned_life = Some(token.expires_at - issued_at);
-                        handle.set_token_end(generation, token.expires_at);
+                        self.learned_life = Some(token.expires_at - token.issued_at);
+                        self.handle.set_token_end(generation, token.expires_at);
                     }
-                    transient.reset();
+                    self.backoffs.reset();
                     tracing::debug!(generation, ttl = ?a.ttl, "token renewed");
-                    tx.send_replace(Some(Arc::new(token.clone())));
+                    self.tx.send_replace(Some(Arc::new(token.clone())));
+                    continue;
                 }
-                Err(e) if e.is_transient() && Instant::now() < token.expires_at => {
-                    let wait = transient.next(schedule::jitter());
+                Err(e) => e,
+            };
+            let alive = Instant::now() < token.expires_at;
+            match retry::decide(Class::of(&e), Attempt::TokenRenewal { alive }, &mut self.backoffs) {
+                Retry::After(wait) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "token renewal failed");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                Err(e) => {
+                _ => {
                     tracing::warn!(error = %e, "token cannot be renewed; logging in again");
-                    // A 403 may be a policy without renew-self; only a
-                    // lookup-self refused too says the token itself is gone.
-                    if e.is_forbidden() && matches!(vault.lookup_self(&token.secret).await, Err(e) if e.is_forbidden())
-                    {
-                        handle.mark_dead(generation);
+                    if e.is_forbidden() && self.is_dead(&token).await {
+                        self.handle.mark_dead(generation);
                     }
-                    break;
+                    return Some(token);
                 }
             }
         }
-        previous = Some(Arc::new(token));
     }
 }
 

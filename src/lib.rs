@@ -73,7 +73,7 @@ pub enum RunError {
 
 /// The running daemon: its tasks and what they share.
 pub struct Running {
-    vault: Arc<vault::Vault>,
+    vault: Arc<dyn vault::Backend>,
     store: store::Store,
     auth: auth::AuthHandle,
     leases: lease::Leases,
@@ -90,7 +90,7 @@ pub struct Running {
 /// local set-up problems (TLS files, the socket path).
 pub fn start(config: &Config) -> Result<Running, RunError> {
     let metrics = metrics::Metrics::new();
-    let vault = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
+    let vault: Arc<dyn vault::Backend> = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
     let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
@@ -253,7 +253,7 @@ impl Running {
         while self.set.join_next().await.is_some() {}
         let _ = self.auth_task.await;
         if self.revoke_on_shutdown {
-            revoke_all(&self.vault, &self.auth, &self.leases, &self.certs).await;
+            revoke_all(&*self.vault, &self.auth, &self.leases, &self.certs).await;
         }
         // After revocation: what was revoked must not be resumed.
         if let Some(w) = &self.state {
@@ -285,7 +285,12 @@ pub const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
 /// but Vault then does it in the background, after we have exited. The
 /// tokens keep the last 1.5 s of it, so a Vault that hangs on lease
 /// revocations still gets them (and with them, the leases).
-async fn revoke_all(vault: &vault::Vault, auth: &auth::AuthHandle, leases: &lease::Leases, certs: &lease::pki::Certs) {
+async fn revoke_all(
+    vault: &dyn vault::Backend,
+    auth: &auth::AuthHandle,
+    leases: &lease::Leases,
+    certs: &lease::pki::Certs,
+) {
     let start = tokio::time::Instant::now();
     let deadline = start + REVOKE_DEADLINE;
     let leases_deadline = deadline - Duration::from_millis(1500);

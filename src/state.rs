@@ -884,7 +884,7 @@ impl Writer {
 
 /// Revokes (with the saved token) the leases a restart cannot resume, or
 /// names them in one line when that is not possible.
-pub async fn revoke_unresumable(vault: Arc<crate::vault::Vault>, token: Option<SecretString>, ids: Vec<LeaseId>) {
+pub async fn revoke_unresumable(vault: Arc<dyn crate::vault::Backend>, token: Option<SecretString>, ids: Vec<LeaseId>) {
     if ids.is_empty() {
         return;
     }

@@ -83,6 +83,9 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::config::{PkiRequest, VaultConfig};
 use crate::secret::{LeaseId, SecretData};
 
+#[cfg(test)]
+pub mod fake;
+
 /// Default cap on a response body (`vault.max_response_size`). Vault's
 /// answers to what vaultlet asks are a few KiB; a large KV secret fits.
 pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
@@ -1396,6 +1399,117 @@ impl Vault {
             data.insert(k, SecretString::from(s));
         }
         Ok(data)
+    }
+}
+
+/// A request to Vault in flight, boxed so [`Backend`] can be used as
+/// `dyn Backend`.
+pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, VaultError>> + Send + 'a>>;
+
+/// What the auth and secret tasks ask of Vault, and nothing else.
+///
+/// The tasks hold an `Arc<dyn Backend>`: [`Vault`] in the daemon, a scripted
+/// fake in the unit tests, so the rules about re-login, capped renewals,
+/// outages and drains can be driven on tokio's paused clock. Every answer is
+/// one of our own types and every failure a [`VaultError`], whose class
+/// ([`VaultError::is_transient`], [`VaultError::is_forbidden`],
+/// [`VaultError::is_lease_gone`]) decides what the caller does next.
+pub trait Backend: Send + Sync {
+    /// `POST auth/<mount>/login` with a role_id and secret_id.
+    fn login_approle<'a>(
+        &'a self,
+        mount: &'a str,
+        role_id: &'a SecretString,
+        secret_id: &'a SecretString,
+    ) -> Call<'a, Auth>;
+    /// Unwraps a response-wrapped secret_id (after checking where it came from).
+    fn unwrap_secret_id<'a>(&'a self, wrapping_token: &'a SecretString) -> Call<'a, SecretString>;
+    /// `POST auth/token/renew-self`.
+    fn renew_self<'a>(&'a self, token: &'a SecretString, increment: Duration) -> Call<'a, Auth>;
+    /// `GET auth/token/lookup-self`: is the token still valid?
+    fn lookup_self<'a>(&'a self, token: &'a SecretString) -> Call<'a, ()>;
+    /// `POST auth/token/revoke-self`.
+    fn revoke_self<'a>(&'a self, token: &'a SecretString) -> Call<'a, ()>;
+    /// `GET <mount>/creds/<role>`, keeping the lease.
+    fn db_creds<'a>(&'a self, token: &'a SecretString, mount: &'a str, role: &'a str) -> Call<'a, DbCreds>;
+    /// The database role's `max_ttl`, when the policy lets us read it.
+    fn db_role_max_ttl<'a>(
+        &'a self,
+        token: &'a SecretString,
+        mount: &'a str,
+        role: &'a str,
+    ) -> Call<'a, Option<Duration>>;
+    /// `PUT sys/leases/renew`.
+    fn renew_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId, increment: Duration)
+    -> Call<'a, Renewed>;
+    /// `PUT sys/leases/lookup`: whether Vault still knows the lease.
+    fn lookup_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()>;
+    /// `PUT sys/leases/revoke`.
+    fn revoke_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()>;
+    /// Reads a KV secret (v1 or v2).
+    fn kv<'a>(&'a self, token: &'a SecretString, mount: &'a str, path: &'a str, version: u8) -> Call<'a, SecretData>;
+    /// `POST <mount>/issue/<role>`.
+    fn pki_issue<'a>(&'a self, token: &'a SecretString, req: &'a PkiRequest) -> Call<'a, PkiCert>;
+    /// `POST <mount>/revoke` by serial number.
+    fn pki_revoke<'a>(&'a self, token: &'a SecretString, mount: &'a str, serial: &'a str) -> Call<'a, ()>;
+}
+
+// === impl Backend for Vault ===
+
+impl Backend for Vault {
+    fn login_approle<'a>(
+        &'a self,
+        mount: &'a str,
+        role_id: &'a SecretString,
+        secret_id: &'a SecretString,
+    ) -> Call<'a, Auth> {
+        Box::pin(Vault::login_approle(self, mount, role_id, secret_id))
+    }
+    fn unwrap_secret_id<'a>(&'a self, wrapping_token: &'a SecretString) -> Call<'a, SecretString> {
+        Box::pin(Vault::unwrap_secret_id(self, wrapping_token))
+    }
+    fn renew_self<'a>(&'a self, token: &'a SecretString, increment: Duration) -> Call<'a, Auth> {
+        Box::pin(Vault::renew_self(self, token, increment))
+    }
+    fn lookup_self<'a>(&'a self, token: &'a SecretString) -> Call<'a, ()> {
+        Box::pin(Vault::lookup_self(self, token))
+    }
+    fn revoke_self<'a>(&'a self, token: &'a SecretString) -> Call<'a, ()> {
+        Box::pin(Vault::revoke_self(self, token))
+    }
+    fn db_creds<'a>(&'a self, token: &'a SecretString, mount: &'a str, role: &'a str) -> Call<'a, DbCreds> {
+        Box::pin(Vault::db_creds(self, token, mount, role))
+    }
+    fn db_role_max_ttl<'a>(
+        &'a self,
+        token: &'a SecretString,
+        mount: &'a str,
+        role: &'a str,
+    ) -> Call<'a, Option<Duration>> {
+        Box::pin(Vault::db_role_max_ttl(self, token, mount, role))
+    }
+    fn renew_lease<'a>(
+        &'a self,
+        token: &'a SecretString,
+        lease: &'a LeaseId,
+        increment: Duration,
+    ) -> Call<'a, Renewed> {
+        Box::pin(Vault::renew_lease(self, token, lease, increment))
+    }
+    fn lookup_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()> {
+        Box::pin(Vault::lookup_lease(self, token, lease))
+    }
+    fn revoke_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()> {
+        Box::pin(Vault::revoke_lease(self, token, lease))
+    }
+    fn kv<'a>(&'a self, token: &'a SecretString, mount: &'a str, path: &'a str, version: u8) -> Call<'a, SecretData> {
+        Box::pin(Vault::kv(self, token, mount, path, version))
+    }
+    fn pki_issue<'a>(&'a self, token: &'a SecretString, req: &'a PkiRequest) -> Call<'a, PkiCert> {
+        Box::pin(Vault::pki_issue(self, token, req))
+    }
+    fn pki_revoke<'a>(&'a self, token: &'a SecretString, mount: &'a str, serial: &'a str) -> Call<'a, ()> {
+        Box::pin(Vault::pki_revoke(self, token, mount, serial))
     }
 }
 

@@ -36,29 +36,37 @@
 //! version only when the content changed.
 //!
 //! Errors never revoke or drop anything that is still valid. Each loop turn
-//! makes one attempt; a failure is logged once, recorded as the secret's
-//! `problem` (shown by `/v1/ready`) and retried with capped backoff: fast for
-//! transient failures (connection refused, 5xx, sealed), slow for refusals a
-//! human must fix (403, unknown role). A held value stays served until its
-//! lease ends; then it is withdrawn.
+//! makes one attempt; what follows a failure is decided in one place,
+//! [`retry::decide`], for every task here and the auth task. A failure is
+//! logged once, recorded as the secret's `problem` (shown by `/v1/ready`)
+//! and retried with capped backoff: fast for transient failures (connection
+//! refused, 5xx, sealed), slow for refusals a human must fix (403, unknown
+//! role), at once with a new token after a 403. A held value stays served
+//! until its lease ends; then it is withdrawn.
+//!
+//! The tasks talk to Vault through [`crate::vault::Backend`], so the tests
+//! below drive them against a scripted server on tokio's paused clock.
 
 pub mod pki;
+pub mod retry;
 pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthHandle, current_token};
+use crate::auth::{AuthHandle, TokenRx, current_token};
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
 use crate::rejected::{CHECK_INTERVAL, Check, Checked};
 use crate::secret::{Lease, LeaseId, SecretData};
 use crate::store::{LeaseView, Store};
-use crate::vault::{Vault, VaultError};
-use schedule::{Backoff, LeaseTimes, Step};
+use crate::vault::{Backend, VaultError};
+use retry::{Attempt, Backoffs, Class, Retry};
+use schedule::{LeaseTimes, Step};
 
 /// Shortest time between two credentials issued for one secret. A server
 /// that answers with tiny TTLs (or lies) gets at most one issue per second
@@ -138,7 +146,7 @@ impl Leases {
 #[derive(Clone)]
 pub struct Cx {
     /// Vault.
-    pub vault: Arc<Vault>,
+    pub vault: Arc<dyn Backend>,
     /// Where values go.
     pub store: Store,
     /// The token.
@@ -215,8 +223,7 @@ struct Database {
     last_issue: Option<Instant>,
     /// Lifetime (issue → cap) learned from an earlier lease of this secret.
     learned: Option<Duration>,
-    transient: Backoff,
-    permanent: Backoff,
+    backoffs: Backoffs,
     /// When Vault last vouched for the held lease (issue, renewal, lookup).
     vouched_at: Option<Instant>,
     /// The step planned for the held lease's times.
@@ -250,8 +257,7 @@ impl Database {
             cur,
             last_issue: None,
             learned,
-            transient: Backoff::transient(),
-            permanent: Backoff::permanent(),
+            backoffs: Backoffs::default(),
             vouched_at: None,
             plan: None,
             last_check: None,
@@ -267,14 +273,15 @@ impl Database {
 
     async fn run(mut self, mount: &str, role: &str) {
         let name = self.spec.name.clone();
-        let mut token_rx = self.cx.auth.token.clone();
-        let mut deaths = self.cx.auth.deaths();
+        let mut w = Watches { token: self.cx.auth.token.clone(), deaths: Some(self.cx.auth.deaths()) };
         let mut checks = self.cx.store.rejections().register(&name);
         // A resumed lease whose lifetime is known needs no role read either.
         let mut asked_max_ttl = self.verify_resumed.is_some() && self.learned.is_some();
         loop {
-            let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
-            deaths.borrow_and_update();
+            let Some(token) = current_token(&mut w.token, &self.cx.shutdown).await else { return };
+            if let Some(d) = w.deaths.as_mut() {
+                d.borrow_and_update();
+            }
             if self.cur.as_ref().is_some_and(|h| self.cx.auth.is_dead(h.token_generation)) {
                 // Vault revoked the lease with its token.
                 self.expired("its token was revoked");
@@ -283,7 +290,7 @@ impl Database {
                 // The auth task is logging in again; nothing works until then.
                 tokio::select! {
                     _ = self.cx.shutdown.cancelled() => return,
-                    _ = token_rx.changed() => {}
+                    _ = w.token.changed() => {}
                     Some(c) = checks.recv() => self.answer(c, Checked::Gone),
                 }
                 continue;
@@ -345,8 +352,8 @@ impl Database {
             };
             let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
-                _ = token_rx.changed() => continue,
-                _ = deaths.changed() => continue,
+                _ = w.token.changed() => continue,
+                _ = died(&mut w.deaths) => continue,
                 Some(c) = checks.recv() => {
                     let shutdown = self.cx.shutdown.clone();
                     tokio::select! {
@@ -371,7 +378,7 @@ impl Database {
                 };
                 self.verify_resumed = match (self.verify_resumed, found) {
                     (Some(_), Checked::Failed(_)) => {
-                        Some(schedule::after(Instant::now(), self.transient.next(schedule::jitter())))
+                        Some(schedule::after(Instant::now(), self.backoffs.transient(schedule::jitter())))
                     }
                     _ => None,
                 };
@@ -381,7 +388,7 @@ impl Database {
             // due (select! picks either): decide again with it, or a
             // replacement would be issued under the token that is about to
             // die, and die with it.
-            if token_rx.has_changed().unwrap_or(false) {
+            if w.token.has_changed().unwrap_or(false) {
                 continue;
             }
             // A replacement due because the issuing token is about to die
@@ -396,12 +403,16 @@ impl Database {
             {
                 tokio::select! {
                     _ = self.cx.shutdown.cancelled() => return,
-                    _ = token_rx.changed() => continue,
+                    _ = w.token.changed() => continue,
                     _ = sleep_until(end) => {}
                 }
             }
             let shutdown = self.cx.shutdown.clone();
-            let attempt = async {
+            let attempt = match step {
+                Step::Replace(_) => Attempt::Secret,
+                Step::Renew(_) => Attempt::Lease,
+            };
+            let res = async {
                 match step {
                     Step::Replace(_) => self.issue(&token, mount, role).await,
                     Step::Renew(_) => self.renew(&token).await,
@@ -410,40 +421,30 @@ impl Database {
             // A request in flight (or queued) does not hold up shutdown.
             let res = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = attempt => r,
+                r = res => r,
             };
             // Whatever happened, the next step is planned afresh.
             self.plan = None;
-            match res {
+            let e = match res {
                 Ok(()) => {
-                    self.transient.reset();
-                    self.permanent.reset();
+                    self.backoffs.reset();
+                    continue;
                 }
-                Err(e) => {
-                    if e.is_forbidden() {
-                        self.cx.auth.rejected(token.generation);
-                    }
-                    let wait = if e.is_transient() {
-                        self.transient.next(schedule::jitter())
-                    } else {
-                        self.permanent.next(schedule::jitter())
-                    };
-                    tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "database secret");
-                    self.cx.store.set_problem(&name, e.to_string());
-                    let until = schedule::after(Instant::now(), wait);
-                    let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-                    tokio::select! {
-                        _ = self.cx.shutdown.cancelled() => return,
-                        _ = sleep_until(until) => {}
-                        // A new token (after a dead one) is worth trying at once.
-                        _ = token_rx.changed(), if e.is_forbidden() => self.permanent.reset(),
-                        _ = deaths.changed(), if e.is_forbidden() => self.permanent.reset(),
-                        _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
-                    }
-                    if self.cur.as_ref().is_some_and(|h| h.lease.expires_at <= Instant::now()) {
-                        self.expired("lease ended while vault could not be reached");
-                    }
-                }
+                Err(e) => e,
+            };
+            let retry = retry::decide(Class::of(&e), attempt, &mut self.backoffs);
+            if retry == Retry::Gone {
+                // Revoked behind our back (or its token died): replace now.
+                self.expired("lease was revoked");
+                continue;
+            }
+            let failure = Failure { what: "database secret", generation: token.generation, error: &e, retry };
+            let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
+            if !failed(&self.cx, &name, failure, &mut self.backoffs, &mut w, expiry).await {
+                return;
+            }
+            if self.cur.as_ref().is_some_and(|h| h.lease.expires_at <= Instant::now()) {
+                self.expired("lease ended while vault could not be reached");
             }
         }
     }
@@ -463,23 +464,27 @@ impl Database {
         let now = Instant::now();
         // A failed lookup is not tried again before the next turn either.
         self.vouched_at = Some(now);
-        match res {
+        let e = match res {
             Ok(()) => {
                 if reported {
                     self.last_check = Some(now);
                 }
-                Checked::Valid
+                return Checked::Valid;
             }
-            Err(e) if e.is_lease_gone() => {
+            Err(e) => e,
+        };
+        // A lookup is never retried by itself: the renewal rhythm carries on.
+        match Class::of(&e) {
+            Class::Gone => {
                 self.expired("lease was revoked");
                 Checked::Gone
             }
-            Err(e) if e.is_forbidden() => {
+            Class::Forbidden => {
                 tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup refused; checking the token");
                 self.cx.auth.rejected(token.generation);
                 Checked::TokenChecked
             }
-            Err(e) => {
+            Class::Transient | Class::Permanent => {
                 tracing::warn!(secret = %self.spec.name, error = %e, "lease lookup failed; the credential stays served");
                 Checked::Failed(e.to_string())
             }
@@ -555,11 +560,6 @@ impl Database {
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
             }
-            Err(e) if e.is_lease_gone() => {
-                // Revoked behind our back (or its token died): replace now.
-                self.expired("lease was revoked");
-                Ok(())
-            }
             Err(e) => Err(e),
         }
     }
@@ -618,60 +618,114 @@ pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) 
                 cx.leases.extend(&old.lease.id, old.lease.expires_at);
                 cx.tracker.set_draining(&old.lease.id, Some((&spec.name, &old, drain_end)));
             }
-            Err(e) if e.is_lease_gone() => {
-                cx.leases.remove(&old.lease.id);
-                cx.tracker.set_draining(&old.lease.id, None);
-                return;
-            }
-            Err(e) => tracing::debug!(secret = %spec.name, error = %e, "renewing a draining lease failed"),
+            Err(e) => match retry::decide(Class::of(&e), Attempt::Drain, &mut Backoffs::default()) {
+                Retry::Gone => {
+                    cx.leases.remove(&old.lease.id);
+                    cx.tracker.set_draining(&old.lease.id, None);
+                    return;
+                }
+                _ => tracing::debug!(secret = %spec.name, error = %e, "renewing a draining lease failed"),
+            },
         }
     }
 }
 
 async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) {
-    let mut token_rx = cx.auth.token.clone();
-    let mut transient = Backoff::transient();
-    let mut permanent = Backoff::permanent();
+    let mut w = Watches { token: cx.auth.token.clone(), deaths: None };
+    let mut backoffs = Backoffs::default();
     loop {
-        let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+        let Some(token) = current_token(&mut w.token, &cx.shutdown).await else { return };
         let res = tokio::select! {
             _ = cx.shutdown.cancelled() => return,
             r = cx.vault.kv(&token.secret, mount, path, version) => r,
         };
         cx.metrics.kv_read(&spec.name, &res);
-        let mut forbidden = false;
-        let wait = match res {
+        let e = match res {
             Ok(data) => {
-                transient.reset();
-                permanent.reset();
+                backoffs.reset();
                 let keys: Vec<&str> = data.keys().collect();
                 tracing::debug!(secret = %spec.name, ?keys, "read kv secret");
                 publish_kv(&cx.store, &spec.name, data);
                 // Up to 10 % early so many sidecars spread their reads.
-                spec.refresh.mul_f64(1.0 - 0.1 * schedule::jitter())
-            }
-            Err(e) => {
-                if e.is_forbidden() {
-                    forbidden = true;
-                    cx.auth.rejected(token.generation);
+                let wait = spec.refresh.mul_f64(1.0 - 0.1 * schedule::jitter());
+                tokio::select! {
+                    _ = cx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                let wait = if e.is_transient() {
-                    transient.next(schedule::jitter())
-                } else {
-                    permanent.next(schedule::jitter())
-                };
-                tracing::warn!(secret = %spec.name, error = %e, retry_in = ?wait, "kv secret");
-                cx.store.set_problem(&spec.name, e.to_string());
-                wait
+                continue;
             }
+            Err(e) => e,
         };
-        tokio::select! {
-            _ = cx.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            // After a 403, a new login is worth trying at once.
-            _ = token_rx.changed(), if forbidden => permanent.reset(),
+        let retry = retry::decide(Class::of(&e), Attempt::Secret, &mut backoffs);
+        let failure = Failure { what: "kv secret", generation: token.generation, error: &e, retry };
+        if !failed(&cx, &spec.name, failure, &mut backoffs, &mut w, None).await {
+            return;
         }
     }
+}
+
+/// What wakes a secret task besides its own timers.
+struct Watches {
+    /// A new token.
+    token: TokenRx,
+    /// A token confirmed dead (database secrets: their leases died with it).
+    deaths: Option<watch::Receiver<u64>>,
+}
+
+/// Resolves when a token is confirmed dead (never without `deaths`).
+async fn died(deaths: &mut Option<watch::Receiver<u64>>) {
+    if let Some(d) = deaths.as_mut()
+        && d.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// A failed attempt and what [`retry::decide`] made of it.
+struct Failure<'a> {
+    /// The log line's message ("database secret", "kv secret"…).
+    what: &'static str,
+    /// The token generation the attempt used.
+    generation: u64,
+    /// What went wrong (shown in the log and `/v1/ready`, never a secret).
+    error: &'a (dyn std::fmt::Display + Sync),
+    /// What to do next.
+    retry: Retry,
+}
+
+/// The one error-handling point of a secret task's turn: a 403 is reported
+/// to the auth task (which checks the token), the failure is logged once and
+/// recorded as the secret's problem, then the wait `retry` asks for is slept.
+/// After a 403 a new token (or one confirmed dead) ends the wait early and
+/// restarts the slow backoff; `expiry`, the held value's end, ends it too.
+/// False at shutdown.
+async fn failed(
+    cx: &Cx,
+    name: &str,
+    f: Failure<'_>,
+    backoffs: &mut Backoffs,
+    w: &mut Watches,
+    expiry: Option<Instant>,
+) -> bool {
+    let Some(wait) = f.retry.wait() else { return true };
+    let forbidden = matches!(f.retry, Retry::NewToken(_));
+    if forbidden {
+        cx.auth.rejected(f.generation);
+    }
+    tracing::warn!(secret = %name, error = %f.error, retry_in = ?wait, "{}", f.what);
+    cx.store.set_problem(name, f.error.to_string());
+    let until = schedule::after(Instant::now(), wait);
+    let Watches { token, deaths } = w;
+    tokio::select! {
+        _ = cx.shutdown.cancelled() => return false,
+        _ = sleep_until(until) => {}
+        // A new token (after a dead one) is worth trying at once.
+        _ = token.changed(), if forbidden => backoffs.new_token(),
+        _ = died(deaths), if forbidden => backoffs.new_token(),
+        _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
+    }
+    true
 }
 
 fn publish_kv(store: &Store, name: &str, data: SecretData) {

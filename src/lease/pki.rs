@@ -7,9 +7,9 @@
 //! ⅓ of its lifetime, at most half), published at once with a new version.
 //!
 //! A failed re-issue keeps the current certificate served until it expires,
-//! with the database task's backoff (fast for transient failures, slow for
-//! refusals such as a role that does not allow the common name) and the
-//! reason in `/v1/ready`. A certificate that arrives already expired, or not
+//! with the retry decision every secret task uses ([`super::retry`]: fast
+//! for transient failures, slow for refusals such as a role that does not
+//! allow the common name) and the reason in `/v1/ready`. A certificate that arrives already expired, or not
 //! valid yet (`not_before` ahead of this host's clock), is refused: serving
 //! it would only make every handshake fail.
 //!
@@ -23,8 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secrecy::SecretString;
 use tokio::time::{Instant, sleep_until};
 
-use super::schedule::{self, Backoff, LeaseTimes};
-use super::{Cx, MIN_ISSUE_INTERVAL};
+use super::retry::{self, Attempt, Backoffs, Class};
+use super::schedule::{self, LeaseTimes};
+use super::{Cx, Failure, MIN_ISSUE_INTERVAL, Watches, failed};
 use crate::auth::current_token;
 use crate::config::{PkiRequest, RevokeOld, SecretSpec};
 use crate::store::LeaseView;
@@ -76,8 +77,11 @@ enum IssueError {
 }
 
 impl IssueError {
-    fn is_transient(&self) -> bool {
-        matches!(self, IssueError::Vault(e) if e.is_transient())
+    fn class(&self) -> Class {
+        match self {
+            IssueError::Vault(e) => Class::of(e),
+            IssueError::Expired { .. } | IssueError::NotYetValid { .. } => Class::Permanent,
+        }
     }
 }
 
@@ -96,13 +100,12 @@ fn unix(t: i64) -> SystemTime {
 pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
     let name = spec.name.clone();
     let what = format!("{}/issue/{}", req.mount, req.role);
-    let mut token_rx = cx.auth.token.clone();
+    let mut w = Watches { token: cx.auth.token.clone(), deaths: None };
     let mut cur: Option<Held> = None;
     let mut last_issue: Option<Instant> = None;
-    let mut transient = Backoff::transient();
-    let mut permanent = Backoff::permanent();
+    let mut backoffs = Backoffs::default();
     loop {
-        let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
+        let Some(token) = current_token(&mut w.token, &cx.shutdown).await else { return };
         let now = Instant::now();
         let mut at = match &cur {
             None => now,
@@ -118,14 +121,14 @@ pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
         let expiry = cur.as_ref().map(|h| h.expires_at);
         tokio::select! {
             _ = cx.shutdown.cancelled() => return,
-            _ = token_rx.changed() => continue,
+            _ = w.token.changed() => continue,
             _ = sleep_until(at) => {}
             _ = sleep_until(expiry.unwrap_or(at)), if expiry.is_some_and(|e| e < at) => {
                 expired(&cx, &name, &mut cur, "certificate expired before it could be re-issued");
                 continue;
             }
         }
-        if token_rx.has_changed().unwrap_or(false) {
+        if w.token.has_changed().unwrap_or(false) {
             continue;
         }
         last_issue = Some(Instant::now());
@@ -134,40 +137,26 @@ pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
             r = issue(&cx, &spec, &req, &what, &token.secret) => r,
         };
         cx.metrics.certificate_issued(&name, &res);
-        match res {
+        let e = match res {
             Ok(held) => {
-                transient.reset();
-                permanent.reset();
+                backoffs.reset();
                 if let Some(old) = cur.replace(held)
                     && spec.revoke_old == RevokeOld::Drain
                 {
                     tokio::spawn(drain(cx.clone(), spec.clone(), req.mount.clone(), old));
                 }
+                continue;
             }
-            Err(e) => {
-                if let IssueError::Vault(v) = &e
-                    && v.is_forbidden()
-                {
-                    cx.auth.rejected(token.generation);
-                }
-                let wait = if e.is_transient() {
-                    transient.next(schedule::jitter())
-                } else {
-                    permanent.next(schedule::jitter())
-                };
-                tracing::warn!(secret = %name, error = %e, retry_in = ?wait, "pki secret");
-                cx.store.set_problem(&name, e.to_string());
-                let until = schedule::after(Instant::now(), wait);
-                let expiry = cur.as_ref().map(|h| h.expires_at);
-                tokio::select! {
-                    _ = cx.shutdown.cancelled() => return,
-                    _ = sleep_until(until) => {}
-                    _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
-                }
-                if cur.as_ref().is_some_and(|h| h.expires_at <= Instant::now()) {
-                    expired(&cx, &name, &mut cur, "certificate expired while no new one could be issued");
-                }
-            }
+            Err(e) => e,
+        };
+        let retry = retry::decide(e.class(), Attempt::Secret, &mut backoffs);
+        let failure = Failure { what: "pki secret", generation: token.generation, error: &e, retry };
+        let expiry = cur.as_ref().map(|h| h.expires_at);
+        if !failed(&cx, &name, failure, &mut backoffs, &mut w, expiry).await {
+            return;
+        }
+        if cur.as_ref().is_some_and(|h| h.expires_at <= Instant::now()) {
+            expired(&cx, &name, &mut cur, "certificate expired while no new one could be issued");
         }
     }
 }
