@@ -735,3 +735,6 @@ fn publish_kv(store: &Store, name: &str, data: SecretData) {
         tracing::info!(secret = %name, version = v, "kv secret changed");
     }
 }
+
+#[cfg(test)]
+mod tests;
