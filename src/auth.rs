@@ -2,12 +2,18 @@
 //!
 //! One task owns the token. It logs in (reading the role_id and secret_id
 //! files on every login, unwrapping a response-wrapped secret_id first when
-//! configured), publishes the token on a `watch` channel, renews it at ⅔ of
-//! its TTL and logs in again *before* the token reaches the end renewals can
-//! no longer move (its max TTL, or the TTL of a non-renewable token).
+//! configured), renews the token at ⅔ of its TTL and logs in again *before*
+//! the token reaches the end renewals can no longer move (its max TTL, or
+//! the TTL of a non-renewable token).
+//!
+//! Everything it knows that others need is one [`AuthState`] on one `watch`
+//! channel: the current token, why the last login failed, the hard end of
+//! each recent generation, the generations Vault confirmed dead and the
+//! replaced tokens not revoked yet. Other tasks only read it; they talk back
+//! through one call, [`AuthHandle::rejected`].
 //!
 //! A new login does not disturb the secrets: lease tasks keep what they hold.
-//! They do read the token's hard end from this channel, because Vault revokes
+//! They do read the token's hard end from the state, because Vault revokes
 //! a token's leases with it; that is how they know to replace credentials
 //! issued under a token that is about to die.
 //!
@@ -23,11 +29,16 @@
 //! Other tasks report a 403 through [`AuthHandle::rejected`]; the task then
 //! checks the token with `lookup-self` and logs in again only if the token
 //! itself is dead (a 403 from a missing policy capability is not fixed by a
-//! new login). A dead token is recorded ([`AuthHandle::is_dead`]) and lease
-//! tasks are woken ([`AuthHandle::deaths`]): Vault revoked every lease the
-//! token created along with it, so those credentials are withdrawn and
-//! replaced as soon as the new token is there, not at their next renewal.
+//! new login). A dead token is recorded in the state ([`AuthState::dead`],
+//! which wakes the lease tasks): Vault revoked every lease the token created
+//! along with it, so those credentials are withdrawn and replaced as soon as
+//! the new token is there, not at their next renewal.
+//!
+//! The task talks to Vault through [`crate::vault::Backend`]; each turn makes
+//! one attempt (a login, a renewal) and what follows a failure is decided by
+//! [`crate::lease::retry::decide`], as for the secret tasks.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +53,6 @@ use crate::lease::Leases;
 use crate::lease::retry::{self, Attempt, Backoffs, Class, Retry};
 use crate::lease::schedule::{self, after};
 use crate::secret::Token;
-use crate::store::Store;
 use crate::vault::{Backend, VaultError};
 
 /// Shortest time between two logins.
@@ -55,95 +65,116 @@ const RETIRE_CHECK: Duration = Duration::from_secs(2);
 /// token only at their next turn (issues in flight are tracked exactly).
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
-/// What lease tasks hold: the current token, if logged in.
-pub type TokenRx = watch::Receiver<Option<Arc<Token>>>;
+/// Generations remembered in [`AuthState::ends`] and [`AuthState::dead`];
+/// older ones ended long ago.
+const KEEP_GENERATIONS: usize = 8;
+
+/// Everything the auth task tells the other tasks, published as one value
+/// on one `watch` channel: a change to any part wakes every watcher once.
+#[derive(Clone, Debug, Default)]
+pub struct AuthState {
+    /// The current token, once logged in.
+    pub token: Option<Arc<Token>>,
+    /// Why the last login failed, until one succeeds (`/v1/ready` shows it
+    /// for secrets never fetched).
+    pub problem: Option<String>,
+    /// The hard end of each recent token generation, once known. A lease
+    /// outlives the token that created it only until that token's end, and
+    /// the current token alone would let a lease task miss the end of a
+    /// generation that was replaced before the task looked.
+    pub ends: BTreeMap<u64, Instant>,
+    /// Generations Vault confirmed dead (revoked, not just replaced): every
+    /// lease they issued died with them.
+    pub dead: BTreeSet<u64>,
+    /// Replaced tokens not yet revoked (still used by a lease, or in grace).
+    pub retired: Vec<Arc<Token>>,
+}
+
+/// A watcher of the auth state.
+pub type AuthRx = watch::Receiver<AuthState>;
+
+/// The auth task's side of the auth state.
+pub type AuthTx = Arc<watch::Sender<AuthState>>;
+
+/// The channel the auth task publishes on; the receiver may be handed out
+/// (e.g. to the store) before the task starts.
+pub fn channel() -> (AuthTx, AuthRx) {
+    let (tx, rx) = watch::channel(AuthState::default());
+    (Arc::new(tx), rx)
+}
 
 /// The other tasks' side of the auth task.
 #[derive(Clone)]
 pub struct AuthHandle {
-    /// The current token.
-    pub token: TokenRx,
+    state: AuthRx,
     rejected: mpsc::UnboundedSender<u64>,
-    /// The hard end of each token generation once known. A lease outlives
-    /// the token that created it only until that token's end, and the watch
-    /// channel alone would let a lease task miss the end of a generation
-    /// that was replaced before the task looked.
-    ends: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>>,
-    /// Replaced tokens not yet revoked (still used by a lease, or in grace).
-    retired: Arc<std::sync::Mutex<Vec<Arc<Token>>>>,
-    /// Generations Vault confirmed dead (revoked, not just replaced).
-    dead: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
-    /// Bumped on every confirmed death, to wake lease tasks.
-    deaths: Arc<watch::Sender<u64>>,
 }
 
+// === impl AuthHandle ===
+
 impl AuthHandle {
-    /// The hard end of token `generation`, if known.
-    pub fn token_end(&self, generation: u64) -> Option<Instant> {
-        self.ends.lock().unwrap_or_else(|p| p.into_inner()).get(&generation).copied()
+    /// A watcher of the auth state (token, problem, ends, deaths).
+    pub fn watch(&self) -> AuthRx {
+        self.state.clone()
     }
 
-    fn set_token_end(&self, generation: u64, end: Instant) {
-        let mut m = self.ends.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(generation, end);
-        // Keep the last few generations; older ones have ended long ago.
-        while m.len() > 8 {
-            m.pop_first();
-        }
+    /// The current token, if logged in.
+    pub fn current(&self) -> Option<Arc<Token>> {
+        self.state.borrow().token.clone()
+    }
+
+    /// The hard end of token `generation`, if known.
+    pub fn token_end(&self, generation: u64) -> Option<Instant> {
+        self.state.borrow().ends.get(&generation).copied()
     }
 
     /// The current end of token `generation`, if it is the current token or
     /// a replaced one not revoked yet (the sealed state saves it with each
     /// lease: Vault revokes a lease with its token).
     pub fn token_expiry(&self, generation: u64) -> Option<Instant> {
-        if let Some(t) = self.token.borrow().as_ref().filter(|t| t.generation == generation) {
-            return Some(t.expires_at);
-        }
-        let v = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        v.iter().find(|t| t.generation == generation).map(|t| t.expires_at)
+        let s = self.state.borrow();
+        let current = s.token.iter().find(|t| t.generation == generation);
+        current.or_else(|| s.retired.iter().find(|t| t.generation == generation)).map(|t| t.expires_at)
     }
 
     /// Replaced tokens not revoked yet (for revocation at shutdown).
-    pub fn take_retired(&self) -> Vec<Arc<Token>> {
-        std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn retire(&self, t: Arc<Token>) {
-        self.retired.lock().unwrap_or_else(|p| p.into_inner()).push(t);
-    }
-
-    /// Takes `generation` off the retired list; false if already taken.
-    fn unretire(&self, generation: u64) -> bool {
-        let mut v = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        let before = v.len();
-        v.retain(|t| t.generation != generation);
-        v.len() != before
+    pub fn retired(&self) -> Vec<Arc<Token>> {
+        self.state.borrow().retired.clone()
     }
 
     /// Whether Vault confirmed token `generation` dead (its leases died with it).
     pub fn is_dead(&self, generation: u64) -> bool {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).contains(&generation)
-    }
-
-    /// A receiver that changes whenever a token is confirmed dead.
-    pub fn deaths(&self) -> watch::Receiver<u64> {
-        self.deaths.subscribe()
-    }
-
-    fn mark_dead(&self, generation: u64) {
-        {
-            let mut d = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-            d.insert(generation);
-            while d.len() > 8 {
-                d.pop_first();
-            }
-        }
-        self.deaths.send_modify(|n| *n += 1);
+        self.state.borrow().dead.contains(&generation)
     }
 
     /// Reports that Vault answered 403 to a request made with token `generation`.
     pub fn rejected(&self, generation: u64) {
         let _ = self.rejected.send(generation);
+    }
+}
+
+// === impl AuthState (the auth task's changes) ===
+
+impl AuthState {
+    fn set_end(&mut self, generation: u64, end: Instant) {
+        self.ends.insert(generation, end);
+        while self.ends.len() > KEEP_GENERATIONS {
+            self.ends.pop_first();
+        }
+    }
+
+    fn mark_dead(&mut self, generation: u64) {
+        self.dead.insert(generation);
+        while self.dead.len() > KEEP_GENERATIONS {
+            self.dead.pop_first();
+        }
+    }
+
+    /// Takes `generation` off the retired list; false if already taken.
+    fn unretire(&mut self, generation: u64) -> bool {
+        let before = self.retired.len();
+        self.retired.retain(|t| t.generation != generation);
+        self.retired.len() != before
     }
 }
 
@@ -181,26 +212,17 @@ impl AuthError {
 pub fn spawn(
     vault: Arc<dyn Backend>,
     cfg: AppRoleConfig,
-    store: Store,
+    (tx, rx): (AuthTx, AuthRx),
     leases: Leases,
     metrics: Arc<crate::metrics::Metrics>,
     resumed: Option<Token>,
     shutdown: CancellationToken,
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(None);
     let (rej_tx, rej_rx) = mpsc::unbounded_channel();
-    let handle = AuthHandle {
-        token: rx,
-        rejected: rej_tx,
-        ends: Arc::default(),
-        retired: Arc::default(),
-        dead: Arc::default(),
-        deaths: Arc::new(watch::channel(0).0),
-    };
+    let handle = AuthHandle { state: rx, rejected: rej_tx };
     let task = Task {
         vault,
         creds: Credentials { cfg, cached: None },
-        store,
         leases,
         metrics,
         handle: handle.clone(),
@@ -292,14 +314,7 @@ async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretStrin
 }
 
 /// Revokes a replaced token once no live lease was issued under it.
-async fn retire(
-    vault: Arc<dyn Backend>,
-    leases: Leases,
-    handle: AuthHandle,
-    old: Arc<Token>,
-    shutdown: CancellationToken,
-) {
-    handle.retire(old.clone());
+async fn retire(vault: Arc<dyn Backend>, leases: Leases, tx: AuthTx, old: Arc<Token>, shutdown: CancellationToken) {
     let mut at = after(Instant::now(), RETIRE_GRACE);
     loop {
         tokio::select! {
@@ -307,7 +322,7 @@ async fn retire(
             _ = sleep_until(at) => {}
         }
         if old.expires_at <= Instant::now() {
-            handle.unretire(old.generation);
+            tx.send_if_modified(|s| s.unretire(old.generation));
             return;
         }
         if !leases.uses_generation(old.generation) {
@@ -315,7 +330,7 @@ async fn retire(
         }
         at = after(Instant::now(), RETIRE_CHECK);
     }
-    if !handle.unretire(old.generation) {
+    if !tx.send_if_modified(|s| s.unretire(old.generation)) {
         return;
     }
     match vault.revoke_self(&old.secret).await {
@@ -328,11 +343,11 @@ async fn retire(
 struct Task {
     vault: Arc<dyn Backend>,
     creds: Credentials,
-    store: Store,
     leases: Leases,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Its own handle: a resumed token is checked like a reported 403.
     handle: AuthHandle,
-    tx: watch::Sender<Option<Arc<Token>>>,
+    tx: AuthTx,
     rejected: mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
     generation: u64,
@@ -355,13 +370,17 @@ async fn run(mut task: Task, mut resumed: Option<Token>) {
                 None => return,
             },
         };
-        if let Some(end) = token.hard_end {
-            task.handle.set_token_end(token.generation, end);
-        }
-        task.tx.send_replace(Some(Arc::new(token.clone())));
-        if let Some(old) = previous.take() {
-            let (vault, leases, handle) = (task.vault.clone(), task.leases.clone(), task.handle.clone());
-            tokio::spawn(retire(vault, leases, handle, old, task.shutdown.clone()));
+        let old = previous.take();
+        task.tx.send_modify(|s| {
+            if let Some(end) = token.hard_end {
+                s.set_end(token.generation, end);
+            }
+            s.token = Some(Arc::new(token.clone()));
+            s.retired.extend(old.clone());
+        });
+        if let Some(old) = old {
+            let (vault, leases, tx) = (task.vault.clone(), task.leases.clone(), task.tx.clone());
+            tokio::spawn(retire(vault, leases, tx, old, task.shutdown.clone()));
         }
         let Some(token) = task.keep_alive(token).await else { return };
         previous = Some(Arc::new(token));
@@ -405,7 +424,7 @@ impl Task {
             match res {
                 Ok(token) => {
                     self.backoffs.reset();
-                    self.store.set_login_problem(None);
+                    self.tx.send_if_modified(|s| s.problem.take().is_some());
                     tracing::info!(generation = token.generation, ttl = ?token.ttl, renewable = token.renewable, "logged in");
                     return Some(token);
                 }
@@ -413,7 +432,8 @@ impl Task {
                     let wait = retry::decide(e.class(), Attempt::Login, &mut self.backoffs).wait();
                     let wait = wait.unwrap_or(MIN_LOGIN_INTERVAL);
                     tracing::error!(error = %e, retry_in = ?wait, "login failed");
-                    self.store.set_login_problem(Some(e.to_string()));
+                    let problem = Some(e.to_string());
+                    self.tx.send_if_modified(|s| std::mem::replace(&mut s.problem, problem.clone()) != problem);
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(wait) => {}
@@ -473,7 +493,7 @@ impl Task {
                 Some(g) = self.rejected.recv() => {
                     if g == generation && self.is_dead(&token).await {
                         tracing::warn!(generation, "token rejected by vault (revoked); its leases died with it; logging in again");
-                        self.handle.mark_dead(generation);
+                        self.tx.send_modify(|s| s.mark_dead(generation));
                         return Some(token);
                     }
                     continue;
@@ -494,15 +514,20 @@ impl Task {
                     let now = Instant::now();
                     token.expires_at = after(now, a.ttl);
                     token.renewable = a.renewable;
-                    if a.ttl < initial_ttl || !a.renewable {
+                    let capped = a.ttl < initial_ttl || !a.renewable;
+                    if capped {
                         // Vault capped the renewal: this is the token's max TTL.
                         token.hard_end = Some(token.expires_at);
                         self.learned_life = Some(token.expires_at - token.issued_at);
-                        self.handle.set_token_end(generation, token.expires_at);
                     }
                     self.backoffs.reset();
                     tracing::debug!(generation, ttl = ?a.ttl, "token renewed");
-                    self.tx.send_replace(Some(Arc::new(token.clone())));
+                    self.tx.send_modify(|s| {
+                        if capped {
+                            s.set_end(generation, token.expires_at);
+                        }
+                        s.token = Some(Arc::new(token.clone()));
+                    });
                     continue;
                 }
                 Err(e) => e,
@@ -519,7 +544,7 @@ impl Task {
                 _ => {
                     tracing::warn!(error = %e, "token cannot be renewed; logging in again");
                     if e.is_forbidden() && self.is_dead(&token).await {
-                        self.handle.mark_dead(generation);
+                        self.tx.send_modify(|s| s.mark_dead(generation));
                     }
                     return Some(token);
                 }
@@ -529,9 +554,9 @@ impl Task {
 }
 
 /// Waits until a token is available (or shutdown).
-pub async fn current_token(rx: &mut TokenRx, shutdown: &CancellationToken) -> Option<Arc<Token>> {
+pub async fn current_token(rx: &mut AuthRx, shutdown: &CancellationToken) -> Option<Arc<Token>> {
     loop {
-        if let Some(t) = rx.borrow_and_update().clone() {
+        if let Some(t) = rx.borrow_and_update().token.clone() {
             return Some(t);
         }
         tokio::select! {

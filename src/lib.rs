@@ -8,17 +8,31 @@
 //!
 //! ```text
 //!   config ──► main ──► run() / exec::run() ──► supervise
-//!                         │   start · READY · watchdog · STOPPING · stop
-//!   auth ── token (watch) ─┼──► lease task per secret ──► store (watch)
-//!     │                    │        │  renew / replace      │
-//!     └──── vault ◄────────┴────────┘                       ├──► api (socket)
-//!          (the only user of vaultrs)                       └──► render (env files)
+//!                         start · READY · watchdog · STOPPING · stop
+//!
+//!        ┌──────────────── rejected(generation): a 403 seen ◄──────────┐
+//!        ▼                                                             │
+//!      auth ──► AuthState (watch) ──┬──► lease task per secret ────────┤
+//!        │      token · login       │      database · kv · pki         │
+//!        │      problem · token     │      retry::decide on failure    ├──► store (watch) ──┬──► api (socket)
+//!        │      ends · dead tokens  │      └──► drain tasks            │      ▲             ├──► render (files)
+//!        │                          └──────────────────────────────────┼──────┘             ├──► exec (the app)
+//!        │                                                             │   login problem    └──► state (sealed file)
+//!        ▼                                                             ▼
+//!      vault::Backend ◄────────────────────────────────────────────────┘
+//!      (Vault: the only user of vaultrs; a scripted fake in the unit tests)
 //! ```
 //!
 //! * [`config`] turns the TOML file into validated types; nothing else parses.
 //! * [`vault`] is the wall around vaultrs; everything past it is our types.
+//!   The tasks hold it as `Arc<dyn vault::Backend>`, so their rules are
+//!   tested against a scripted server on tokio's paused clock.
 //! * [`auth`] owns the token: login, renew-self, login again before it dies.
-//! * [`lease`] runs one task per secret; [`lease::schedule`] holds the timing.
+//!   It publishes one [`auth::AuthState`] (token, login problem, token ends,
+//!   dead tokens); the others only read it, and report a 403 back.
+//! * [`lease`] runs one task per secret; [`lease::schedule`] holds the timing
+//!   and [`lease::retry`] the one decision of what follows a failure. A
+//!   replaced lease is drained by a task of its own, awaited at shutdown.
 //! * [`store`] holds the current value and version of every secret.
 //! * [`api`] serves the store on the socket; [`render`] writes env files.
 //! * [`state`] (optional) seals the token, leases and values to a file and,
@@ -80,6 +94,8 @@ pub struct Running {
     certs: lease::pki::Certs,
     tasks: CancellationToken,
     set: JoinSet<()>,
+    /// Drain tasks (spawned by the secret tasks as they replace leases).
+    drains: tokio_util::task::TaskTracker,
     auth_task: tokio::task::JoinHandle<()>,
     first_writes: Vec<tokio::sync::oneshot::Receiver<()>>,
     revoke_on_shutdown: bool,
@@ -91,7 +107,10 @@ pub struct Running {
 pub fn start(config: &Config) -> Result<Running, RunError> {
     let metrics = metrics::Metrics::new();
     let vault: Arc<dyn vault::Backend> = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
-    let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
+    // The auth state is read by the store (a login problem is why a secret
+    // never fetched is missing), so its channel exists before either.
+    let (auth_tx, auth_rx) = auth::channel();
+    let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str())).with_auth(auth_rx.clone());
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
 
@@ -143,7 +162,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     let (auth, auth_task) = auth::spawn(
         vault.clone(),
         config.auth.clone(),
-        store.clone(),
+        (auth_tx, auth_rx),
         leases.clone(),
         metrics.clone(),
         plan.token,
@@ -158,8 +177,10 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         certs: lease::pki::Certs::default(),
         metrics: metrics.clone(),
         tracker: state::Tracker::default(),
+        drains: tokio_util::task::TaskTracker::new(),
     };
     let certs = cx.certs.clone();
+    let drains = cx.drains.clone();
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {
@@ -171,7 +192,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     }
     for (name, held, drain_end) in plan.draining {
         if let Some(spec) = config.secrets.iter().find(|s| s.name == name) {
-            tokio::spawn(lease::drain(cx.clone(), spec.clone(), held, drain_end));
+            let span = tracing::info_span!("secret", name = %spec.name);
+            let drain = lease::drain(cx.clone(), spec.clone(), held, drain_end);
+            drains.spawn(tracing::Instrument::instrument(drain, span));
         }
     }
     tokio::spawn(state::revoke_unresumable(vault.clone(), saved_token, plan.revoke));
@@ -221,6 +244,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         certs,
         tasks,
         set,
+        drains,
         auth_task,
         first_writes,
         revoke_on_shutdown: config.revoke_on_shutdown,
@@ -252,6 +276,12 @@ impl Running {
         self.tasks.cancel();
         while self.set.join_next().await.is_some() {}
         let _ = self.auth_task.await;
+        // Drains stop at once, but one may be revoking its lease: let that
+        // finish (bounded), so the revocations below do not race it.
+        self.drains.close();
+        if tokio::time::timeout(REVOKE_DEADLINE, self.drains.wait()).await.is_err() {
+            tracing::warn!("a replaced lease's revocation did not finish in time");
+        }
         if self.revoke_on_shutdown {
             revoke_all(&*self.vault, &self.auth, &self.leases, &self.certs).await;
         }
@@ -294,7 +324,7 @@ async fn revoke_all(
     let start = tokio::time::Instant::now();
     let deadline = start + REVOKE_DEADLINE;
     let leases_deadline = deadline - Duration::from_millis(1500);
-    let Some(token) = auth.token.borrow().clone() else { return };
+    let Some(token) = auth.current() else { return };
     let ids = leases.take_live();
     let revokes = ids.iter().map(|id| {
         let secret = &token.secret;
@@ -319,7 +349,7 @@ async fn revoke_all(
         }
     });
     futures_util::future::join_all(revokes).await;
-    let mut tokens = auth.take_retired();
+    let mut tokens = auth.retired();
     tokens.push(token);
     let revokes = tokens.iter().map(|t| async move {
         match tokio::time::timeout_at(deadline, vault.revoke_self(&t.secret)).await {

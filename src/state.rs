@@ -749,7 +749,7 @@ impl Writer {
     /// leaves out the token and every lease (they were revoked).
     fn sealed(&self, clock: Clock, live: bool) -> Sealed {
         let w = |t: Instant| clock.to_wall(t);
-        let token = self.auth.token.borrow().clone();
+        let token = self.auth.current();
         let token = token.filter(|t| live && !self.auth.is_dead(t.generation) && t.expires_at > clock.now);
         let token_expires = |g: u64| match &token {
             Some(t) if t.generation == g => Some(t.expires_at),
@@ -862,7 +862,7 @@ impl Writer {
     /// happens within [`COALESCE`], until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut store_rx = self.store.subscribe();
-        let mut token_rx = self.auth.token.clone();
+        let mut token_rx = self.auth.watch();
         let changed = self.tracker.changed.clone();
         loop {
             tokio::select! {

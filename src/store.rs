@@ -94,9 +94,9 @@ pub type Snapshot = Arc<BTreeMap<Arc<str>, Arc<Entry>>>;
 #[derive(Clone)]
 pub struct Store {
     tx: Arc<watch::Sender<Snapshot>>,
-    /// Why vaultlet cannot log in, if it cannot: the reason a secret that was
-    /// never fetched is missing.
-    login_problem: Arc<std::sync::Mutex<Option<String>>>,
+    /// The auth task's state: why vaultlet cannot log in, if it cannot, is
+    /// the reason a secret that was never fetched is missing.
+    auth: crate::auth::AuthRx,
     /// Where reports of a rejected credential go (database secrets).
     rejections: crate::rejected::Registry,
 }
@@ -112,7 +112,7 @@ impl Store {
             .map(|n| (Arc::from(n), Arc::new(Entry { version: 0, value: None, lease: None, problem: None })))
             .collect();
         let (tx, _) = watch::channel(Arc::new(map));
-        Store { tx: Arc::new(tx), login_problem: Arc::default(), rejections: Default::default() }
+        Store { tx: Arc::new(tx), auth: crate::auth::channel().1, rejections: Default::default() }
     }
 
     /// The lease tasks that take reports of a rejected credential.
@@ -210,9 +210,11 @@ impl Store {
         });
     }
 
-    /// Records (or clears) a login failure.
-    pub fn set_login_problem(&self, problem: Option<String>) {
-        *self.login_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    /// Reads login failures from the auth task's state `auth` (see
+    /// [`crate::auth::channel`]); set before the store is cloned.
+    pub fn with_auth(mut self, auth: crate::auth::AuthRx) -> Store {
+        self.auth = auth;
+        self
     }
 
     /// Why `entry` cannot be served at `now`, if it cannot, including a login
@@ -221,7 +223,7 @@ impl Store {
         let reason = entry.unavailable(now)?;
         if entry.value.is_none()
             && entry.problem.is_none()
-            && let Some(p) = self.login_problem.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && let Some(p) = self.auth.borrow().problem.as_ref()
         {
             return Some(format!("{reason}: login failed: {p}"));
         }
@@ -305,9 +307,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_lease_is_not_served_and_not_ready() {
-        let s = Store::new(["db"]);
+        let (auth, rx) = crate::auth::channel();
+        let s = Store::new(["db"]).with_auth(rx);
         assert_eq!(s.not_ready(Instant::now()).len(), 1);
-        s.set_login_problem(Some("vault refused AppRole login".into()));
+        assert!(!s.not_ready(Instant::now())[0].1.contains("login failed"));
+        auth.send_modify(|a| a.problem = Some("vault refused AppRole login".into()));
         assert!(s.not_ready(Instant::now())[0].1.contains("login failed: vault refused"));
         let end = Instant::now() + Duration::from_secs(10);
         s.publish("db", data("x"), Some(LeaseView { expires_at: end, ttl: Duration::from_secs(10), renewable: true }));

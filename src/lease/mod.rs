@@ -19,7 +19,7 @@
 //! * the task looks its lease up (`sys/leases/lookup`) every `verify_every`;
 //!   a lease Vault no longer knows is withdrawn and replaced at once, a
 //!   lookup that fails for any other reason changes nothing;
-//! * the auth task confirms a dead token ([`AuthHandle::is_dead`]): every
+//! * the auth task confirms a dead token ([`crate::auth::AuthState::dead`]): every
 //!   credential issued under it is withdrawn and replaced as soon as the new
 //!   token is there, and a 403 retry waits for that token, not for the slow
 //!   backoff;
@@ -55,11 +55,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use crate::auth::{AuthHandle, TokenRx, current_token};
+use crate::auth::{AuthHandle, AuthRx, current_token};
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
 use crate::rejected::{CHECK_INTERVAL, Check, Checked};
 use crate::secret::{Lease, LeaseId, SecretData};
@@ -161,6 +162,9 @@ pub struct Cx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the sealed state keeps of each lease.
     pub tracker: crate::state::Tracker,
+    /// The drain tasks of replaced leases and certificates, awaited at
+    /// shutdown with the daemon's other tasks.
+    pub drains: TaskTracker,
 }
 
 /// Runs the task for one secret until shutdown. `resumed` is the lease (and
@@ -273,15 +277,12 @@ impl Database {
 
     async fn run(mut self, mount: &str, role: &str) {
         let name = self.spec.name.clone();
-        let mut w = Watches { token: self.cx.auth.token.clone(), deaths: Some(self.cx.auth.deaths()) };
+        let mut w = Watches { auth: self.cx.auth.watch(), deaths: true };
         let mut checks = self.cx.store.rejections().register(&name);
         // A resumed lease whose lifetime is known needs no role read either.
         let mut asked_max_ttl = self.verify_resumed.is_some() && self.learned.is_some();
         loop {
-            let Some(token) = current_token(&mut w.token, &self.cx.shutdown).await else { return };
-            if let Some(d) = w.deaths.as_mut() {
-                d.borrow_and_update();
-            }
+            let Some(token) = current_token(&mut w.auth, &self.cx.shutdown).await else { return };
             if self.cur.as_ref().is_some_and(|h| self.cx.auth.is_dead(h.token_generation)) {
                 // Vault revoked the lease with its token.
                 self.expired("its token was revoked");
@@ -290,7 +291,7 @@ impl Database {
                 // The auth task is logging in again; nothing works until then.
                 tokio::select! {
                     _ = self.cx.shutdown.cancelled() => return,
-                    _ = w.token.changed() => {}
+                    _ = w.auth.changed() => {}
                     Some(c) = checks.recv() => self.answer(c, Checked::Gone),
                 }
                 continue;
@@ -352,8 +353,8 @@ impl Database {
             };
             let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
-                _ = w.token.changed() => continue,
-                _ = died(&mut w.deaths) => continue,
+                // A new token, a token end learned, a token confirmed dead.
+                _ = w.auth.changed() => continue,
                 Some(c) = checks.recv() => {
                     let shutdown = self.cx.shutdown.clone();
                     tokio::select! {
@@ -388,7 +389,7 @@ impl Database {
             // due (select! picks either): decide again with it, or a
             // replacement would be issued under the token that is about to
             // die, and die with it.
-            if w.token.has_changed().unwrap_or(false) {
+            if w.auth.has_changed().unwrap_or(false) {
                 continue;
             }
             // A replacement due because the issuing token is about to die
@@ -403,7 +404,7 @@ impl Database {
             {
                 tokio::select! {
                     _ = self.cx.shutdown.cancelled() => return,
-                    _ = w.token.changed() => continue,
+                    _ = w.auth.changed() => continue,
                     _ = sleep_until(end) => {}
                 }
             }
@@ -531,7 +532,8 @@ impl Database {
         self.version = version;
         if let Some(old) = self.cur.replace(held) {
             let drain_end = schedule::after(Instant::now(), self.spec.drain);
-            tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old, drain_end));
+            let drain = drain(self.cx.clone(), self.spec.clone(), old, drain_end);
+            self.cx.drains.spawn(drain.instrument(tracing::Span::current()));
         }
         self.track();
         Ok(())
@@ -569,7 +571,7 @@ impl Database {
 /// lets it run out). Also takes over leases that were draining when the
 /// previous process stopped (see [`crate::state`]).
 pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) {
-    let mut token_rx = cx.auth.token.clone();
+    let mut token_rx = cx.auth.watch();
     cx.leases.add(&old.lease.id, old.lease.expires_at, old.token_generation);
     cx.tracker.set_draining(&old.lease.id, Some((&spec.name, &old, drain_end)));
     loop {
@@ -608,7 +610,11 @@ pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) 
             continue;
         }
         let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
-        match cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl).await {
+        let res = tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            r = cx.vault.renew_lease(&token.secret, &old.lease.id, old.lease.ttl) => r,
+        };
+        match res {
             Ok(r) => {
                 let now = Instant::now();
                 old.lease.expires_at = schedule::after(now, r.ttl);
@@ -631,10 +637,10 @@ pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) 
 }
 
 async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) {
-    let mut w = Watches { token: cx.auth.token.clone(), deaths: None };
+    let mut w = Watches { auth: cx.auth.watch(), deaths: false };
     let mut backoffs = Backoffs::default();
     loop {
-        let Some(token) = current_token(&mut w.token, &cx.shutdown).await else { return };
+        let Some(token) = current_token(&mut w.auth, &cx.shutdown).await else { return };
         let res = tokio::select! {
             _ = cx.shutdown.cancelled() => return,
             r = cx.vault.kv(&token.secret, mount, path, version) => r,
@@ -664,22 +670,29 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
     }
 }
 
-/// What wakes a secret task besides its own timers.
+/// What wakes a secret task besides its own timers: the auth state.
 struct Watches {
-    /// A new token.
-    token: TokenRx,
-    /// A token confirmed dead (database secrets: their leases died with it).
-    deaths: Option<watch::Receiver<u64>>,
+    /// The auth task's state (token, token ends, dead tokens).
+    auth: AuthRx,
+    /// Whether a token confirmed dead ends a retry's wait (database
+    /// secrets: their leases died with it).
+    deaths: bool,
 }
 
-/// Resolves when a token is confirmed dead (never without `deaths`).
-async fn died(deaths: &mut Option<watch::Receiver<u64>>) {
-    if let Some(d) = deaths.as_mut()
-        && d.changed().await.is_ok()
-    {
-        return;
+// === impl Watches ===
+
+impl Watches {
+    /// Resolves once token `generation` is replaced (or, with `deaths`,
+    /// confirmed dead); never if the auth task is gone.
+    async fn replaced(&mut self, generation: u64) {
+        let deaths = self.deaths;
+        let done = |s: &crate::auth::AuthState| {
+            s.token.as_ref().is_some_and(|t| t.generation != generation) || (deaths && s.dead.contains(&generation))
+        };
+        if self.auth.wait_for(done).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
-    std::future::pending().await
 }
 
 /// A failed attempt and what [`retry::decide`] made of it.
@@ -716,13 +729,11 @@ async fn failed(
     tracing::warn!(secret = %name, error = %f.error, retry_in = ?wait, "{}", f.what);
     cx.store.set_problem(name, f.error.to_string());
     let until = schedule::after(Instant::now(), wait);
-    let Watches { token, deaths } = w;
     tokio::select! {
         _ = cx.shutdown.cancelled() => return false,
         _ = sleep_until(until) => {}
         // A new token (after a dead one) is worth trying at once.
-        _ = token.changed(), if forbidden => backoffs.new_token(),
-        _ = died(deaths), if forbidden => backoffs.new_token(),
+        _ = w.replaced(f.generation), if forbidden => backoffs.new_token(),
         _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
     }
     true

@@ -100,12 +100,12 @@ fn unix(t: i64) -> SystemTime {
 pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
     let name = spec.name.clone();
     let what = format!("{}/issue/{}", req.mount, req.role);
-    let mut w = Watches { token: cx.auth.token.clone(), deaths: None };
+    let mut w = Watches { auth: cx.auth.watch(), deaths: false };
     let mut cur: Option<Held> = None;
     let mut last_issue: Option<Instant> = None;
     let mut backoffs = Backoffs::default();
     loop {
-        let Some(token) = current_token(&mut w.token, &cx.shutdown).await else { return };
+        let Some(token) = current_token(&mut w.auth, &cx.shutdown).await else { return };
         let now = Instant::now();
         let mut at = match &cur {
             None => now,
@@ -121,14 +121,14 @@ pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
         let expiry = cur.as_ref().map(|h| h.expires_at);
         tokio::select! {
             _ = cx.shutdown.cancelled() => return,
-            _ = w.token.changed() => continue,
+            _ = w.auth.changed() => continue,
             _ = sleep_until(at) => {}
             _ = sleep_until(expiry.unwrap_or(at)), if expiry.is_some_and(|e| e < at) => {
                 expired(&cx, &name, &mut cur, "certificate expired before it could be re-issued");
                 continue;
             }
         }
-        if w.token.has_changed().unwrap_or(false) {
+        if w.auth.has_changed().unwrap_or(false) {
             continue;
         }
         last_issue = Some(Instant::now());
@@ -143,7 +143,8 @@ pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
                 if let Some(old) = cur.replace(held)
                     && spec.revoke_old == RevokeOld::Drain
                 {
-                    tokio::spawn(drain(cx.clone(), spec.clone(), req.mount.clone(), old));
+                    let drain = drain(cx.clone(), spec.clone(), req.mount.clone(), old);
+                    cx.drains.spawn(tracing::Instrument::instrument(drain, tracing::Span::current()));
                 }
                 continue;
             }
@@ -240,7 +241,7 @@ async fn drain(cx: Cx, spec: SecretSpec, mount: String, old: Held) {
         _ = cx.shutdown.cancelled() => return,
         _ = sleep_until(until) => {}
     }
-    let mut token_rx = cx.auth.token.clone();
+    let mut token_rx = cx.auth.watch();
     let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
     match cx.vault.pki_revoke(&token.secret, &mount, &old.serial).await {
         Ok(()) => tracing::info!(secret = %spec.name, serial = %old.serial, "revoked replaced certificate"),

@@ -69,19 +69,13 @@ impl Bed {
             secret_id_wrapped: false,
             remove_secret_id_file: false,
         };
-        let store = Store::new(specs.iter().map(|s| s.name.as_str()));
+        let channel = crate::auth::channel();
+        let store = Store::new(specs.iter().map(|s| s.name.as_str())).with_auth(channel.1.clone());
         let leases = Leases::default();
         let metrics = crate::metrics::Metrics::new();
         let shutdown = CancellationToken::new();
-        let (auth, _task) = crate::auth::spawn(
-            fake.clone(),
-            cfg,
-            store.clone(),
-            leases.clone(),
-            metrics.clone(),
-            None,
-            shutdown.clone(),
-        );
+        let (auth, _task) =
+            crate::auth::spawn(fake.clone(), cfg, channel, leases.clone(), metrics.clone(), None, shutdown.clone());
         let cx = Cx {
             vault: fake.clone(),
             store,
@@ -91,6 +85,7 @@ impl Bed {
             certs: Default::default(),
             metrics,
             tracker: Default::default(),
+            drains: Default::default(),
         };
         let mut resumed = resumed;
         for spec in specs {
@@ -371,4 +366,37 @@ async fn a_resumed_lease_is_looked_up_again_fast_while_vault_is_down() {
     assert!(bed.t(lookups[3].at) < 5.0, "with the transient backoff, not verify_every");
     assert_eq!(bed.fake.count(Op::DbCreds), 1, "replaced once Vault said it is gone");
     bed.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_login_failure_is_published_until_a_login_works() {
+    let fake = Fake::new();
+    fake.fail(Op::Login, Fail::Forbidden, 2);
+    let bed = Bed::start(fake, &[kv("kv")]);
+    sleep(Duration::from_millis(100)).await;
+    let auth = bed.cx.auth.watch();
+    assert!(auth.borrow().problem.as_deref().is_some_and(|p| p.contains("permission denied")));
+    let why = bed.cx.store.not_ready(Instant::now());
+    assert!(why[0].1.contains("login failed"), "/v1/ready names the login problem: {why:?}");
+    sleep_until(bed.at(30.0)).await;
+    assert_eq!(bed.fake.count(Op::Login), 3, "two refusals (slow backoff), then a login");
+    assert_eq!(auth.borrow().problem, None, "cleared by the login that worked");
+    assert!(bed.cx.store.not_ready(Instant::now()).is_empty());
+    bed.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_in_progress_is_awaited_at_shutdown_and_leaves_its_lease_to_revoke() {
+    let fake = Fake::new();
+    fake.lease_ttls(ttls(10, Some(60), true)).role_max_ttl(Some(s(60)));
+    let spec = SecretSpec { rotate_before: Some(s(20)), drain: s(15), ..db("db") };
+    let bed = Bed::start(fake, std::slice::from_ref(&spec));
+    sleep_until(bed.at(45.0)).await;
+    assert_eq!(bed.cx.drains.len(), 1, "the replaced lease drains in the tracker");
+    bed.stop();
+    bed.cx.drains.close();
+    tokio::time::timeout(s(1), bed.cx.drains.wait()).await.expect("drains stop at shutdown");
+    let live = bed.cx.leases.take_live();
+    assert!(live.iter().any(|l| l.as_str() == "database/creds/app/1"), "left for revoke_on_shutdown: {live:?}");
+    assert_eq!(bed.fake.count(Op::RevokeLease), 0);
 }
