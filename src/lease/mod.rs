@@ -624,6 +624,7 @@ pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) 
                 cx.leases.extend(&old.lease.id, old.lease.expires_at);
                 cx.tracker.set_draining(&old.lease.id, Some((&spec.name, &old, drain_end)));
             }
+            // No backoff of its own: the drain's schedule is its rhythm.
             Err(e) => match retry::decide(Class::of(&e), Attempt::Drain, &mut Backoffs::default()) {
                 Retry::Gone => {
                     cx.leases.remove(&old.lease.id);

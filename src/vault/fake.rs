@@ -295,8 +295,7 @@ impl Fake {
         g.leases.get(n - 1).is_some_and(|l| g.alive(l, now))
     }
 
-    /// When token `n` ends for good (revoked, expired or at its max TTL):
-    /// its current end if it is never renewed again.
+    /// The current end of token `n` (moves with renew-self, up to its max TTL).
     pub fn token_expires_at(&self, n: u64) -> Option<Instant> {
         self.lock().tokens.get(n as usize - 1).map(|t| t.expires_at)
     }
@@ -307,8 +306,9 @@ impl Fake {
         self.lock().leases.get(n - 1)?.owner
     }
 
-    /// Records the call and answers a scripted failure, an outage or a
-    /// denied capability first; `None` lets the operation answer.
+    /// Records the call, then fails it with a scripted failure, an outage,
+    /// a dead token or a denied capability, in that order; `Ok` lets the
+    /// operation answer.
     fn enter(&self, op: Op, token: Option<&SecretString>, lease: Option<&LeaseId>) -> Result<(), VaultError> {
         let now = Instant::now();
         let mut g = self.lock();
