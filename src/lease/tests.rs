@@ -400,3 +400,27 @@ async fn a_drain_in_progress_is_awaited_at_shutdown_and_leaves_its_lease_to_revo
     assert!(live.iter().any(|l| l.as_str() == "database/creds/app/1"), "left for revoke_on_shutdown: {live:?}");
     assert_eq!(bed.fake.count(Op::RevokeLease), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_token_is_revoked_only_once_no_lease_uses_it() {
+    let fake = Fake::new();
+    // Token max TTL 120 s: logged in again at about 80 s, when the lease is
+    // replaced too; the old lease drains 10 s, and only then may its token go.
+    fake.token_ttls(ttls(3600, Some(120), true)).lease_ttls(ttls(3600, None, true));
+    let spec = SecretSpec { drain: s(10), ..db("db") };
+    let bed = Bed::start(fake, &[spec]);
+    sleep_until(bed.at(110.0)).await;
+    assert_eq!(bed.fake.count(Op::Login), 2);
+    let calls = bed.fake.calls();
+    let lease =
+        calls.iter().position(|c| c.op == Op::RevokeLease && c.lease.as_deref() == Some("database/creds/app/1"));
+    let lease = lease.expect("the old lease was revoked after its drain");
+    let token = calls.iter().position(|c| c.op == Op::RevokeSelf && c.token == Some(1));
+    let token = token.expect("the old token was revoked");
+    // In call order: on the paused clock both can fall on the same instant.
+    assert!(token > lease, "the token went first: its lease would have died with it");
+    let after = calls[token].at - calls[lease].at;
+    assert!(after <= s(3), "revoked {after:?} after its last lease");
+    assert!(bed.fake.lease_alive("database/creds/app/2", Instant::now()), "the new lease lives under the new token");
+    bed.stop();
+}
