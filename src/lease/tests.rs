@@ -424,3 +424,54 @@ async fn a_replaced_token_is_revoked_only_once_no_lease_uses_it() {
     assert!(bed.fake.lease_alive("database/creds/app/2", Instant::now()), "the new lease lives under the new token");
     bed.stop();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_kv_read_refused_with_a_dead_token_is_retried_at_once_under_the_new_one() {
+    let fake = Fake::new();
+    let spec = SecretSpec { refresh: s(10), ..kv("kv") };
+    let bed = Bed::start(fake, &[spec]);
+    sleep_until(bed.at(5.0)).await;
+    bed.fake.revoke_token(1);
+    sleep_until(bed.at(20.0)).await;
+    let reads = bed.fake.calls_of(Op::Kv);
+    let refused = reads.iter().find(|c| c.token == Some(1) && bed.t(c.at) > 5.0).expect("a read with the dead token");
+    let retried = reads.iter().find(|c| c.token == Some(2)).expect("a read with the new token");
+    let waited = retried.at - refused.at;
+    assert!(waited <= s(2), "retried {waited:?} after the 403, not at once after the new login");
+    assert_eq!(bed.fake.count(Op::Login), 2);
+    assert!(bed.cx.store.snapshot()["kv"].value.is_some(), "the KV value is still served");
+    bed.stop();
+}
+
+fn pki(name: &str) -> SecretSpec {
+    let req = crate::config::PkiRequest {
+        mount: "pki".into(),
+        role: "internal".into(),
+        common_name: "app.internal".into(),
+        alt_names: Vec::new(),
+        ip_sans: Vec::new(),
+        ttl: None,
+    };
+    SecretSpec { source: SecretSource::Pki(req), revoke_old: RevokeOld::Never, ..db(name) }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_is_reissued_before_it_expires_and_served_until_its_end_during_an_outage() {
+    let fake = Fake::new();
+    // 90 s certificates: re-issued at 60 s (⅓ before the end).
+    fake.lease_ttls(ttls(90, None, false));
+    let bed = Bed::start(fake, &[pki("tls")]);
+    sleep_until(bed.at(61.0)).await;
+    let issues = bed.fake.calls_of(Op::PkiIssue);
+    assert_eq!(issues.len(), 2, "re-issued once");
+    assert!((59.0..61.0).contains(&bed.t(issues[1].at)), "re-issued at {:.2}s", bed.t(issues[1].at));
+    // Vault goes away: the second certificate (to about 150 s) stays served
+    // while it is valid, then is withdrawn.
+    bed.fake.outage(bed.at(61.0), bed.at(1000.0));
+    sleep_until(bed.at(148.0)).await;
+    assert!(bed.cx.store.snapshot()["tls"].live(Instant::now()).is_some(), "served until it expires");
+    assert!(bed.fake.count(Op::PkiIssue) > 3, "re-issue retried during the outage");
+    sleep_until(bed.at(152.0)).await;
+    assert!(bed.cx.store.snapshot()["tls"].value.is_none(), "withdrawn once expired");
+    bed.stop();
+}
