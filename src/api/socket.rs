@@ -24,16 +24,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::access::{Acl, Bucket, DENY_WINDOW, Limits, Over, Peer};
-use super::routes::router_with;
+use super::routes::{Api, Conn};
 use crate::config::{SecretSpec, SocketConfig};
 use crate::store::Store;
 
@@ -68,7 +66,9 @@ const DRAIN_ALL: Duration = Duration::from_millis(2500);
 /// Serves until shutdown, then removes the socket file if it is still ours.
 pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
     let Bound { listener, file, acl, limits } = bound;
-    let app = router_with(store, acl.clone(), limits.clone());
+    let api = Api::new(store.clone(), acl.clone(), limits.clone());
+    let app = api.router();
+    let mut changes = store.subscribe();
     let mut conns = JoinSet::new();
     let mut backoff = Duration::ZERO;
     let mut accept_log = Sparse::new(Duration::from_secs(60));
@@ -96,6 +96,10 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            Ok(()) = changes.changed() => {
+                api.bodies.forget_stale(&changes.borrow_and_update());
+                continue;
+            }
         };
         let peer = match stream.peer_cred() {
             Ok(c) => Peer::new(
@@ -144,7 +148,7 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             }
         };
         let refused = !peer.allowed;
-        let svc = TowerToHyperService::new(app.clone().layer(Extension(peer)));
+        let svc = Conn::new(api.clone(), app.clone(), peer);
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             let _slot = slot;
