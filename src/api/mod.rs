@@ -24,6 +24,8 @@
 //! * [`access`](self::access) decides who may connect and read what, counts
 //!   connections and waits against the caps, rate-limits refusals, and
 //!   writes the audit line (a stable format fail2ban reads);
+//! * [`audit_log`](self::audit_log) writes audit lines to stderr after the
+//!   answer instead of before it, in order, losing none at shutdown;
 //! * [`routes`](self::routes) maps requests to answers; the one route apps
 //!   call in a loop (`GET /v1/secrets/{name}`) is answered before the router
 //!   when it can be, everything else goes through axum;
@@ -34,12 +36,14 @@
 //!   long-polls and server-sent events.
 
 mod access;
+mod audit_log;
 mod body;
 mod routes;
 mod socket;
 mod watch;
 
 pub use access::{Acl, Peer, audit_field};
+pub use audit_log::{AuditLine, LogWriter};
 pub use body::rfc3339;
 pub use routes::router;
 pub use socket::{BindError, Bound, bind, serve};

@@ -66,6 +66,8 @@ const DRAIN_ALL: Duration = Duration::from_millis(2500);
 /// Serves until shutdown, then removes the socket file if it is still ours.
 pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
     let Bound { listener, file, acl, limits } = bound;
+    // Dropped last (declared first): lines logged while draining are written too.
+    let _audit = super::audit_log::start();
     let api = Api::new(store.clone(), acl.clone(), limits.clone());
     let app = api.router();
     let mut changes = store.subscribe();
