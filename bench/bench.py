@@ -5,7 +5,7 @@ Run it through bench/run.sh, which builds vaultlet (release) and the load
 generator first. bench/README.md explains every figure.
 
     python3 bench/bench.py --vaultlet BIN --loadgen BIN [--smoke] [--out FILE] [--keep]
-                           [--only startup,memory,load,socket,scale] [--scale-points KV:DB,...] [--profile]
+                           [--only startup,memory,load,socket,scale,restart,verify] [--scale-points KV:DB,...] [--profile]
 
 Progress goes to stderr; the markdown report goes to stdout (and to --out).
 Exit status 0 when every measurement ran, 1 when something broke (a client
@@ -67,19 +67,23 @@ class Mode:
     scale_window_s: float  # steady-state window for CPU per renewal
     ready_timeout_s: float
     scale_ready_timeout_s: float
+    verify_every: str | None  # figure 7: the cadence measured (None: vaultlet's default)
+    verify_window_s: float  # figure 7: audit window
 
 
 SMOKE = Mode(
     name="smoke", startup_runs=1, steady_s=3, load_window_s=10, socket_s=1, socket_warmup_s=0.2,
     scale_points=[(100, 10)], scale_ttl="6s", scale_window_s=5, ready_timeout_s=30, scale_ready_timeout_s=30,
+    verify_every="1s", verify_window_s=5,
 )
 FULL = Mode(
     name="full", startup_runs=5, steady_s=30, load_window_s=100, socket_s=10, socket_warmup_s=0.5,
     scale_points=[(100, 10), (1000, 100), (3000, 300), (10000, 1000)], scale_ttl="30s", scale_window_s=40,
-    ready_timeout_s=60, scale_ready_timeout_s=180,
+    ready_timeout_s=60, scale_ready_timeout_s=180, verify_every=None, verify_window_s=130,
 )
 
-FIGURES = ("startup", "memory", "load", "socket", "scale")
+FIGURES = ("startup", "memory", "load", "socket", "scale", "restart", "verify")
+VERIFY_DEFAULT_S = 60  # vaultlet's default verify_every (README, "Every knob")
 
 SIZES = [(1, 1), (100, 10)]  # (KV secrets, database secrets) for figures 1 and 2
 
@@ -297,14 +301,30 @@ class Clients:
         d.mkdir(mode=0o700)
         return d
 
-    def vaultlet(self, w: Workload, sock: bool = False, env_file: bool = True, log_filter: str = "info") -> Proc:
+    def vaultlet(
+        self,
+        w: Workload,
+        sock: bool = False,
+        env_file: bool = True,
+        log_filter: str = "info",
+        db_extra: str = "",
+        state: bool = False,
+    ) -> Proc:
+        """`db_extra`: lines added to every database secret's table;
+        `state`: a `[state]` block (file and a fresh key in the process's
+        directory), for figure 6."""
         d = self._dir("vaultlet")
         lines = [f'[vault]\naddress = "{self.addr}"\n']
         lines.append(f'[auth.approle]\nrole_id_file = "{self.role_id}"\nsecret_id_file = "{self.secret_id}"\n')
         for i in range(w.kv):
             lines.append(f'[secret.kv{i}]\nkv = {{ mount = "secret", path = "bench/kv{i}" }}\n')
         for j, role in enumerate(w.db_roles):
-            lines.append(f'[secret.db{j}]\ndatabase = {{ mount = "database", role = "{role}" }}\n')
+            lines.append(f'[secret.db{j}]\ndatabase = {{ mount = "database", role = "{role}" }}\n{db_extra}')
+        if state:
+            fd = os.open(d / "state.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, os.urandom(32))
+            os.close(fd)
+            lines.append(f'[state]\npath = "{d / "vaultlet.state"}"\nkey_file = "{d / "state.key"}"\n')
         if sock:
             lines.append(f'[socket]\npath = "{d / "vaultlet.sock"}"\n')
         if env_file:
@@ -316,6 +336,17 @@ class Clients:
         (d / "vaultlet.toml").write_text("\n".join(lines))
         return start(
             "vaultlet", [self.vaultlet_bin, "run", "-c", str(d / "vaultlet.toml")], d, {"VAULTLET_LOG": log_filter}
+        )
+
+    def restart(self, p: Proc, log_filter: str = "info") -> Proc:
+        """The same vaultlet again: same directory, same config (the earlier
+        log is kept as log.N)."""
+        n = 1
+        while (p.dir / f"log.{n}").exists():
+            n += 1
+        p.log.rename(p.dir / f"log.{n}")
+        return start(
+            "vaultlet", [self.vaultlet_bin, "run", "-c", str(p.dir / "vaultlet.toml")], p.dir, {"VAULTLET_LOG": log_filter}
         )
 
     def agent(self, w: Workload, cache_socket: bool = False, env_file: bool = True) -> Proc:
@@ -1046,6 +1077,171 @@ def fig_scale(args, mode: Mode, cl: Clients, bao: Bao, rep: Report, res: dict) -
 
 # ---------------------------------------------------------------------- main
 
+# ---- restart with sealed state
+
+
+def wait_ready_sock(p: Proc, sock: Path, timeout: float) -> float:
+    """Seconds from process start until `GET /v1/ready` answers 200 (polled
+    every 0.5 ms; before the socket exists connecting simply fails)."""
+    while True:
+        now = time.monotonic()
+        p.check_alive()
+        if now - p.t0 > timeout:
+            raise BenchError(f"{p.label} not ready within {timeout:.0f} s; last lines of its log:\n{tail(p.log)}")
+        try:
+            if unix_get(sock, "/v1/ready")[0] == 200:
+                return time.monotonic() - p.t0
+        except OSError:
+            pass
+        time.sleep(0.0005)
+
+
+def supports_state(cl: Clients) -> bool:
+    """Whether this vaultlet build knows `[state]` (`vaultlet check` on a
+    config that has one)."""
+    d = cl._dir("state-check")
+    fd = os.open(d / "state.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, os.urandom(32))
+    os.close(fd)
+    (d / "vaultlet.toml").write_text(
+        f'[vault]\naddress = "{cl.addr}"\n[auth.approle]\nrole_id_file = "{cl.role_id}"\nsecret_id_file = "{cl.secret_id}"\n'
+        f'[secret.kv0]\nkv = {{ mount = "secret", path = "bench/kv0" }}\n'
+        f'[socket]\npath = "{d / "vaultlet.sock"}"\n'
+        f'[state]\npath = "{d / "vaultlet.state"}"\nkey_file = "{d / "state.key"}"\n'
+    )
+    out = subprocess.run([cl.vaultlet_bin, "check", "-c", str(d / "vaultlet.toml")], capture_output=True, text=True)
+    if out.returncode == 0:
+        return True
+    if "unknown field `state`" in out.stderr:
+        log("  this vaultlet build has no [state]")
+        return False
+    raise BenchError(f"vaultlet check refuses the [state] probe config: {out.stderr.strip()[:300]}")
+
+
+def fig_restart(mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
+    log("figure 6: restart to ready, with sealed state and without")
+    if not supports_state(cl):
+        rep.add("", "### 6. Restart to ready with sealed state", "", "Skipped: this vaultlet build has no `[state]`.")
+        return
+    times: dict[tuple, list[float]] = defaultdict(list)
+    made = Counter()
+    for run in range(mode.startup_runs):
+        for kv, db in SIZES:
+            w = Workload(kv, [f"bench_db{j}" for j in range(db)])
+            # Without state: a fresh process logs in and issues every credential.
+            p = cl.vaultlet(w, sock=True)
+            times[("fresh", kv, db)].append(wait_ready_sock(p, p.dir / "vaultlet.sock", mode.ready_timeout_s))
+            p.stop()
+            # With state: the first run writes it (and at shutdown), the
+            # restart resumes from it; the env file is removed first so its
+            # rewrite from state is timed too.
+            p = cl.vaultlet(w, sock=True, state=True)
+            wait_ready_sock(p, p.dir / "vaultlet.sock", mode.ready_timeout_s)
+            wait_rendered(p, w, mode.ready_timeout_s)
+            p.stop()
+            if not (p.dir / "vaultlet.state").exists():
+                raise BenchError(f"no state file after a clean stop; last lines of the log:\n{tail(p.log)}")
+            p.env_file.unlink(missing_ok=True)
+            q = cl.restart(p)
+            t_ready = wait_ready_sock(q, q.dir / "vaultlet.sock", mode.ready_timeout_s)
+            t_file = wait_rendered(q, w, mode.ready_timeout_s)
+            q.stop()
+            text = q.log.read_text(errors="replace")
+            made[("issued", kv, db)] += text.count("issued database credential")
+            made[("logins", kv, db)] += text.count("logged in")
+            times[("state", kv, db)].append(t_ready)
+            times[("state_file", kv, db)].append(t_file)
+            log(
+                f"  run {run + 1}: {kv} KV + {db} DB: fresh ready {ms(times[('fresh', kv, db)][-1])}, "
+                f"from state ready {ms(t_ready)}, env file {ms(t_file)}"
+            )
+    res["restart"] = times
+    rep.add(
+        "",
+        f"### 6. Restart to ready: process start → `GET /v1/ready` 200 ({mode.startup_runs} run{'s' if mode.startup_runs > 1 else ''} each; median (min–max))",
+        "",
+        "| size | without state (login + every credential issued) | with `[state]` (ready) | with `[state]` (env file complete) | logins / credentials issued by the restarted process |",
+        "|---|---|---|---|---|",
+    )
+
+    def cell(v: list[float]) -> str:
+        return f"{ms(statistics.median(v))} ({ms(min(v))}–{ms(max(v))})"
+
+    for kv, db in SIZES:
+        rep.add(
+            f"| {kv} KV + {db} DB | {cell(times[('fresh', kv, db)])} | {cell(times[('state', kv, db)])} "
+            f"| {cell(times[('state_file', kv, db)])} | {made[('logins', kv, db)]} / {made[('issued', kv, db)]} |"
+        )
+    rep.add(
+        "",
+        "The restarted process serves what the state holds and verifies it in the background "
+        "(`lookup-self`, `sys/leases/lookup`); the issue's target is ready within 50 ms.",
+    )
+
+
+# ---- verify_every
+
+
+def fig_verify(mode: Mode, cl: Clients, bao: Bao, rep: Report, res: dict) -> None:
+    m = 10
+    every = mode.verify_every
+    every_s = parse_duration(every) if every else VERIFY_DEFAULT_S
+    win = mode.verify_window_s
+    label = f'verify_every = "{every}"' if every else f"the default verify_every ({VERIFY_DEFAULT_S} s)"
+    log(f"figure 7: lease lookups over {win:.0f} s, {m} database secrets (TTL {LONG_TTL}), {label}")
+    w = Workload(0, [f"bench_db{j}" for j in range(m)])
+    p = cl.vaultlet(w, env_file=True, db_extra=f'verify_every = "{every}"\n' if every else "")
+    audit = cl.work / "audit-verify.log"
+    try:
+        wait_rendered(p, w, mode.ready_timeout_s)
+        bao.req("PUT", "sys/audit/bench-verify", {"type": "file", "options": {"file_path": str(audit), "log_raw": "true"}})
+        t0 = time.time()
+        time.sleep(win)
+        p.check_alive()
+        t1 = time.time()
+    finally:
+        p.stop()
+        try:
+            bao.req("DELETE", "sys/audit/bench-verify")
+        except Exception as e:  # the figure fails below if the log is missing
+            log(f"  disabling the audit device: {e}")
+    reqs = [r for r in read_audit(audit) if r["client"] == "vaultlet" and t0 <= r["t"] <= t1]
+    lookups = [r for r in reqs if r["path"] == "sys/leases/lookup"]
+    if not lookups:
+        raise BenchError(f"no sys/leases/lookup from vaultlet in {win:.0f} s; last lines of its log:\n{tail(p.log)}")
+    by_lease: dict[str, list[float]] = defaultdict(list)
+    for r in lookups:
+        by_lease[r["lease_arg"] or "?"].append(r["t"])
+    gaps = [b - a for ts in by_lease.values() for a, b in zip(sorted(ts), sorted(ts)[1:])]
+    gap = statistics.median(gaps) if gaps else float("nan")
+    per_hour_counted = len(lookups) / m / (t1 - t0) * 3600
+    per_hour = 3600 / gap if gaps else per_hour_counted
+    others = Counter(path_group(r["path"]) for r in reqs if r["path"] != "sys/leases/lookup")
+    res["verify"] = {"lookups": len(lookups), "gap": gap, "per_hour": per_hour}
+    rep.add(
+        "",
+        f"### 7. Request cost of `verify_every`: {m} database secrets (TTL {LONG_TTL}, so no renewal in the window), {label}, {t1 - t0:.0f} s of audit log",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| `sys/leases/lookup` requests in the window | {len(lookups)} ({len(by_lease)} leases) |",
+        f"| median time between two lookups of one lease | {gap:.2f} s (configured {every_s:g} s) |",
+        f"| lookups per secret per hour (from the interval; from the count: {per_hour_counted:.0f}) | {per_hour:.0f} |",
+        f"| other requests from vaultlet in the window | {sum(others.values())} {dict(others) if others else ''} |",
+        "",
+        f"At the default {VERIFY_DEFAULT_S} s that is {3600 / VERIFY_DEFAULT_S:.0f} lookups per database secret per hour "
+        f"(fewer when renewals, which also vouch for a lease, come more often): "
+        + ", ".join(f"{n} secrets → {n * 3600 / VERIFY_DEFAULT_S:,.0f}/h ({n / VERIFY_DEFAULT_S:.2f} req/s)" for n in (10, 100, 1000))
+        + ".",
+    )
+
+
+def parse_duration(s: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", s)
+    if not m:
+        raise BenchError(f"duration {s!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
 
 def setup(bao: Bao, mode: Mode, work: Path) -> tuple[Path, Path]:
     t = time.monotonic()
@@ -1146,6 +1342,8 @@ def main() -> int:
             "load": lambda: fig_vault_load(mode, cl, bao, rep, res),
             "socket": lambda: fig_socket(args, mode, cl, rep, res),
             "scale": lambda: fig_scale(args, mode, cl, bao, rep, res),
+            "restart": lambda: fig_restart(mode, cl, rep, res),
+            "verify": lambda: fig_verify(mode, cl, bao, rep, res),
         }
         failures = []
         for f in FIGURES:

@@ -91,6 +91,17 @@ impl AuthHandle {
         }
     }
 
+    /// The current end of token `generation`, if it is the current token or
+    /// a replaced one not revoked yet (the sealed state saves it with each
+    /// lease: Vault revokes a lease with its token).
+    pub fn token_expiry(&self, generation: u64) -> Option<Instant> {
+        if let Some(t) = self.token.borrow().as_ref().filter(|t| t.generation == generation) {
+            return Some(t.expires_at);
+        }
+        let v = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().find(|t| t.generation == generation).map(|t| t.expires_at)
+    }
+
     /// Replaced tokens not revoked yet (for revocation at shutdown).
     pub fn take_retired(&self) -> Vec<Arc<Token>> {
         std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()))
@@ -162,12 +173,17 @@ impl AuthError {
     }
 }
 
-/// Starts the auth task; returns the handle other tasks use.
+/// Starts the auth task; returns the handle other tasks use. A `resumed`
+/// token (from the sealed state) is used at once, without a login, and
+/// checked with `lookup-self` in the background: a dead one takes the
+/// dead-token path (log in again, its leases replaced at once).
 pub fn spawn(
     vault: Arc<Vault>,
     cfg: AppRoleConfig,
     store: Store,
     leases: Leases,
+    metrics: Arc<crate::metrics::Metrics>,
+    resumed: Option<Token>,
     shutdown: CancellationToken,
 ) -> (AuthHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
@@ -180,7 +196,7 @@ pub fn spawn(
         dead: Arc::default(),
         deaths: Arc::new(watch::channel(0).0),
     };
-    let task = tokio::spawn(run(vault, cfg, store, leases, handle.clone(), tx, rej_rx, shutdown));
+    let task = tokio::spawn(run(vault, cfg, store, leases, metrics, handle.clone(), tx, rej_rx, resumed, shutdown));
     (handle, task)
 }
 
@@ -292,9 +308,11 @@ async fn run(
     cfg: AppRoleConfig,
     store: Store,
     leases: Leases,
+    metrics: Arc<crate::metrics::Metrics>,
     handle: AuthHandle,
     tx: watch::Sender<Option<Arc<Token>>>,
     mut rejected: mpsc::UnboundedReceiver<u64>,
+    mut resumed: Option<Token>,
     shutdown: CancellationToken,
 ) {
     let mut creds = Credentials { cfg, cached: None };
@@ -307,50 +325,74 @@ async fn run(
     let mut last_login: Option<Instant> = None;
     let mut previous: Option<Arc<Token>> = None;
     loop {
-        // --- log in, never more often than MIN_LOGIN_INTERVAL ---
-        if let Some(t) = last_login {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = sleep_until(after(t, MIN_LOGIN_INTERVAL)) => {}
-            }
-        }
-        last_login = Some(Instant::now());
-        let res = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = creds.login(&vault) => r,
-        };
-        crate::metrics::inc("vaultlet_logins_total", &[("result", crate::metrics::result(&res))]);
-        let auth = match res {
-            Ok(a) => a,
-            Err(e) => {
-                let wait = if e.is_transient() {
-                    transient.next(schedule::jitter())
-                } else {
-                    permanent.next(schedule::jitter())
-                };
-                tracing::error!(error = %e, retry_in = ?wait, "login failed");
-                store.set_login_problem(Some(e.to_string()));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => continue,
+        let (mut token, issued_at, initial_ttl) = match resumed.take() {
+            Some(t) => {
+                generation = t.generation;
+                if t.renewable
+                    && let Some(end) = t.hard_end
+                {
+                    learned_life = Some(end.saturating_duration_since(t.issued_at));
                 }
+                tracing::info!(generation, "using the token from the state file; checking it with vault");
+                // The check below, in the keep-alive loop, as for a 403.
+                handle.rejected(generation);
+                let (at, ttl) = (t.issued_at, t.ttl);
+                (t, at, ttl)
+            }
+            None => {
+                // --- log in, never more often than MIN_LOGIN_INTERVAL ---
+                if let Some(t) = last_login {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = sleep_until(after(t, MIN_LOGIN_INTERVAL)) => {}
+                    }
+                }
+                last_login = Some(Instant::now());
+                let res = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = creds.login(&vault) => r,
+                };
+                metrics.login(&res);
+                let auth = match res {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let wait = if e.is_transient() {
+                            transient.next(schedule::jitter())
+                        } else {
+                            permanent.next(schedule::jitter())
+                        };
+                        tracing::error!(error = %e, retry_in = ?wait, "login failed");
+                        store.set_login_problem(Some(e.to_string()));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => continue,
+                        }
+                    }
+                };
+                transient.reset();
+                permanent.reset();
+                store.set_login_problem(None);
+                generation += 1;
+                let now = Instant::now();
+                let initial_ttl = auth.ttl;
+                let token = Token {
+                    secret: auth.token,
+                    generation,
+                    issued_at: now,
+                    ttl: auth.ttl,
+                    expires_at: after(now, auth.ttl),
+                    hard_end: if auth.renewable {
+                        learned_life.map(|l| after(now, l))
+                    } else {
+                        Some(after(now, auth.ttl))
+                    },
+                    renewable: auth.renewable,
+                };
+                tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
+                let issued_at = now;
+                (token, issued_at, initial_ttl)
             }
         };
-        transient.reset();
-        permanent.reset();
-        store.set_login_problem(None);
-        generation += 1;
-        let now = Instant::now();
-        let initial_ttl = auth.ttl;
-        let mut token = Token {
-            secret: auth.token,
-            generation,
-            expires_at: after(now, auth.ttl),
-            hard_end: if auth.renewable { learned_life.map(|l| after(now, l)) } else { Some(after(now, auth.ttl)) },
-            renewable: auth.renewable,
-        };
-        tracing::info!(generation, ttl = ?auth.ttl, renewable = auth.renewable, "logged in");
-        let issued_at = now;
         if let Some(end) = token.hard_end {
             handle.set_token_end(generation, end);
         }
@@ -397,7 +439,7 @@ async fn run(
                 _ = shutdown.cancelled() => return,
                 r = vault.renew_self(&token.secret, initial_ttl) => r,
             };
-            crate::metrics::inc("vaultlet_token_renewals_total", &[("result", crate::metrics::result(&res))]);
+            metrics.token_renewal(&res);
             match res {
                 Ok(a) => {
                     let now = Instant::now();

@@ -40,11 +40,13 @@ use std::sync::Mutex;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ExecSpec, OnChange};
 use crate::render::{live_secrets, render_env_map};
 use crate::store::Snapshot;
+use crate::supervise::Job;
 
 type Env = Vec<(String, Zeroizing<String>)>;
 
@@ -194,46 +196,46 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let running = match crate::start(&config) {
-        Ok(r) => r,
+    // Signals go to the app, and vaultlet stops when the app exits: nothing
+    // else cancels the daemon.
+    let app = async move |job: Job<'_>| app(job, &spec, &argv, &mut signals).await;
+    match crate::supervise::supervise(&config, CancellationToken::new(), app).await {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "vaultlet failed to start");
-            return 1;
+            1
         }
-    };
-    let notifier = crate::telemetry::Notifier::from_env();
-    // With `WatchdogSec=`, systemd kills a service that stops pinging: the
-    // pings run for as long as this function does (stopping included).
-    let _watchdog = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(notifier.clone().watchdog()));
-    let mut rx = running.store().subscribe();
+    }
+}
+
+/// The app's life under the supervisor: wait for its environment, start it,
+/// pass signals on, act on changes; its exit code once it exits.
+async fn app(job: Job<'_>, spec: &ExecSpec, argv: &[String], signals: &mut Signals) -> i32 {
+    let mut rx = job.store().subscribe();
     if rustix::process::getpid().is_init() {
         tokio::spawn(reap_orphans());
     }
 
     // Wait for the first complete environment.
     let env = loop {
-        if let Some(env) = render(&spec, &rx.borrow_and_update()) {
+        if let Some(env) = render(spec, &rx.borrow_and_update()) {
             break env;
         }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { running.stop().await; return 1 },
+            r = rx.changed() => if r.is_err() { return 1 },
             sig = signals.recv() => {
                 tracing::info!(signal = sig, "signal before the app started; stopping");
-                running.stop().await;
                 return 128 + sig;
             }
         }
     };
-    let mut child = match spawn(&argv, &env, &spec) {
+    let mut child = match spawn(argv, &env, spec) {
         Ok(c) => c,
-        Err(code) => {
-            running.stop().await;
-            return code;
-        }
+        Err(code) => return code,
     };
     let mut current = digest(&env);
     drop(env);
-    notifier.notify("READY=1\nSTATUS=running the app");
+    job.ready("running the app");
 
     let mut pending: Option<Instant> = None;
     let mut stopping = false;
@@ -244,8 +246,6 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
                 untrack(child.id());
                 let code = st.map_or(1, exit_code);
                 tracing::info!(code, "app exited; stopping");
-                notifier.notify("STOPPING=1");
-                running.stop().await;
                 return code;
             }
             sig = signals.recv() => {
@@ -259,7 +259,7 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
                 if r.is_err() {
                     continue;
                 }
-                let changed = render(&spec, &rx.borrow_and_update()).is_some_and(|e| digest(&e) != current);
+                let changed = render(spec, &rx.borrow_and_update()).is_some_and(|e| digest(&e) != current);
                 // Debounce: react once the environment has been stable… or
                 // at the end of the window that the first change opened.
                 if changed && pending.is_none() {
@@ -268,7 +268,7 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
             }
             _ = tokio::time::sleep_until(due), if pending.is_some() => {
                 pending = None;
-                let Some(env) = render(&spec, &running.store().snapshot()) else { continue };
+                let Some(env) = render(spec, &job.store().snapshot()) else { continue };
                 let d = digest(&env);
                 if d == current {
                     continue;
@@ -277,13 +277,10 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
                 match spec.on_change {
                     OnChange::Restart => {
                         tracing::info!("environment changed; restarting the app");
-                        stop_child(&mut child, &spec).await;
-                        child = match spawn(&argv, &env, &spec) {
+                        stop_child(&mut child, spec).await;
+                        child = match spawn(argv, &env, spec) {
                             Ok(c) => c,
-                            Err(code) => {
-                                running.stop().await;
-                                return code;
-                            }
+                            Err(code) => return code,
                         };
                     }
                     OnChange::Signal => {

@@ -7,8 +7,8 @@
 //! # Architecture
 //!
 //! ```text
-//!   config ──► main ──► run()
-//!                         │
+//!   config ──► main ──► run() / exec::run() ──► supervise
+//!                         │   start · READY · watchdog · STOPPING · stop
 //!   auth ── token (watch) ─┼──► lease task per secret ──► store (watch)
 //!     │                    │        │  renew / replace      │
 //!     └──── vault ◄────────┴────────┘                       ├──► api (socket)
@@ -21,9 +21,15 @@
 //! * [`lease`] runs one task per secret; [`lease::schedule`] holds the timing.
 //! * [`store`] holds the current value and version of every secret.
 //! * [`api`] serves the store on the socket; [`render`] writes env files.
+//! * [`state`] (optional) seals the token, leases and values to a file and,
+//!   on the next start, hands them back before any task talks to Vault.
+//! * [`supervise`] is the one lifecycle of `vaultlet run` and `vaultlet
+//!   exec`: start, readiness, sd_notify (watchdog included), shutdown and
+//!   revocation; [`exec`] adds only the app.
 //!
-//! [`run`] wires these together and returns when `shutdown` is cancelled and
-//! everything has stopped (leases revoked first, if configured).
+//! [`start`] wires these together; [`run`] supervises them until `shutdown`
+//! is cancelled and everything has stopped (leases revoked first, if
+//! configured).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -39,7 +45,9 @@ pub mod metrics;
 pub mod rejected;
 pub mod render;
 pub mod secret;
+pub mod state;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod vault;
 pub mod write;
@@ -75,20 +83,72 @@ pub struct Running {
     auth_task: tokio::task::JoinHandle<()>,
     first_writes: Vec<tokio::sync::oneshot::Receiver<()>>,
     revoke_on_shutdown: bool,
+    state: Option<state::Writer>,
 }
 
 /// Starts every task: auth, one per secret, files, socket. Fails only on
 /// local set-up problems (TLS files, the socket path).
 pub fn start(config: &Config) -> Result<Running, RunError> {
-    let vault = Arc::new(vault::Vault::new(&config.vault)?);
+    let metrics = metrics::Metrics::new();
+    let vault = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
     let store = store::Store::new(config.secrets.iter().map(|s| s.name.as_str()));
     // Bind first, so a socket problem stops us before we lease anything.
     let bound = config.socket.as_ref().map(|s| api::bind(s, &config.secrets)).transpose()?;
 
+    // The sealed state is read and decided on before any task starts, so
+    // what it holds is served before Vault is asked anything.
+    let (plan, identity) = match &config.state {
+        None => (state::Plan::default(), None),
+        Some(s) => match state::Identity::of(config) {
+            Ok(id) => (state::load(s, &id, &config.secrets, &metrics), Some(id)),
+            Err(e) => {
+                metrics.state_load_failure("unreadable");
+                tracing::warn!(
+                    "state file {} not used (the role_id file cannot be read: {e}); starting fresh",
+                    s.path.display()
+                );
+                (state::Plan::default(), None)
+            }
+        },
+    };
+    let mut resumed_leases = std::collections::BTreeMap::new();
+    let resumed = plan.secrets.len();
+    for (name, r) in plan.secrets {
+        let view = r.lease.as_ref().map(|(h, _)| store::LeaseView {
+            expires_at: h.lease.expires_at,
+            ttl: h.lease.ttl,
+            renewable: h.lease.renewable,
+        });
+        store.restore(&name, r.data, r.version, view);
+        if let Some(l) = r.lease {
+            resumed_leases.insert(name, l);
+        }
+    }
+    if config.state.is_some() {
+        metrics.state_resumed(resumed);
+        if resumed > 0 || plan.token.is_some() {
+            tracing::info!(
+                secrets = resumed,
+                token_reused = plan.token.is_some(),
+                ended = plan.ended,
+                "resumed {resumed} secrets from the state file ({})",
+                if plan.token.is_some() { "token reused" } else { "new login" }
+            );
+        }
+    }
+    let saved_token = plan.token.as_ref().map(|t| t.secret.clone());
+
     let tasks = CancellationToken::new();
     let leases = lease::Leases::default();
-    let (auth, auth_task) =
-        auth::spawn(vault.clone(), config.auth.clone(), store.clone(), leases.clone(), tasks.clone());
+    let (auth, auth_task) = auth::spawn(
+        vault.clone(),
+        config.auth.clone(),
+        store.clone(),
+        leases.clone(),
+        metrics.clone(),
+        plan.token,
+        tasks.clone(),
+    );
     let cx = lease::Cx {
         vault: vault.clone(),
         store: store.clone(),
@@ -96,13 +156,41 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         leases: leases.clone(),
         shutdown: tasks.clone(),
         certs: lease::pki::Certs::default(),
+        metrics: metrics.clone(),
+        tracker: state::Tracker::default(),
     };
     let certs = cx.certs.clone();
 
     let mut set = JoinSet::new();
     for spec in config.secrets.iter().cloned() {
-        set.spawn(lease::run(cx.clone(), spec));
+        let resumed = resumed_leases.remove(&spec.name);
+        // Every line a secret's task logs — including those from the Vault
+        // client it calls — carries the secret's name.
+        let span = tracing::info_span!("secret", name = %spec.name);
+        set.spawn(tracing::Instrument::instrument(lease::run(cx.clone(), spec, resumed), span));
     }
+    for (name, held, drain_end) in plan.draining {
+        if let Some(spec) = config.secrets.iter().find(|s| s.name == name) {
+            tokio::spawn(lease::drain(cx.clone(), spec.clone(), held, drain_end));
+        }
+    }
+    tokio::spawn(state::revoke_unresumable(vault.clone(), saved_token, plan.revoke));
+    let state = match (&config.state, identity) {
+        (Some(s), Some(id)) => {
+            let w = state::Writer::new(
+                s.clone(),
+                id,
+                config.secrets.clone(),
+                store.clone(),
+                auth.clone(),
+                cx.tracker.clone(),
+                metrics.clone(),
+            );
+            set.spawn(w.clone().run(tasks.clone()));
+            Some(w)
+        }
+        _ => None,
+    };
     let mut first_writes = Vec::new();
     let mut bundles: std::collections::BTreeMap<String, Vec<config::FileSpec>> = Default::default();
     for spec in config.files.iter().filter(|f| f.bundle.is_some()) {
@@ -119,10 +207,10 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         set.spawn(render::run_file(spec, store.subscribe(), tasks.clone(), Some(tx)));
     }
     if let Some(b) = bound {
-        set.spawn(api::serve(b, store.clone(), tasks.clone()));
+        set.spawn(api::serve(b, store.clone(), metrics.clone(), tasks.clone()));
     }
     if let Some(m) = config.metrics.clone() {
-        set.spawn(metrics::serve(m, store.clone(), tasks.clone()));
+        set.spawn(metrics::serve(m, metrics.register(store.clone(), config.state.is_some()), tasks.clone()));
     }
     tracing::info!(secrets = config.secrets.len(), files = config.files.len(), "vaultlet started");
     Ok(Running {
@@ -136,6 +224,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         auth_task,
         first_writes,
         revoke_on_shutdown: config.revoke_on_shutdown,
+        state,
     })
 }
 
@@ -166,6 +255,10 @@ impl Running {
         if self.revoke_on_shutdown {
             revoke_all(&self.vault, &self.auth, &self.leases, &self.certs).await;
         }
+        // After revocation: what was revoked must not be resumed.
+        if let Some(w) = &self.state {
+            w.finish(self.revoke_on_shutdown).await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -173,22 +266,14 @@ impl Running {
 /// Runs the daemon until `shutdown` is cancelled, telling systemd (when it
 /// asks) once it is ready and when it stops.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let notifier = telemetry::Notifier::from_env();
-    let mut running = start(&config)?;
-    let watchdog = tokio::spawn(notifier.clone().watchdog());
-    tokio::select! {
-        _ = running.ready() => {
-            tracing::info!("ready: every secret held, every file written");
-            notifier.notify("READY=1\nSTATUS=serving secrets");
-            shutdown.cancelled().await;
-        }
-        _ = shutdown.cancelled() => {}
-    }
-    tracing::info!("shutting down");
-    notifier.notify("STOPPING=1");
-    running.stop().await;
-    watchdog.abort();
-    Ok(())
+    let serve = async |mut job: supervise::Job<'_>| -> i32 {
+        job.every_secret_ready().await;
+        tracing::info!("ready: every secret held, every file written");
+        job.ready("serving secrets");
+        // Until `shutdown`: the daemon's tasks do the work.
+        std::future::pending().await
+    };
+    supervise::supervise(&config, shutdown, serve).await.map(drop)
 }
 
 /// Everything revocation at shutdown may take: well inside systemd's

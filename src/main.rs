@@ -94,8 +94,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Check { config } => match Config::load(config) {
-            Ok(c) => {
+        Command::Check { config } => match load(config) {
+            Some(c) => {
                 println!(
                     "{}: ok ({} secrets, {} files, socket {})",
                     config.display(),
@@ -105,10 +105,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("vaultlet: {e}");
-                ExitCode::from(EX_CONFIG)
-            }
+            None => ExitCode::from(EX_CONFIG),
         },
         Command::Ready { socket, expect_uid } => match vaultlet::client::ready(socket, *expect_uid) {
             Ok(()) => ExitCode::SUCCESS,
@@ -154,13 +151,7 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vaultlet: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
+    let Some(config) = load(path) else { return ExitCode::from(EX_CONFIG) };
     init_logging(cli.log_format, &cli.log);
     vaultlet::harden::warn_loose_files(&[
         ("the config file", path),
@@ -177,6 +168,26 @@ where
         Err(e) => {
             eprintln!("vaultlet: cannot start runtime: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config, printing every error in it (one per line) or its
+/// warnings to stderr. Logging is not set up yet: a bad config must be
+/// reported the same way by every subcommand, before anything else runs.
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("vaultlet: WARNING: {w}");
+            }
+            Some(loaded.config)
+        }
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("vaultlet: {e}");
+            }
+            None
         }
     }
 }

@@ -1,11 +1,16 @@
 //! Prometheus metrics, in the text exposition format, on a listener of their
 //! own (TCP address or Unix socket; off unless `[metrics]` is configured).
 //!
-//! Counters and the request-latency histogram live in one process-wide
-//! registry; gauges about secrets (seconds until each lease ends, versions,
-//! readiness) are computed from the store at scrape time, so they are never
-//! stale. No label ever holds a value: only secret names, operations and
-//! results.
+//! Every counter and histogram is declared once, in [`Metrics`], with its
+//! help text in [`Metrics::register`]; the daemon makes one set and hands it
+//! to the tasks that move it (the Vault client, auth, each secret task, the
+//! socket), and `prometheus-client` does the exposition. Gauges about
+//! secrets (seconds until each lease ends, versions, readiness) are computed
+//! from the store at scrape time, so they are never stale. No label ever
+//! holds a value: only secret names, operations, statuses and results.
+//!
+//! The names below are an interface (alert rules in `examples/prometheus`
+//! and the tests read them); log lines are not.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -28,10 +33,17 @@
 //! | `vaultlet_ready` | gauge | 1 when every secret is available |
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,151 +53,380 @@ use crate::store::Store;
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-type Key = (&'static str, Vec<(&'static str, String)>);
-
-#[derive(Default)]
-struct Registry {
-    counters: BTreeMap<Key, u64>,
-    /// operation → (bucket counts, sum, count)
-    latency: BTreeMap<&'static str, ([u64; BUCKETS.len()], f64, u64)>,
-    /// secret → the served certificate's end (PKI secrets).
-    cert_ends: BTreeMap<Arc<str>, std::time::SystemTime>,
+/// `result="ok"|"error"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    result: &'static str,
 }
 
-/// Records the end of the certificate a PKI secret now serves.
-pub fn cert_expiry(secret: &str, end: std::time::SystemTime) {
-    registry().cert_ends.insert(Arc::from(secret), end);
+/// `secret="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Secret {
+    secret: Arc<str>,
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+/// `secret="…",result="ok"|"error"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretOutcome {
+    secret: Arc<str>,
+    result: &'static str,
 }
 
-/// Socket answers by status code, on the hot path: no lock, no allocation.
-static SOCKET_STATUS: [std::sync::atomic::AtomicU64; 600] = [const { std::sync::atomic::AtomicU64::new(0) }; 600];
+/// `operation="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Operation {
+    operation: &'static str,
+}
 
-/// Counts one socket answer.
-pub fn socket_status(code: u16) {
-    if let Some(c) = SOCKET_STATUS.get(usize::from(code)) {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// `operation="…",result="ok"|"error"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationOutcome {
+    operation: &'static str,
+    result: &'static str,
+}
+
+/// `status="…"` (HTTP status of a socket answer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    status: u16,
+}
+
+/// `reason="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    reason: &'static str,
+}
+
+/// Why the socket refused a caller (`vaultlet_socket_denied_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// The caller may not use the socket at all.
+    Socket,
+    /// The caller may not read the secret it asked for.
+    Secret,
+    /// Too many requests from this caller.
+    RateLimited,
+    /// Too many connections from this uid.
+    ConnectionLimitUid,
+    /// Too many connections in all.
+    ConnectionLimit,
+    /// Too many long-polls parked by this uid.
+    WaitLimit,
+}
+
+impl Denied {
+    /// The `reason` label (stable: alerts match on it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Denied::Socket => "socket",
+            Denied::Secret => "secret",
+            Denied::RateLimited => "rate_limited",
+            Denied::ConnectionLimitUid => "connection_limit_uid",
+            Denied::ConnectionLimit => "connection_limit",
+            Denied::WaitLimit => "wait_limit",
+        }
     }
 }
 
-/// Adds one to a counter.
-pub fn inc(name: &'static str, labels: &[(&'static str, &str)]) {
-    let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
-    *registry().counters.entry(key).or_default() += 1;
-}
-
-/// `ok` or `error`, for `result` labels.
-pub fn result<T, E>(r: &Result<T, E>) -> &'static str {
+fn outcome<T, E>(r: &Result<T, E>) -> &'static str {
     if r.is_ok() { "ok" } else { "error" }
 }
 
-/// Records one Vault request.
-pub fn vault_request(operation: &'static str, took: Duration, ok: bool) {
-    inc("vaultlet_vault_requests_total", &[("operation", operation), ("result", if ok { "ok" } else { "error" })]);
-    let secs = took.as_secs_f64();
-    let mut r = registry();
-    let h = r.latency.entry(operation).or_insert(([0; BUCKETS.len()], 0.0, 0));
-    for (i, b) in BUCKETS.iter().enumerate() {
-        if secs <= *b {
-            h.0[i] += 1;
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Every counter and histogram vaultlet keeps, declared once (with its help
+/// text in [`Metrics::register`]). One instance per daemon, created by
+/// [`crate::start`] and handed to the tasks that update it, so two daemons in
+/// one process (the tests) never mix their counts. Cloning shares the values.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    logins: Family<Outcome, Counter>,
+    token_renewals: Family<Outcome, Counter>,
+    lease_renewals: Family<SecretOutcome, Counter>,
+    lease_lookups: Family<SecretOutcome, Counter>,
+    credentials_issued: Family<Secret, Counter>,
+    kv_reads: Family<SecretOutcome, Counter>,
+    certificates_issued: Family<SecretOutcome, Counter>,
+    vault_requests: Family<OperationOutcome, Counter>,
+    vault_request_duration: Family<Operation, Histogram, fn() -> Histogram>,
+    socket_requests: Family<Status, Counter>,
+    socket_denied: Family<Reason, Counter>,
+    state_resumed: Gauge,
+    state_load_failures: Family<Reason, Counter>,
+    state_writes: Counter,
+    state_write_failures: Counter,
+    /// secret → the served certificate's `notAfter` (PKI secrets); turned
+    /// into seconds left at scrape time.
+    cert_ends: Arc<Mutex<BTreeMap<Arc<str>, std::time::SystemTime>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            logins: Family::default(),
+            token_renewals: Family::default(),
+            lease_renewals: Family::default(),
+            lease_lookups: Family::default(),
+            credentials_issued: Family::default(),
+            kv_reads: Family::default(),
+            certificates_issued: Family::default(),
+            vault_requests: Family::default(),
+            vault_request_duration: Family::new_with_constructor(histogram),
+            socket_requests: Family::default(),
+            socket_denied: Family::default(),
+            state_resumed: Gauge::default(),
+            state_load_failures: Family::default(),
+            state_writes: Counter::default(),
+            state_write_failures: Counter::default(),
+            cert_ends: Arc::default(),
         }
     }
-    h.1 += secs;
-    h.2 += 1;
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn labels(l: &[(&str, String)]) -> String {
-    if l.is_empty() {
-        return String::new();
+impl Metrics {
+    /// A fresh set, all zero.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
     }
-    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-    format!("{{{}}}", inner.join(","))
+
+    /// One AppRole login attempt.
+    pub fn login<T, E>(&self, r: &Result<T, E>) {
+        self.logins.get_or_create(&Outcome { result: outcome(r) }).inc();
+    }
+
+    /// One `renew-self` of the token.
+    pub fn token_renewal<T, E>(&self, r: &Result<T, E>) {
+        self.token_renewals.get_or_create(&Outcome { result: outcome(r) }).inc();
+    }
+
+    /// One lease renewal for `secret`.
+    pub fn lease_renewal<T, E>(&self, secret: &str, r: &Result<T, E>) {
+        self.lease_renewals.get_or_create(&SecretOutcome { secret: secret.into(), result: outcome(r) }).inc();
+    }
+
+    /// One lease lookup for `secret` (`verify_every`, reported credentials).
+    pub fn lease_lookup<T, E>(&self, secret: &str, r: &Result<T, E>) {
+        self.lease_lookups.get_or_create(&SecretOutcome { secret: secret.into(), result: outcome(r) }).inc();
+    }
+
+    /// One credential issued for `secret` (first issue or replacement).
+    pub fn credential_issued(&self, secret: &str) {
+        self.credentials_issued.get_or_create(&Secret { secret: secret.into() }).inc();
+    }
+
+    /// One KV read for `secret`.
+    pub fn kv_read<T, E>(&self, secret: &str, r: &Result<T, E>) {
+        self.kv_reads.get_or_create(&SecretOutcome { secret: secret.into(), result: outcome(r) }).inc();
+    }
+
+    /// One certificate request for `secret`.
+    pub fn certificate_issued<T, E>(&self, secret: &str, r: &Result<T, E>) {
+        self.certificates_issued.get_or_create(&SecretOutcome { secret: secret.into(), result: outcome(r) }).inc();
+    }
+
+    /// Records the end of the certificate a PKI secret now serves.
+    pub fn cert_expiry(&self, secret: &str, end: std::time::SystemTime) {
+        self.cert_ends.lock().unwrap_or_else(|p| p.into_inner()).insert(Arc::from(secret), end);
+    }
+
+    /// One request to Vault: its count and latency.
+    pub fn vault_request(&self, operation: &'static str, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.vault_requests.get_or_create(&OperationOutcome { operation, result }).inc();
+        self.vault_request_duration.get_or_create(&Operation { operation }).observe(took.as_secs_f64());
+    }
+
+    /// One socket answer, by status code.
+    pub fn socket_status(&self, status: u16) {
+        self.socket_requests.get_or_create(&Status { status }).inc();
+    }
+
+    /// One refused socket caller.
+    pub fn socket_denied(&self, why: Denied) {
+        self.socket_denied.get_or_create(&Reason { reason: why.label() }).inc();
+    }
+
+    /// How many secrets were served from the sealed state at start.
+    pub fn state_resumed(&self, n: usize) {
+        self.state_resumed.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A state file that could not be used; `reason` is one of
+    /// `wrong_key_or_tampered`, `truncated`, `unknown_version`,
+    /// `other_config`, `unreadable`.
+    pub fn state_load_failure(&self, reason: &'static str) {
+        self.state_load_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// One state file write, done or failed.
+    pub fn state_write(&self, ok: bool) {
+        if ok {
+            self.state_writes.inc()
+        } else {
+            self.state_write_failures.inc()
+        };
+    }
+
+    /// The registry to expose: every metric above, with its help text, plus
+    /// the gauges computed from `store` at scrape time. The `vaultlet_state_*`
+    /// metrics are there only with `[state]` configured.
+    pub fn register(&self, store: Store, with_state: bool) -> Registry {
+        let mut r = Registry::default();
+        // Counter names are given without `_total`: the encoder adds it.
+        r.register("vaultlet_logins", "AppRole logins, by result", self.logins.clone());
+        r.register("vaultlet_token_renewals", "Token renew-self calls, by result", self.token_renewals.clone());
+        r.register("vaultlet_lease_renewals", "Lease renewals, by secret and result", self.lease_renewals.clone());
+        r.register(
+            "vaultlet_lease_lookups",
+            "Lease lookups (verify_every and reported credentials), by secret and result",
+            self.lease_lookups.clone(),
+        );
+        r.register(
+            "vaultlet_credentials_issued",
+            "Database credentials issued (first issue and every replacement), by secret",
+            self.credentials_issued.clone(),
+        );
+        r.register("vaultlet_kv_reads", "KV reads, by secret and result", self.kv_reads.clone());
+        r.register(
+            "vaultlet_certificates_issued",
+            "PKI certificates requested, by secret and result",
+            self.certificates_issued.clone(),
+        );
+        r.register(
+            "vaultlet_vault_requests",
+            "Requests to Vault, by operation and result",
+            self.vault_requests.clone(),
+        );
+        r.register(
+            "vaultlet_vault_request_duration_seconds",
+            "Latency of requests to Vault, by operation",
+            self.vault_request_duration.clone(),
+        );
+        r.register("vaultlet_socket_requests", "Answers on the socket, by HTTP status", self.socket_requests.clone());
+        r.register(
+            "vaultlet_socket_denied",
+            "Socket callers refused, by reason (socket, secret, rate_limited, connection_limit_uid, connection_limit, wait_limit)",
+            self.socket_denied.clone(),
+        );
+        if with_state {
+            r.register(
+                "vaultlet_state_resumed_secrets",
+                "Secrets served from the sealed state file at start",
+                self.state_resumed.clone(),
+            );
+            r.register(
+                "vaultlet_state_load_failures",
+                "State files not used, by reason (wrong_key_or_tampered, truncated, unknown_version, other_config, unreadable)",
+                self.state_load_failures.clone(),
+            );
+            r.register("vaultlet_state_writes", "State file writes", self.state_writes.clone());
+            r.register(
+                "vaultlet_state_write_failures",
+                "State file writes that failed",
+                self.state_write_failures.clone(),
+            );
+        }
+        r.register_collector(Box::new(StoreGauges { store, cert_ends: self.cert_ends.clone() }));
+        r
+    }
 }
 
-/// The exposition text.
-pub fn render(store: &Store) -> String {
+/// Gauges about secrets, computed from the store at scrape time so they are
+/// never stale.
+struct StoreGauges {
+    store: Store,
+    cert_ends: Arc<Mutex<BTreeMap<Arc<str>, std::time::SystemTime>>>,
+}
+
+impl std::fmt::Debug for StoreGauges {
+    // Never the values: only that this is the store's collector.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreGauges")
+    }
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Arc<str>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (secret, v) in rows {
+        let labels = Secret { secret };
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StoreGauges {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snap = self.store.snapshot();
+        let now = Instant::now();
+        let leased: Vec<_> =
+            snap.iter().filter_map(|(n, e)| e.live(now).and(e.lease.as_ref().map(|l| (n.clone(), l.get())))).collect();
+        gauge(
+            &mut enc,
+            "vaultlet_secret_lease_expiry_seconds",
+            "Seconds until the served credential's lease ends.",
+            leased.iter().map(|(n, l)| (n.clone(), l.expires_at.saturating_duration_since(now).as_secs_f64())),
+        )?;
+        let wall = std::time::SystemTime::now();
+        let cert_ends = self.cert_ends.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        gauge(
+            &mut enc,
+            "vaultlet_certificate_expiry_seconds",
+            "Seconds until the served certificate's notAfter (PKI secrets).",
+            cert_ends
+                .into_iter()
+                .filter(|(n, _)| snap.get(n).is_some_and(|e| e.live(now).is_some()))
+                .map(|(n, end)| (n, end.duration_since(wall).unwrap_or_default().as_secs_f64())),
+        )?;
+        gauge(
+            &mut enc,
+            "vaultlet_secret_lease_ttl_seconds",
+            "The TTL the served credential's lease was issued with.",
+            leased.iter().map(|(n, l)| (n.clone(), l.ttl.as_secs_f64())),
+        )?;
+        gauge(
+            &mut enc,
+            "vaultlet_secret_version",
+            "Version of each secret's content (moves only when the content changes).",
+            snap.iter().map(|(n, e)| (n.clone(), e.version as f64)),
+        )?;
+        gauge(
+            &mut enc,
+            "vaultlet_secret_available",
+            "1 when the secret is served, 0 when missing or expired.",
+            snap.iter().map(|(n, e)| (n.clone(), if e.live(now).is_some() { 1.0 } else { 0.0 })),
+        )?;
+        let ready = self.store.not_ready(now).is_empty();
+        let m =
+            enc.encode_descriptor("vaultlet_ready", "1 when every secret is available.", None, MetricType::Gauge)?;
+        ConstGauge::new(i64::from(ready)).encode(m)
+    }
+}
+
+/// The exposition text (Prometheus text format 0.0.4).
+pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
-    {
-        let r = registry();
-        let mut last = "";
-        for ((name, l), v) in &r.counters {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {v}", labels(l));
-        }
-        let _ = writeln!(out, "# TYPE vaultlet_socket_requests_total counter");
-        for (code, c) in SOCKET_STATUS.iter().enumerate() {
-            let n = c.load(std::sync::atomic::Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(out, "vaultlet_socket_requests_total{{status=\"{code}\"}} {n}");
-            }
-        }
-        if !r.latency.is_empty() {
-            let name = "vaultlet_vault_request_duration_seconds";
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for (op, (buckets, sum, count)) in &r.latency {
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "{name}_bucket{{operation=\"{op}\",le=\"{b}\"}} {}", buckets[i]);
-                }
-                let _ = writeln!(out, "{name}_bucket{{operation=\"{op}\",le=\"+Inf\"}} {count}");
-                let _ = writeln!(out, "{name}_sum{{operation=\"{op}\"}} {sum}");
-                let _ = writeln!(out, "{name}_count{{operation=\"{op}\"}} {count}");
-            }
-        }
+    // Writing to a String cannot fail; an encoder error would be a bug.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "cannot encode metrics");
     }
-    let cert_ends = registry().cert_ends.clone();
-    let snap = store.snapshot();
-    let now = Instant::now();
-    let mut gauge = |name: &str, rows: Vec<(Arc<str>, f64)>| {
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (secret, v) in rows {
-            let _ = writeln!(out, "{name}{{secret=\"{}\"}} {v}", escape(&secret));
-        }
-    };
-    let leased: Vec<_> =
-        snap.iter().filter_map(|(n, e)| e.live(now).and(e.lease.as_ref().map(|l| (n.clone(), l.get())))).collect();
-    gauge(
-        "vaultlet_secret_lease_expiry_seconds",
-        leased.iter().map(|(n, l)| (n.clone(), l.expires_at.saturating_duration_since(now).as_secs_f64())).collect(),
-    );
-    let wall = std::time::SystemTime::now();
-    gauge(
-        "vaultlet_certificate_expiry_seconds",
-        cert_ends
-            .into_iter()
-            .filter(|(n, _)| snap.get(n).is_some_and(|e| e.live(now).is_some()))
-            .map(|(n, end)| (n, end.duration_since(wall).unwrap_or_default().as_secs_f64()))
-            .collect(),
-    );
-    gauge("vaultlet_secret_lease_ttl_seconds", leased.iter().map(|(n, l)| (n.clone(), l.ttl.as_secs_f64())).collect());
-    gauge("vaultlet_secret_version", snap.iter().map(|(n, e)| (n.clone(), e.version as f64)).collect());
-    gauge(
-        "vaultlet_secret_available",
-        snap.iter().map(|(n, e)| (n.clone(), if e.live(now).is_some() { 1.0 } else { 0.0 })).collect(),
-    );
-    let ready = store.not_ready(now).is_empty();
-    let _ = writeln!(out, "# TYPE vaultlet_ready gauge\nvaultlet_ready {}", u8::from(ready));
     out
 }
 
 /// Serves `GET /metrics` until shutdown.
-pub async fn serve(listen: MetricsListen, store: Store, shutdown: CancellationToken) {
+pub async fn serve(listen: MetricsListen, registry: Registry, shutdown: CancellationToken) {
+    let registry = Arc::new(registry);
     match listen {
         MetricsListen::Tcp(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics listening");
-                accept_loop(|| l.accept(), store, shutdown).await
+                accept_loop(|| l.accept(), registry, shutdown).await
             }
             Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
         },
@@ -200,7 +441,7 @@ pub async fn serve(listen: MetricsListen, store: Store, shutdown: CancellationTo
             match bound {
                 Ok((l, file)) => {
                     tracing::info!(path = %path.display(), "metrics listening");
-                    accept_loop(|| l.accept(), store, shutdown).await;
+                    accept_loop(|| l.accept(), registry, shutdown).await;
                     file.remove();
                 }
                 Err(e) => tracing::error!(error = %e, "cannot listen for metrics"),
@@ -209,7 +450,7 @@ pub async fn serve(listen: MetricsListen, store: Store, shutdown: CancellationTo
     }
 }
 
-async fn accept_loop<S, Addr, A, F>(accept: F, store: Store, shutdown: CancellationToken)
+async fn accept_loop<S, Addr, A, F>(accept: F, registry: Arc<Registry>, shutdown: CancellationToken)
 where
     F: Fn() -> A,
     A: std::future::Future<Output = std::io::Result<(S, Addr)>>,
@@ -227,13 +468,13 @@ where
                 }
             },
         };
-        let store = store.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let store = store.clone();
+                let registry = registry.clone();
                 async move {
                     let (status, body) = if req.uri().path() == "/metrics" {
-                        (200, render(&store))
+                        (200, render(&registry))
                     } else {
                         (404, "see /metrics\n".to_string())
                     };
@@ -272,14 +513,28 @@ mod tests {
                 renewable: true,
             }),
         );
-        inc("vaultlet_logins_total", &[("result", "ok")]);
-        vault_request("db_creds", Duration::from_millis(30), true);
-        let text = render(&store);
+        let m = Metrics::new();
+        m.login(&Ok::<(), ()>(()));
+        m.vault_request("db_creds", Duration::from_millis(30), true);
+        m.socket_denied(Denied::WaitLimit);
+        let text = render(&m.register(store.clone(), false));
         assert!(text.contains("vaultlet_logins_total{result=\"ok\"}"), "{text}");
         assert!(text.contains("vaultlet_vault_request_duration_seconds_bucket{operation=\"db_creds\",le=\"0.05\"} 1"));
         assert!(text.contains("vaultlet_secret_lease_expiry_seconds{secret=\"db\"} 90"), "{text}");
         assert!(text.contains("vaultlet_secret_lease_ttl_seconds{secret=\"db\"} 120"));
         assert!(text.contains("vaultlet_ready 1"));
+        assert!(text.contains("vaultlet_socket_denied_total{reason=\"wait_limit\"} 1"), "{text}");
+        assert!(text.contains("# HELP vaultlet_logins_total AppRole logins"), "{text}");
         assert!(!text.contains("p4ss"));
+    }
+
+    #[test]
+    fn two_daemons_in_one_process_keep_their_own_counts() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.credential_issued("db");
+        let text = render(&b.register(Store::new(["db"]), false));
+        assert!(!text.contains("vaultlet_credentials_issued_total{secret=\"db\"}"), "{text}");
+        let text = render(&a.register(Store::new(["db"]), false));
+        assert!(text.contains("vaultlet_credentials_issued_total{secret=\"db\"} 1"), "{text}");
     }
 }

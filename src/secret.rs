@@ -125,6 +125,10 @@ pub struct Token {
     pub secret: SecretString,
     /// Counts logins; leases remember the generation that issued them.
     pub generation: u64,
+    /// When it was issued (login).
+    pub issued_at: Instant,
+    /// The TTL it was issued with; renewals ask for this increment.
+    pub ttl: std::time::Duration,
     /// The current end of the token (moves with renew-self).
     pub expires_at: Instant,
     /// The end renew-self cannot move past, once Vault has told us (a renewal
@@ -184,6 +188,8 @@ mod tests {
         let t = Token {
             secret: SecretString::from("s.tokenvalue".to_string()),
             generation: 1,
+            issued_at: Instant::now(),
+            ttl: std::time::Duration::from_secs(1),
             expires_at: Instant::now(),
             hard_end: None,
             renewable: true,

@@ -161,6 +161,19 @@ impl Store {
         version
     }
 
+    /// Serves a value saved by the previous process (see [`crate::state`])
+    /// at the version it had then, so long-polls and SSE watchers that
+    /// already hold that version see no change.
+    pub fn restore(&self, name: &str, data: SecretData, version: u64, lease: Option<LeaseView>) {
+        self.modify(name, |e| {
+            e.version = version;
+            e.value = Some(Arc::new(data));
+            e.lease = lease.map(|l| Arc::new(LeaseCell(std::sync::Mutex::new(l))));
+            e.problem = None;
+            true
+        });
+    }
+
     /// Records a renewal: new end, same content, same version. Updates the
     /// shared cell; the snapshot is copied only to clear a recorded problem.
     pub fn update_lease(&self, name: &str, lease: LeaseView) {
@@ -253,6 +266,16 @@ mod tests {
         assert_eq!(s.publish("a", data("1"), None), 1);
         assert_eq!(s.publish("a", data("1"), None), 1);
         assert_eq!(s.publish("a", data("2"), None), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_value_keeps_its_version() {
+        let s = Store::new(["a"]);
+        s.restore("a", data("1"), 41, None);
+        assert_eq!(s.snapshot()["a"].version, 41);
+        assert!(s.not_ready(Instant::now()).is_empty(), "a restored value makes the secret ready");
+        assert_eq!(s.publish("a", data("1"), None), 41, "the same content read again does not move it");
+        assert_eq!(s.publish("a", data("2"), None), 42);
     }
 
     #[tokio::test(start_paused = true)]

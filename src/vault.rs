@@ -20,6 +20,12 @@
 //!   it has no `sys/leases/renew` or `revoke`, so those are our own rustify
 //!   endpoints below, parsed with the response envelope intact.
 //!
+//! Every operation is described once, in [`Kind`]'s table: its metric
+//! label, the words its errors use, the capability a 403 hint names, whether
+//! it may be sent twice and whether it issues something. Each public method
+//! then only says which operation, which request body and how to read the
+//! answer; [`Vault::call`] applies the table (issue rate, failover, counts).
+//!
 //! # Why our own transport
 //!
 //! rustify's reqwest client reads whole bodies into memory and lets reqwest
@@ -39,8 +45,9 @@
 //!
 //! Every duration Vault gives is clamped to [`MIN_TTL`]..=[`MAX_TTL`] here
 //! (logged once per kind), so no later arithmetic on it can overflow and no
-//! zero TTL can turn the schedule into a loop. Issuing calls (logins and
-//! database credentials) also take a token from a process-wide bucket
+//! zero TTL can turn the schedule into a loop. Issuing calls (logins,
+//! database credentials, certificates) also take a token from a
+//! process-wide bucket
 //! ([`ISSUE_BURST`], then [`ISSUE_RATE`] per second), so nothing a server
 //! answers can make vaultlet hammer it.
 //!
@@ -90,8 +97,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// for replacement the moment it is issued.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 
-/// Issuing calls (logins, database credentials) allowed at once before the
-/// rate applies: enough for every secret of a large sidecar to start.
+/// Issuing calls (logins, database credentials, certificates) allowed at
+/// once before the rate applies: enough for every secret of a large sidecar
+/// to start.
 pub const ISSUE_BURST: f64 = 100.0;
 
 /// Issuing calls per second after the burst, process-wide.
@@ -234,16 +242,197 @@ pub struct Renewed {
     pub capped: bool,
 }
 
-/// One operation, for error messages and policy hints.
-struct Op {
-    /// Metric label: login, unwrap, renew_self, db_creds, …
-    kind: &'static str,
-    what: String,
+/// What vaultlet may ask of Vault, each described once: the metric label,
+/// the words errors use, the capability a 403 hint names, and whether a
+/// lost answer allows sending it again. The path a policy must grant is
+/// built by [`Op`]'s constructor for that kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Login,
+    WrapLookup,
+    Unwrap,
+    RenewSelf,
+    LookupSelf,
+    RevokeSelf,
+    PkiIssue,
+    PkiRevoke,
+    DbCreds,
+    DbRole,
+    LeaseRenew,
+    LeaseLookup,
+    LeaseRevoke,
+    KvRead,
+}
+
+/// A login needs no policy: a 403 there means bad credentials.
+const CREDENTIALS: &str = "none (check role_id and secret_id)";
+
+/// One row of the operation table.
+struct Spec {
+    /// Metric label (`vaultlet_vault_requests_total{operation=…}`); users
+    /// may scrape these, so they never change.
+    name: &'static str,
+    /// The HTTP method, for trace lines.
+    method: &'static str,
+    /// The start of every error message about it.
+    what: &'static str,
+    /// What the token's policy needs on the path.
     capability: &'static str,
-    path: String,
     /// Safe to send again after an answer was lost. Issuing calls are not:
     /// a lost answer may still have created a token or a credential.
     idempotent: bool,
+    /// Takes from the process-wide issue bucket first.
+    issues: bool,
+}
+
+impl Kind {
+    /// Every kind, for the table's own tests.
+    #[cfg(test)]
+    const ALL: [Kind; 14] = [
+        Kind::Login,
+        Kind::WrapLookup,
+        Kind::Unwrap,
+        Kind::RenewSelf,
+        Kind::LookupSelf,
+        Kind::RevokeSelf,
+        Kind::PkiIssue,
+        Kind::PkiRevoke,
+        Kind::DbCreds,
+        Kind::DbRole,
+        Kind::LeaseRenew,
+        Kind::LeaseLookup,
+        Kind::LeaseRevoke,
+        Kind::KvRead,
+    ];
+
+    const fn spec(self) -> Spec {
+        const fn s(
+            name: &'static str,
+            method: &'static str,
+            what: &'static str,
+            capability: &'static str,
+            idempotent: bool,
+            issues: bool,
+        ) -> Spec {
+            Spec { name, method, what, capability, idempotent, issues }
+        }
+        // Label, method, error words, capability, idempotent, issues.
+        match self {
+            Kind::Login => s("login", "POST", "AppRole login", CREDENTIALS, false, true),
+            Kind::WrapLookup => s("wrap_lookup", "POST", "wrapping token lookup", "update", true, false),
+            Kind::Unwrap => s("unwrap", "POST", "secret_id unwrap", "update", false, false),
+            Kind::RenewSelf => s("renew_self", "POST", "token renewal", "update", true, false),
+            Kind::LookupSelf => s("lookup_self", "GET", "token lookup", "read", true, false),
+            Kind::RevokeSelf => s("revoke_self", "POST", "token revocation", "update", true, false),
+            Kind::PkiIssue => s("pki_issue", "POST", "certificate", "update", false, true),
+            Kind::PkiRevoke => s("pki_revoke", "POST", "certificate revocation", "update", true, false),
+            Kind::DbCreds => s("db_creds", "GET", "database credentials", "read", false, true),
+            Kind::DbRole => s("db_role", "GET", "database role", "read", true, false),
+            Kind::LeaseRenew => s("lease_renew", "PUT", "lease renewal of", "update", true, false),
+            Kind::LeaseLookup => s("lease_lookup", "PUT", "lease lookup of", "update", true, false),
+            Kind::LeaseRevoke => s("lease_revoke", "PUT", "lease revocation of", "update", true, false),
+            Kind::KvRead => s("kv_read", "GET", "kv secret", "read", true, false),
+        }
+    }
+}
+
+/// One operation on one path: its [`Kind`], the path a policy must grant,
+/// and the words for errors about it.
+struct Op {
+    kind: Kind,
+    /// What errors call it: the kind's words, then what it acts on.
+    what: String,
+    /// The policy path (a lease's path without its unique id).
+    path: String,
+}
+
+impl Op {
+    /// `subject`, when given, follows the kind's words in error messages.
+    fn new(kind: Kind, path: String, subject: Option<&str>) -> Op {
+        let spec = kind.spec();
+        let what = match subject {
+            Some(s) => format!("{} {s}", spec.what),
+            None => spec.what.to_owned(),
+        };
+        Op { kind, what, path }
+    }
+
+    fn login(mount: &str) -> Op {
+        Op::new(Kind::Login, format!("auth/{mount}/login"), None)
+    }
+
+    fn wrap_lookup() -> Op {
+        Op::new(Kind::WrapLookup, "sys/wrapping/lookup".into(), None)
+    }
+
+    fn unwrap() -> Op {
+        Op::new(Kind::Unwrap, "sys/wrapping/unwrap".into(), None)
+    }
+
+    fn renew_self() -> Op {
+        Op::new(Kind::RenewSelf, "auth/token/renew-self".into(), None)
+    }
+
+    fn lookup_self() -> Op {
+        Op::new(Kind::LookupSelf, "auth/token/lookup-self".into(), None)
+    }
+
+    fn revoke_self() -> Op {
+        Op::new(Kind::RevokeSelf, "auth/token/revoke-self".into(), None)
+    }
+
+    fn pki_issue(mount: &str, role: &str) -> Op {
+        let path = format!("{mount}/issue/{role}");
+        Op::new(Kind::PkiIssue, path.clone(), Some(&path))
+    }
+
+    fn pki_revoke(mount: &str) -> Op {
+        let path = format!("{mount}/revoke");
+        Op::new(Kind::PkiRevoke, path.clone(), Some(&path))
+    }
+
+    fn db_creds(mount: &str, role: &str) -> Op {
+        let path = format!("{mount}/creds/{role}");
+        Op::new(Kind::DbCreds, path.clone(), Some(&path))
+    }
+
+    fn db_role(mount: &str, role: &str) -> Op {
+        let path = format!("{mount}/roles/{role}");
+        Op::new(Kind::DbRole, path.clone(), Some(&path))
+    }
+
+    /// Lease paths leave out the lease's unique part: it is not secret, but
+    /// a policy grants the prefix, and logs need no more.
+    fn lease_renew(lease: &LeaseId) -> Op {
+        Op::new(Kind::LeaseRenew, format!("sys/leases/renew/{}", lease.path()), Some(lease.path()))
+    }
+
+    /// The lookup has no path form (see [`LookupLeaseRequest`]).
+    fn lease_lookup(lease: &LeaseId) -> Op {
+        Op::new(Kind::LeaseLookup, "sys/leases/lookup".into(), Some(lease.path()))
+    }
+
+    fn lease_revoke(lease: &LeaseId) -> Op {
+        Op::new(Kind::LeaseRevoke, format!("sys/leases/revoke/{}", lease.path()), Some(lease.path()))
+    }
+
+    fn kv_read(mount: &str, path: &str, version: u8) -> Op {
+        let api_path = if version == 2 { format!("{mount}/data/{path}") } else { format!("{mount}/{path}") };
+        Op::new(Kind::KvRead, api_path, Some(&format!("{mount}/{path}")))
+    }
+
+    /// The metric label.
+    fn name(&self) -> &'static str {
+        self.kind.spec().name
+    }
+
+    fn capability(&self) -> &'static str {
+        self.kind.spec().capability
+    }
+
+    fn idempotent(&self) -> bool {
+        self.kind.spec().idempotent
+    }
 }
 
 // === our own endpoints (vaultrs lacks them or drops the lease) ===
@@ -665,18 +854,18 @@ static CLAMP_LOGGED: [AtomicBool; 4] =
 
 /// A server-supplied TTL in seconds, clamped to `MIN_TTL..=MAX_TTL`; the
 /// first clamp of each kind is logged.
-fn server_ttl(kind: &'static str, secs: u64) -> Duration {
+fn server_ttl(kind: Kind, secs: u64) -> Duration {
     let d = Duration::from_secs(secs);
     let c = d.clamp(MIN_TTL, MAX_TTL);
     if c != d {
         let slot = match kind {
-            "login" => 0,
-            "renew_self" => 1,
-            "db_creds" => 2,
+            Kind::Login => 0,
+            Kind::RenewSelf => 1,
+            Kind::DbCreds => 2,
             _ => 3,
         };
         if !CLAMP_LOGGED[slot].swap(true, Ordering::Relaxed) {
-            tracing::warn!(operation = kind, ttl_seconds = secs, clamped_to = ?c, "vault gave a TTL outside 1 s ..= 1 year; clamped");
+            tracing::warn!(operation = kind.spec().name, ttl_seconds = secs, clamped_to = ?c, "vault gave a TTL outside 1 s ..= 1 year; clamped");
         }
     }
     c
@@ -736,6 +925,8 @@ pub struct Vault {
     /// queue here instead of opening thousands of connections.
     in_flight: tokio::sync::Semaphore,
     issues: IssueBucket,
+    /// Where request counts and latencies go.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Most requests vaultlet sends to Vault at the same time.
@@ -788,7 +979,15 @@ impl Vault {
             limit: cfg.max_response_size,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             issues: IssueBucket::new(ISSUE_BURST, ISSUE_RATE),
+            metrics: crate::metrics::Metrics::new(),
         })
+    }
+
+    /// Counts this client's requests into `metrics` (the daemon's set)
+    /// instead of a private one.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Vault {
+        self.metrics = metrics;
+        self
     }
 
     fn conn(&self, addr: &reqwest::Url, token: &str) -> Conn {
@@ -816,6 +1015,9 @@ impl Vault {
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
+        if op.kind.spec().issues {
+            self.issues.take().await;
+        }
         let token = token.map(|t| t.expose_secret()).unwrap_or("");
         let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
         let start = self.current.load(Ordering::Relaxed);
@@ -825,12 +1027,12 @@ impl Vault {
             let addr = &self.addrs[idx];
             let conn = Arc::new(self.conn(addr, token));
             let started = std::time::Instant::now();
-            tracing::trace!(operation = %op.kind, path = %op.path, address = %addr, "vault request");
+            tracing::trace!(operation = op.name(), method = op.kind.spec().method, path = %op.path, address = %addr, "vault request");
             // Boxed: the HTTP stack's futures are large, and keeping them out
             // of every caller's state keeps idle secret tasks small.
             let res = Box::pin(f(conn)).await;
-            tracing::trace!(operation = %op.kind, ok = res.is_ok(), took = ?started.elapsed(), "vault response");
-            crate::metrics::vault_request(op.kind, started.elapsed(), res.is_ok());
+            tracing::trace!(operation = op.name(), ok = res.is_ok(), took = ?started.elapsed(), "vault response");
+            self.metrics.vault_request(op.name(), started.elapsed(), res.is_ok());
             match res {
                 Ok(v) => {
                     if idx != start {
@@ -849,7 +1051,7 @@ impl Vault {
                     if !next {
                         return Err(e);
                     }
-                    if !op.idempotent && !unsent && matches!(e, VaultError::Unreachable { .. }) {
+                    if !op.idempotent() && !unsent && matches!(e, VaultError::Unreachable { .. }) {
                         // It may have been issued: do not issue again now,
                         // but let the caller's next attempt go elsewhere.
                         if self.addrs.len() > 1 {
@@ -871,14 +1073,7 @@ impl Vault {
         role_id: &SecretString,
         secret_id: &SecretString,
     ) -> Result<Auth, VaultError> {
-        let op = Op {
-            kind: "login",
-            what: "AppRole login".into(),
-            capability: "none (check role_id and secret_id)",
-            path: format!("auth/{mount}/login"),
-            idempotent: false,
-        };
-        self.issues.take().await;
+        let op = Op::login(mount);
         let body = self
             .call(&op, None, |c| async move {
                 let req = vaultrs::api::auth::approle::requests::LoginWithApproleRequest {
@@ -895,13 +1090,7 @@ impl Vault {
     /// Unwraps a response-wrapped secret_id after checking that the wrapping
     /// token was really created by an AppRole secret-id endpoint.
     pub async fn unwrap_secret_id(&self, wrapping_token: &SecretString) -> Result<SecretString, VaultError> {
-        let op = Op {
-            kind: "wrap_lookup",
-            what: "wrapping token lookup".into(),
-            capability: "update",
-            path: "sys/wrapping/lookup".into(),
-            idempotent: true,
-        };
+        let op = Op::wrap_lookup();
         let body = self
             .call(&op, Some(wrapping_token), |c| async move {
                 let req = vaultrs::api::sys::requests::WrappingLookupRequest {
@@ -928,13 +1117,7 @@ impl Vault {
             });
         }
         // OpenBao wants the wrapping token as the request's token, not in the body.
-        let op = Op {
-            kind: "unwrap",
-            what: "secret_id unwrap".into(),
-            capability: "update",
-            path: "sys/wrapping/unwrap".into(),
-            idempotent: false,
-        };
+        let op = Op::unwrap();
         let body = self
             .call(&op, Some(wrapping_token), |c| async move {
                 raw(&c, vaultrs::api::sys::requests::UnwrapRequest { token: None }).await
@@ -947,13 +1130,7 @@ impl Vault {
 
     /// `POST auth/token/renew-self`.
     pub async fn renew_self(&self, token: &SecretString, increment: Duration) -> Result<Auth, VaultError> {
-        let op = Op {
-            kind: "renew_self",
-            what: "token renewal".into(),
-            capability: "update",
-            path: "auth/token/renew-self".into(),
-            idempotent: true,
-        };
+        let op = Op::renew_self();
         let inc = format!("{}s", increment.as_secs().max(1));
         let inc = inc.as_str();
         let body = self
@@ -966,13 +1143,7 @@ impl Vault {
 
     /// `GET auth/token/lookup-self`: is the token still valid?
     pub async fn lookup_self(&self, token: &SecretString) -> Result<(), VaultError> {
-        let op = Op {
-            kind: "lookup_self",
-            what: "token lookup".into(),
-            capability: "read",
-            path: "auth/token/lookup-self".into(),
-            idempotent: true,
-        };
+        let op = Op::lookup_self();
         self.call(&op, Some(token), |c| async move {
             raw(&c, vaultrs::api::token::requests::LookupTokenSelfRequest {}).await
         })
@@ -982,13 +1153,7 @@ impl Vault {
 
     /// `POST auth/token/revoke-self`.
     pub async fn revoke_self(&self, token: &SecretString) -> Result<(), VaultError> {
-        let op = Op {
-            kind: "revoke_self",
-            what: "token revocation".into(),
-            capability: "update",
-            path: "auth/token/revoke-self".into(),
-            idempotent: true,
-        };
+        let op = Op::revoke_self();
         self.call(&op, Some(token), |c| async move {
             raw(&c, vaultrs::api::token::requests::RevokeTokenSelfRequest {}).await
         })
@@ -998,14 +1163,7 @@ impl Vault {
 
     /// `POST <mount>/issue/<role>`: a new certificate and private key.
     pub async fn pki_issue(&self, token: &SecretString, req: &PkiRequest) -> Result<PkiCert, VaultError> {
-        let op = Op {
-            kind: "pki_issue",
-            what: format!("certificate {}/issue/{}", req.mount, req.role),
-            capability: "update",
-            path: format!("{}/issue/{}", req.mount, req.role),
-            idempotent: false,
-        };
-        self.issues.take().await;
+        let op = Op::pki_issue(&req.mount, &req.role);
         let join = |v: &[String]| v.join(",");
         let ips: Vec<String> = req.ip_sans.iter().map(|ip| ip.to_string()).collect();
         let ttl = req.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default();
@@ -1052,13 +1210,7 @@ impl Vault {
 
     /// `POST <mount>/revoke` by serial number.
     pub async fn pki_revoke(&self, token: &SecretString, mount: &str, serial: &str) -> Result<(), VaultError> {
-        let op = Op {
-            kind: "pki_revoke",
-            what: format!("certificate revocation {mount}/revoke"),
-            capability: "update",
-            path: format!("{mount}/revoke"),
-            idempotent: true,
-        };
+        let op = Op::pki_revoke(mount);
         let body = self
             .call(&op, Some(token), |c| async move {
                 raw(&c, PkiRevokeRequest { mount: mount.to_owned(), serial_number: serial.to_owned() }).await
@@ -1075,14 +1227,7 @@ impl Vault {
 
     /// `GET <mount>/creds/<role>`, keeping the lease.
     pub async fn db_creds(&self, token: &SecretString, mount: &str, role: &str) -> Result<DbCreds, VaultError> {
-        let op = Op {
-            kind: "db_creds",
-            what: format!("database credentials {mount}/creds/{role}"),
-            capability: "read",
-            path: format!("{mount}/creds/{role}"),
-            idempotent: false,
-        };
-        self.issues.take().await;
+        let op = Op::db_creds(mount, role);
         let body = self
             .call(&op, Some(token), |c| async move {
                 raw(&c, DbCredsRequest { mount: mount.to_owned(), role: role.to_owned() }).await
@@ -1117,13 +1262,7 @@ impl Vault {
         mount: &str,
         role: &str,
     ) -> Result<Option<Duration>, VaultError> {
-        let op = Op {
-            kind: "db_role",
-            what: format!("database role {mount}/roles/{role}"),
-            capability: "read",
-            path: format!("{mount}/roles/{role}"),
-            idempotent: true,
-        };
+        let op = Op::db_role(mount, role);
         let body = self
             .call(&op, Some(token), |c| async move {
                 raw(&c, DbRoleRequest { mount: mount.to_owned(), role: role.to_owned() }).await
@@ -1140,13 +1279,7 @@ impl Vault {
         lease: &LeaseId,
         increment: Duration,
     ) -> Result<Renewed, VaultError> {
-        let op = Op {
-            kind: "lease_renew",
-            what: format!("lease renewal of {}", lease.path()),
-            capability: "update",
-            path: format!("sys/leases/renew/{}", lease.path()),
-            idempotent: true,
-        };
+        let op = Op::lease_renew(lease);
         if !valid_lease_id(lease.as_str()) {
             return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
@@ -1180,13 +1313,7 @@ impl Vault {
     /// knows the lease. A revoked or expired one answers 400 `invalid lease`
     /// ([`VaultError::is_lease_gone`]); nothing is issued or extended.
     pub async fn lookup_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
-        let op = Op {
-            kind: "lease_lookup",
-            what: format!("lease lookup of {}", lease.path()),
-            capability: "update",
-            path: "sys/leases/lookup".into(),
-            idempotent: true,
-        };
+        let op = Op::lease_lookup(lease);
         if !valid_lease_id(lease.as_str()) {
             return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
@@ -1198,13 +1325,7 @@ impl Vault {
 
     /// `PUT sys/leases/revoke/<lease_id>`.
     pub async fn revoke_lease(&self, token: &SecretString, lease: &LeaseId) -> Result<(), VaultError> {
-        let op = Op {
-            kind: "lease_revoke",
-            what: format!("lease revocation of {}", lease.path()),
-            capability: "update",
-            path: format!("sys/leases/revoke/{}", lease.path()),
-            idempotent: true,
-        };
+        let op = Op::lease_revoke(lease);
         if !valid_lease_id(lease.as_str()) {
             return Err(malformed(&op, "a lease_id that is not a plain path"));
         }
@@ -1233,12 +1354,7 @@ impl Vault {
         path: &str,
         version: u8,
     ) -> Result<SecretData, VaultError> {
-        let (api_path, what) = if version == 2 {
-            (format!("{mount}/data/{path}"), format!("kv secret {mount}/{path}"))
-        } else {
-            (format!("{mount}/{path}"), format!("kv secret {mount}/{path}"))
-        };
-        let op = Op { kind: "kv_read", what, capability: "read", path: api_path, idempotent: true };
+        let op = Op::kv_read(mount, path, version);
         let map: BTreeMap<String, serde_json::Value> = if version == 2 {
             let body = self
                 .call(&op, Some(token), |c| async move {
@@ -1352,8 +1468,8 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
             message = "no reason given".into();
         }
         let hint = match status {
-            403 if op.capability != "none (check role_id and secret_id)" => {
-                format!(" — the token's policy needs `{}` on `{}` (or the token has expired)", op.capability, op.path)
+            403 if op.capability() != CREDENTIALS => {
+                format!(" — the token's policy needs `{}` on `{}` (or the token has expired)", op.capability(), op.path)
             }
             400 | 403 if op.path.starts_with("auth/") && op.path.ends_with("/login") => {
                 " — check the role_id and secret_id files and that the secret_id has not expired or been used up".into()
@@ -1428,13 +1544,7 @@ mod tests {
     use super::*;
 
     fn op() -> Op {
-        Op {
-            kind: "db_creds",
-            what: "database credentials database/creds/api".into(),
-            capability: "read",
-            path: "database/creds/api".into(),
-            idempotent: false,
-        }
+        Op::db_creds("database", "api")
     }
 
     #[test]
@@ -1528,9 +1638,9 @@ mod tests {
 
     #[test]
     fn absurd_ttls_are_clamped() {
-        assert_eq!(server_ttl("db_creds", u64::MAX), MAX_TTL);
-        assert_eq!(server_ttl("db_creds", 0), MIN_TTL);
-        assert_eq!(server_ttl("login", 3600), Duration::from_secs(3600));
+        assert_eq!(server_ttl(Kind::DbCreds, u64::MAX), MAX_TTL);
+        assert_eq!(server_ttl(Kind::DbCreds, 0), MIN_TTL);
+        assert_eq!(server_ttl(Kind::Login, 3600), Duration::from_secs(3600));
     }
 
     #[test]
@@ -1588,6 +1698,57 @@ mod tests {
         let nowhere = ["/nonexistent/vaultlet-test/ca.crt"];
         let c = cfg("https://vault.example:8200", Some(ca.to_str().unwrap()));
         assert!(Vault::with_system_roots(&c, &nowhere).is_ok());
+    }
+
+    #[test]
+    fn operation_names_are_the_published_metric_labels() {
+        // Users scrape these label values: renaming one breaks dashboards.
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.spec().name).collect();
+        assert_eq!(
+            names,
+            [
+                "login",
+                "wrap_lookup",
+                "unwrap",
+                "renew_self",
+                "lookup_self",
+                "revoke_self",
+                "pki_issue",
+                "pki_revoke",
+                "db_creds",
+                "db_role",
+                "lease_renew",
+                "lease_lookup",
+                "lease_revoke",
+                "kv_read",
+            ]
+        );
+    }
+
+    #[test]
+    fn issuing_operations_are_never_sent_twice() {
+        for k in Kind::ALL {
+            let s = k.spec();
+            if s.issues {
+                assert!(!s.idempotent, "{}", s.name);
+            }
+        }
+        // Unwrapping is single-use although it issues nothing new.
+        assert!(!Kind::Unwrap.spec().idempotent);
+        assert_eq!(Kind::ALL.iter().filter(|k| k.spec().issues).count(), 3);
+    }
+
+    #[test]
+    fn error_words_name_what_was_acted_on() {
+        let lease = LeaseId::new("database/creds/api/AbC123".into());
+        assert_eq!(Op::lease_renew(&lease).what, "lease renewal of database/creds/api");
+        assert_eq!(Op::lease_renew(&lease).path, "sys/leases/renew/database/creds/api");
+        assert_eq!(Op::lease_lookup(&lease).path, "sys/leases/lookup");
+        assert_eq!(Op::kv_read("secret", "app", 2).path, "secret/data/app");
+        assert_eq!(Op::kv_read("kv", "app", 1).path, "kv/app");
+        assert_eq!(Op::kv_read("secret", "app", 2).what, "kv secret secret/app");
+        assert_eq!(Op::pki_issue("pki", "web").what, "certificate pki/issue/web");
+        assert_eq!(Op::login("approle").what, "AppRole login");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::body::error;
 use crate::config::{Allow, SecretSpec, SocketConfig};
+use crate::metrics::{Denied, Metrics};
 
 // === impl Acl ===
 
@@ -208,18 +209,18 @@ impl Denials {
 
 /// Counts and logs a refusal; the response to send. `reason` is `socket`
 /// (on no allow list) or `secret` (not on this secret's list).
-pub(super) fn deny(denials: &Denials, peer: &Peer, secret: &str, reason: &'static str) -> Response {
+pub(super) fn deny(denials: &Denials, metrics: &Metrics, peer: &Peer, secret: &str, reason: Denied) -> Response {
     let n = denials.record(peer.uid);
     if n > DENY_LIMIT {
-        crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "rate_limited")]);
+        metrics.socket_denied(Denied::RateLimited);
         if n == DENY_LIMIT + 1 {
             audit(peer, secret, None, "rate_limited");
         }
         return error(StatusCode::TOO_MANY_REQUESTS, "too many refused requests; slow down");
     }
-    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
+    metrics.socket_denied(reason);
     audit(peer, secret, None, "denied");
-    let msg = if reason == "socket" {
+    let msg = if reason == Denied::Socket {
         "caller is not allowed to use this socket".to_string()
     } else {
         format!("caller uid {} may not read `{secret}`", peer.uid)
@@ -330,8 +331,8 @@ impl Drop for Slot {
 }
 
 /// The 429 for a caller over `socket.max_waits_per_uid`.
-pub(super) fn too_many_waits() -> Response {
-    crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", "wait_limit")]);
+pub(super) fn too_many_waits(metrics: &Metrics) -> Response {
+    metrics.socket_denied(Denied::WaitLimit);
     error(
         StatusCode::TOO_MANY_REQUESTS,
         "too many long-polls and event streams from this uid (socket.max_waits_per_uid)",

@@ -30,6 +30,7 @@ use super::access::{Acl, Denials, Limits, Peer, audit, deny, too_many_waits};
 use super::body::{Bodies, SecretJson, error, json, json_bytes};
 use super::watch;
 use crate::config::valid_name;
+use crate::metrics::{Denied, Metrics};
 use crate::secret::SecretData;
 use crate::store::{Entry, Store};
 
@@ -41,12 +42,13 @@ pub(super) struct Api {
     pub(super) denials: Arc<Denials>,
     pub(super) limits: Limits,
     pub(super) bodies: Arc<Bodies>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Api {
-    pub(super) fn new(store: Store, acl: Arc<Acl>, limits: Limits) -> Api {
+    pub(super) fn new(store: Store, acl: Arc<Acl>, limits: Limits, metrics: Arc<Metrics>) -> Api {
         let bodies = Arc::new(Bodies::new(&store.snapshot()));
-        Api { store, acl, denials: Arc::default(), limits, bodies }
+        Api { store, acl, denials: Arc::default(), limits, bodies, metrics }
     }
 
     /// Every route, for requests the fast path ([`Conn`]) leaves to axum.
@@ -63,15 +65,15 @@ impl Api {
             })
             .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported") })
             .layer(axum::middleware::from_fn_with_state(self.clone(), check_peer))
-            .layer(axum::middleware::map_response(no_store))
+            .layer(axum::middleware::map_response_with_state(self.clone(), no_store))
             .with_state(self.clone())
     }
 }
 
 /// The routes, with the default connection caps; the peer arrives as an
 /// extension per connection.
-pub fn router(store: Store, acl: Arc<Acl>) -> Router {
-    Api::new(store, acl, Limits::defaults()).router()
+pub fn router(store: Store, acl: Arc<Acl>, metrics: Arc<Metrics>) -> Router {
+    Api::new(store, acl, Limits::defaults(), metrics).router()
 }
 
 // === impl Conn ===
@@ -116,7 +118,7 @@ impl Conn {
         let data = entry.live(now)?;
         audit(&self.peer, name, Some(entry.version), "allowed");
         let mut res = secret_response(&self.api, name, entry, data, now);
-        no_store_sync(&mut res);
+        no_store_sync(&self.api.metrics, &mut res);
         // axum's router sets it last from the body's size; so does this.
         if let Some(n) = axum::body::HttpBody::size_hint(res.body()).exact() {
             res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -156,18 +158,18 @@ async fn check_peer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if peer.allowed { next.run(req).await } else { deny(&api.denials, &peer, "-", "socket") }
+    if peer.allowed { next.run(req).await } else { deny(&api.denials, &api.metrics, &peer, "-", Denied::Socket) }
 }
 
-async fn no_store(mut res: Response) -> Response {
-    no_store_sync(&mut res);
+async fn no_store(State(api): State<Api>, mut res: Response) -> Response {
+    no_store_sync(&api.metrics, &mut res);
     res
 }
 
 /// What every answer gets: `Cache-Control: no-store`, and a count by status.
-fn no_store_sync(res: &mut Response) {
+fn no_store_sync(metrics: &Metrics, res: &mut Response) {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    crate::metrics::socket_status(res.status().as_u16());
+    metrics.socket_status(res.status().as_u16());
 }
 
 /// `GET /v1/secrets`: every secret this caller may read.
@@ -228,14 +230,14 @@ async fn one(
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     if !api.acl.may_read(&peer, &name) {
-        return deny(&api.denials, &peer, &name, "secret");
+        return deny(&api.denials, &api.metrics, &peer, &name, Denied::Secret);
     }
     if !store.snapshot().contains_key(name.as_str()) {
         return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
         let Some(_slot) = api.limits.wait(peer.uid) else {
-            return too_many_waits();
+            return too_many_waits(&api.metrics);
         };
         watch::until_newer(store, &name, wait, poll.after).await;
     }
@@ -265,7 +267,7 @@ async fn rejected(
         return error(StatusCode::BAD_REQUEST, "invalid secret name");
     }
     if !api.acl.may_read(&peer, &name) {
-        return deny(&api.denials, &peer, &name, "secret");
+        return deny(&api.denials, &api.metrics, &peer, &name, Denied::Secret);
     }
     match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
         Ok(a) => json(&serde_json::json!({ "name": name, "version": a.version, "replaced": a.replaced })),
@@ -276,7 +278,7 @@ async fn rejected(
 /// `GET /v1/events` (see [`watch::events`]).
 async fn events(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Response {
     let Some(slot) = api.limits.wait(peer.uid) else {
-        return too_many_waits();
+        return too_many_waits(&api.metrics);
     };
     watch::events(api.store.clone(), api.acl.clone(), peer, slot)
 }
@@ -332,7 +334,7 @@ mod tests {
         let mut k = SecretData::default();
         k.insert("value", SecretString::from("kv-value".to_string()));
         store.publish("kv", k, None);
-        Api::new(store, Arc::new(Acl::new(&cfg, &[])), Limits::new(&cfg))
+        Api::new(store, Arc::new(Acl::new(&cfg, &[])), Limits::new(&cfg), crate::metrics::Metrics::new())
     }
 
     fn get(path: &str) -> Request<Body> {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::access::{Acl, Bucket, DENY_WINDOW, Limits, Over, Peer};
 use super::routes::{Api, Conn};
 use crate::config::{SecretSpec, SocketConfig};
+use crate::metrics::{Denied, Metrics};
 use crate::store::Store;
 
 /// A bound socket, ready to serve.
@@ -64,11 +65,11 @@ const DRAIN_EACH: Duration = Duration::from_secs(2);
 const DRAIN_ALL: Duration = Duration::from_millis(2500);
 
 /// Serves until shutdown, then removes the socket file if it is still ours.
-pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
+pub async fn serve(bound: Bound, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let Bound { listener, file, acl, limits } = bound;
     // Dropped last (declared first): lines logged while draining are written too.
     let _audit = super::audit_log::start();
-    let api = Api::new(store.clone(), acl.clone(), limits.clone());
+    let api = Api::new(store.clone(), acl.clone(), limits.clone(), metrics.clone());
     let app = api.router();
     let mut changes = store.subscribe();
     let mut conns = JoinSet::new();
@@ -122,11 +123,11 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
             Ok(slot) => slot,
             Err(over) => {
                 let reason = match over {
-                    Over::Uid => "connection_limit_uid",
-                    Over::Total => "connection_limit",
+                    Over::Uid => Denied::ConnectionLimitUid,
+                    Over::Total => Denied::ConnectionLimit,
                 };
-                crate::metrics::inc("vaultlet_socket_denied_total", &[("reason", reason)]);
-                crate::metrics::socket_status(503);
+                metrics.socket_denied(reason);
+                metrics.socket_status(503);
                 if over_log.len() > 10_000 {
                     over_log.clear();
                 }
@@ -137,7 +138,7 @@ pub async fn serve(bound: Bound, store: Store, shutdown: CancellationToken) {
                         uid = peer.uid,
                         gid = peer.gid,
                         skipped,
-                        cap = reason,
+                        cap = reason.label(),
                         "too many connections; closing new ones"
                     );
                 }
@@ -264,7 +265,7 @@ mod prop {
                 let _in_runtime = rt.enter();
                 bind(&cfg, &[]).unwrap()
             };
-            rt.spawn(serve(bound, store, CancellationToken::new()));
+            rt.spawn(serve(bound, store, crate::metrics::Metrics::new(), CancellationToken::new()));
             (rt, path)
         })
     }

@@ -26,6 +26,12 @@
 //! * the app reports a refused login (`POST /v1/secrets/{name}/rejected`,
 //!   see [`crate::rejected`]): the task looks the lease up at once.
 //!
+//! After a restart with `[state]`, a task may start with a lease taken over
+//! from the sealed state ([`crate::state`]): its value is served already, no
+//! credential is issued while it lives, and it is looked up at once (gone →
+//! replaced at once, like a lease revoked behind our back). Leases that were
+//! draining are handed to [`drain`] again with their old drain end.
+//!
 //! A KV secret's task re-reads it every `refresh`; the store bumps the
 //! version only when the content changed.
 //!
@@ -143,25 +149,35 @@ pub struct Cx {
     pub shutdown: CancellationToken,
     /// Held certificates (PKI secrets).
     pub certs: pki::Certs,
+    /// Counters this task moves.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// What the sealed state keeps of each lease.
+    pub tracker: crate::state::Tracker,
 }
 
-/// Runs the task for one secret until shutdown.
-pub async fn run(cx: Cx, spec: SecretSpec) {
+/// Runs the task for one secret until shutdown. `resumed` is the lease (and
+/// learned lifetime) a database secret takes over from the sealed state:
+/// it is served already, and looked up with Vault at once.
+pub async fn run(cx: Cx, spec: SecretSpec, resumed: Option<(Held, Option<Duration>)>) {
     match spec.source.clone() {
-        SecretSource::Database { mount, role } => Database::new(cx, spec).run(&mount, &role).await,
+        SecretSource::Database { mount, role } => Database::new(cx, spec, resumed).run(&mount, &role).await,
         SecretSource::Kv { mount, path, version } => run_kv(cx, spec, &mount, &path, version).await,
         SecretSource::Pki(req) => pki::run(cx, spec, req).await,
     }
 }
 
-/// A held credential.
-struct Held {
-    lease: Lease,
+/// A held credential's lease and what decides its schedule (also what the
+/// sealed state keeps of it, see [`crate::state`]).
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// The lease.
+    pub lease: Lease,
     /// Learned cap (from a capped renewal) or predicted one.
-    cap: Option<Instant>,
-    /// Token generation that issued the lease, and that token's hard end.
-    token_generation: u64,
-    token_end: Option<Instant>,
+    pub cap: Option<Instant>,
+    /// Token generation that issued the lease.
+    pub token_generation: u64,
+    /// That token's hard end, when known.
+    pub token_end: Option<Instant>,
 }
 
 /// What the task wakes up to do.
@@ -207,22 +223,46 @@ struct Database {
     plan: Option<(LeaseTimes, Step)>,
     /// The last lookup a report asked for that found the lease there.
     last_check: Option<Instant>,
+    /// The store version of the held credential (for the sealed state).
+    version: u64,
+    /// A lease resumed from state is looked up at once, and again with the
+    /// transient backoff while that fails (Vault down at start): until Vault
+    /// has vouched for it once, a lease revoked while vaultlet was down is
+    /// replaced as soon as Vault answers, not a `verify_every` later.
+    verify_resumed: Option<Instant>,
 }
 
 impl Database {
-    fn new(cx: Cx, spec: SecretSpec) -> Self {
-        Database {
+    fn new(cx: Cx, spec: SecretSpec, resumed: Option<(Held, Option<Duration>)>) -> Self {
+        let version = cx.store.snapshot().get(spec.name.as_str()).map_or(0, |e| e.version);
+        let (cur, learned) = match resumed {
+            Some((h, learned)) => {
+                cx.leases.add(&h.lease.id, h.lease.expires_at, h.token_generation);
+                (Some(h), learned)
+            }
+            None => (None, None),
+        };
+        let db = Database {
+            verify_resumed: cur.is_some().then(Instant::now),
+            version,
             cx,
             spec,
-            cur: None,
+            cur,
             last_issue: None,
-            learned: None,
+            learned,
             transient: Backoff::transient(),
             permanent: Backoff::permanent(),
             vouched_at: None,
             plan: None,
             last_check: None,
-        }
+        };
+        db.track();
+        db
+    }
+
+    /// Tells the sealed state what is held now.
+    fn track(&self) {
+        self.cx.tracker.set_held(&self.spec.name, self.cur.as_ref().map(|h| (h, self.version, self.learned)));
     }
 
     async fn run(mut self, mount: &str, role: &str) {
@@ -230,7 +270,8 @@ impl Database {
         let mut token_rx = self.cx.auth.token.clone();
         let mut deaths = self.cx.auth.deaths();
         let mut checks = self.cx.store.rejections().register(&name);
-        let mut asked_max_ttl = false;
+        // A resumed lease whose lifetime is known needs no role read either.
+        let mut asked_max_ttl = self.verify_resumed.is_some() && self.learned.is_some();
         loop {
             let Some(token) = current_token(&mut token_rx, &self.cx.shutdown).await else { return };
             deaths.borrow_and_update();
@@ -263,6 +304,7 @@ impl Database {
                         if let Some(h) = self.cur.as_mut() {
                             h.cap = Some(schedule::after(h.lease.issued_at, max));
                         }
+                        self.track();
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -296,7 +338,11 @@ impl Database {
                 (s, _) => s,
             };
             let expiry = self.cur.as_ref().map(|h| h.lease.expires_at);
-            let verify_at = self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()));
+            let verify_at = if let Some(at) = self.verify_resumed {
+                Some(at)
+            } else {
+                self.vouched_at.and_then(|t| schedule::verify_at(t, self.spec.verify_every, step.at()))
+            };
             let wake = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return,
                 _ = token_rx.changed() => continue,
@@ -319,10 +365,16 @@ impl Database {
             if let Wake::Verify = wake {
                 // Errors change nothing here: the renewal rhythm handles them.
                 let shutdown = self.cx.shutdown.clone();
-                tokio::select! {
+                let found = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.check(&token, false) => {}
-                }
+                    found = self.check(&token, false) => found,
+                };
+                self.verify_resumed = match (self.verify_resumed, found) {
+                    (Some(_), Checked::Failed(_)) => {
+                        Some(schedule::after(Instant::now(), self.transient.next(schedule::jitter())))
+                    }
+                    _ => None,
+                };
                 continue;
             }
             // A new token may have arrived at the same moment the step fell
@@ -407,10 +459,7 @@ impl Database {
             return Checked::Valid;
         }
         let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
-        crate::metrics::inc(
-            "vaultlet_lease_lookups_total",
-            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
-        );
+        self.cx.metrics.lease_lookup(&self.spec.name, &res);
         let now = Instant::now();
         // A failed lookup is not tried again before the next turn either.
         self.vouched_at = Some(now);
@@ -447,13 +496,14 @@ impl Database {
             tracing::error!(secret = %self.spec.name, lease = ?h.lease.id, "{why}; credential withdrawn");
         }
         self.cx.store.withdraw(&self.spec.name, why.to_owned());
+        self.track();
     }
 
     async fn issue(&mut self, token: &crate::secret::Token, mount: &str, role: &str) -> Result<(), VaultError> {
         self.last_issue = Some(Instant::now());
         let _pending = self.cx.leases.pending(token.generation);
         let creds = self.cx.vault.db_creds(&token.secret, mount, role).await?;
-        crate::metrics::inc("vaultlet_credentials_issued_total", &[("secret", &self.spec.name)]);
+        self.cx.metrics.credential_issued(&self.spec.name);
         let now = Instant::now();
         let lease = Lease {
             id: creds.lease_id,
@@ -471,20 +521,21 @@ impl Database {
         };
         let version = self.cx.store.publish(&self.spec.name, creds.data, Some(held.view()));
         self.vouched_at = Some(now);
+        self.verify_resumed = None;
         tracing::info!(secret = %self.spec.name, version, lease = ?held.lease.id, ttl = ?creds.ttl, renewable = held.lease.renewable, "issued database credential");
+        self.version = version;
         if let Some(old) = self.cur.replace(held) {
-            tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old));
+            let drain_end = schedule::after(Instant::now(), self.spec.drain);
+            tokio::spawn(drain(self.cx.clone(), self.spec.clone(), old, drain_end));
         }
+        self.track();
         Ok(())
     }
 
     async fn renew(&mut self, token: &crate::secret::Token) -> Result<(), VaultError> {
         let Some(h) = self.cur.as_mut() else { return Ok(()) };
         let res = self.cx.vault.renew_lease(&token.secret, &h.lease.id, h.lease.ttl).await;
-        crate::metrics::inc(
-            "vaultlet_lease_renewals_total",
-            &[("secret", &self.spec.name), ("result", crate::metrics::result(&res))],
-        );
+        self.cx.metrics.lease_renewal(&self.spec.name, &res);
         match res {
             Ok(r) => {
                 let now = Instant::now();
@@ -499,6 +550,8 @@ impl Database {
                 self.cx.leases.extend(&h.lease.id, h.lease.expires_at);
                 self.cx.store.update_lease(&self.spec.name, h.view());
                 self.vouched_at = Some(now);
+                self.verify_resumed = None;
+                self.track();
                 tracing::debug!(secret = %self.spec.name, ttl = ?r.ttl, "renewed lease");
                 Ok(())
             }
@@ -512,14 +565,18 @@ impl Database {
     }
 }
 
-/// Keeps a replaced lease usable for `drain`, then revokes it (or lets it run out).
-async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
-    let drain_end = schedule::after(Instant::now(), spec.drain);
+/// Keeps a replaced lease usable until `drain_end`, then revokes it (or
+/// lets it run out). Also takes over leases that were draining when the
+/// previous process stopped (see [`crate::state`]).
+pub async fn drain(cx: Cx, spec: SecretSpec, mut old: Held, drain_end: Instant) {
     let mut token_rx = cx.auth.token.clone();
+    cx.leases.add(&old.lease.id, old.lease.expires_at, old.token_generation);
+    cx.tracker.set_draining(&old.lease.id, Some((&spec.name, &old, drain_end)));
     loop {
         let now = Instant::now();
         if old.lease.expires_at <= now {
             cx.leases.remove(&old.lease.id);
+            cx.tracker.set_draining(&old.lease.id, None);
             return;
         }
         if now >= drain_end {
@@ -533,6 +590,7 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
                 }
             }
             cx.leases.remove(&old.lease.id);
+            cx.tracker.set_draining(&old.lease.id, None);
             return;
         }
         let times = old.times();
@@ -558,9 +616,11 @@ async fn drain(cx: Cx, spec: SecretSpec, mut old: Held) {
                     old.cap = Some(old.lease.expires_at);
                 }
                 cx.leases.extend(&old.lease.id, old.lease.expires_at);
+                cx.tracker.set_draining(&old.lease.id, Some((&spec.name, &old, drain_end)));
             }
             Err(e) if e.is_lease_gone() => {
                 cx.leases.remove(&old.lease.id);
+                cx.tracker.set_draining(&old.lease.id, None);
                 return;
             }
             Err(e) => tracing::debug!(secret = %spec.name, error = %e, "renewing a draining lease failed"),
@@ -578,10 +638,7 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             _ = cx.shutdown.cancelled() => return,
             r = cx.vault.kv(&token.secret, mount, path, version) => r,
         };
-        crate::metrics::inc(
-            "vaultlet_kv_reads_total",
-            &[("secret", &spec.name), ("result", crate::metrics::result(&res))],
-        );
+        cx.metrics.kv_read(&spec.name, &res);
         let mut forbidden = false;
         let wait = match res {
             Ok(data) => {

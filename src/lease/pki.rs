@@ -133,10 +133,7 @@ pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
             _ = cx.shutdown.cancelled() => return,
             r = issue(&cx, &spec, &req, &what, &token.secret) => r,
         };
-        crate::metrics::inc(
-            "vaultlet_certificates_issued_total",
-            &[("secret", &name), ("result", crate::metrics::result(&res))],
-        );
+        cx.metrics.certificate_issued(&name, &res);
         match res {
             Ok(held) => {
                 transient.reset();
@@ -200,7 +197,7 @@ async fn issue(
     let expires_at = schedule::after(now, left);
     let view = LeaseView { expires_at, ttl: left, renewable: false };
     cx.certs.add(&req.mount, &cert.serial, end);
-    crate::metrics::cert_expiry(&spec.name, end);
+    cx.metrics.cert_expiry(&spec.name, end);
     let version = cx.store.publish(&spec.name, cert.data, Some(view));
     tracing::info!(secret = %spec.name, version, serial = %cert.serial, ttl = ?left, lease = ?cert.lease, "issued certificate");
     Ok(Held { serial: cert.serial, issued_at: now, expires_at })

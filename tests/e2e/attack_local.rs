@@ -160,7 +160,10 @@ async fn flood_by_a_refused_uid_does_not_starve_allowed_callers(bed: Arc<Bed>) -
     ensure!(report["opened"].as_u64().unwrap_or(0) >= 1000, "the flood must open connections: {report}");
     ensure!(report["status"].as_str().is_some_and(|s| s.contains(" 403")), "refused request answered: {report}");
     ensure!(report["closed"] == true, "refused connection closed after its answer: {report}");
-    ensure!(log.contains("too many connections"), "the per-uid cap engaged:\n{log}");
+    ensure!(
+        d.counter("vaultlet_socket_denied_total{reason=\"connection_limit_uid\"}").await? >= 1.0,
+        "the per-uid cap engaged:\n{log}"
+    );
     let over = report["over_cap"].as_array().context("over_cap")?;
     ensure!(
         over.iter().any(|a| a.as_str().is_some_and(|s| s.contains(" 503"))),

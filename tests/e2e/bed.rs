@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -228,6 +228,9 @@ pub struct Daemon {
     pub child: tokio::process::Child,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The metrics socket every test daemon gets (unless its config has a
+    /// `[metrics]` of its own): tests assert on counters, not log wording.
+    pub metrics: Option<PathBuf>,
 }
 
 pub fn bin() -> &'static str {
@@ -266,7 +269,12 @@ impl Daemon {
         envs: &[(&str, &str)],
     ) -> Result<Daemon> {
         let cfg = dir.join("vaultlet.toml");
-        std::fs::write(&cfg, config)?;
+        let metrics = (!config.contains("[metrics]")).then(|| dir.join("metrics.sock"));
+        match &metrics {
+            // Appended: line numbers in config errors stay as written.
+            Some(m) => std::fs::write(&cfg, format!("{config}\n[metrics]\nsocket = \"{}\"\n", m.display()))?,
+            None => std::fs::write(&cfg, config)?,
+        }
         let log = dir.join("vaultlet.log");
         let mut c = tokio::process::Command::new(program[0]);
         c.args(&program[1..]).args(cmd).arg("-c").arg(&cfg);
@@ -279,7 +287,26 @@ impl Daemon {
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)
             .spawn()?;
-        Ok(Daemon { child, socket: dir.join("vaultlet.sock"), log })
+        Ok(Daemon { child, socket: dir.join("vaultlet.sock"), log, metrics })
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed) from the
+    /// daemon's metrics socket; 0 when the series does not exist yet.
+    pub async fn counter(&self, series: &str) -> Result<f64> {
+        let path = self.metrics.as_ref().context("this daemon's config has its own [metrics]")?;
+        let mut s = tokio::net::UnixStream::connect(path).await.context("metrics socket")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        let text = String::from_utf8(buf)?;
+        ensure!(text.lines().next().is_some_and(|l| l.ends_with(" 200 OK")), "metrics: {text}");
+        let mut total = None;
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
+                *total.get_or_insert(0.0) += v.trim().parse::<f64>().with_context(|| format!("metric line {l}"))?;
+            }
+        }
+        Ok(total.unwrap_or(0.0))
     }
 
     pub fn log_text(&self) -> String {

@@ -49,6 +49,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::attack_vault::all());
     v.extend(crate::pki::all());
     v.extend(crate::revocation::all());
+    v.extend(crate::restart::all());
     v
 }
 
@@ -218,7 +219,10 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
     ensure!(st == 200, "still healthy after bad input");
 
     let log = d.log_text();
-    ensure!(log.contains("read the role's max_ttl"), "the shipped policy lets vaultlet read max_ttl");
+    ensure!(
+        d.counter("vaultlet_vault_requests_total{operation=\"db_role\",result=\"ok\"}").await? >= 1.0,
+        "the shipped policy lets vaultlet read max_ttl"
+    );
     ensure!(!log.contains(&pass), "password in the log");
     ensure!(!log.contains("sk_test_demo123"), "kv value in the log");
     let socket = d.socket.clone();
@@ -444,6 +448,19 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
             ensure!(err.contains(&format!("bad{i}.toml:")), "{cmd} bad{i}: message must name file and line: {err}");
         }
     }
+    // Several mistakes at once: every one is reported, one line each.
+    let all = good
+        .replace("[secret.db]\n", "[secret.db]\nttl = \"1h\"\n")
+        .replace("request_timeout = \"3s\"", "request_timeout = \"soon\"")
+        .replace("[socket]\n", "[socket]\nmode = \"0666\"\n");
+    std::fs::write(dir.join("all.toml"), &all)?;
+    let out = tokio::process::Command::new(bin()).args(["check", "-c"]).arg(dir.join("all.toml")).output().await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(64), "all: exit {:?}: {err}", out.status.code());
+    ensure!(err.lines().count() == 3, "three errors, one line each: {err}");
+    for key in ["secret.db.ttl", "vault.request_timeout", "socket.mode"] {
+        ensure!(err.contains(&format!("`{key}`")), "all: `{key}` is named: {err}");
+    }
     ensure!(!dir.join("vaultlet.sock").exists(), "a bad config must not create the socket");
     Ok(())
 }
@@ -495,7 +512,7 @@ async fn refused_login_is_reported_by_ready(bed: Arc<Bed>) -> Result<()> {
     .await?;
     ensure!(reason.contains("AppRole login"), "{reason}");
     ensure!(!reason.contains("00000000-0000"), "secret_id must not be echoed: {reason}");
-    ensure!(d.log_text().contains("login failed"), "log line for the refused login");
+    ensure!(d.counter("vaultlet_logins_total{result=\"error\"}").await? >= 1.0, "the refused login is counted");
     ensure!(!d.log_text().contains("00000000-0000"), "secret_id in the log");
     d.stop().await?;
     Ok(())
