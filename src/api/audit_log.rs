@@ -6,21 +6,23 @@
 //! are formatted by the same tracing formatter as every other line (same
 //! bytes, same filters, text or JSON), but instead of being written by the
 //! request that logs them they are appended to a buffer and written by a
-//! task the request wakes. That task runs once the answer is on its way, and
-//! under load it writes many lines in one call.
+//! thread of their own, which the first line wakes. That thread waits
+//! [`BATCH`] for more lines and writes them in one call: a line reaches
+//! stderr a few milliseconds after its answer, a steady stream of reads
+//! costs one write (and one wake-up) per batch instead of one per read, and
+//! the socket's thread never waits on stderr.
 //!
 //! No line is lost or reordered: lines are written in the order they were
 //! logged, one writer at a time; while no flusher runs (before the socket
-//! serves, after it stops, or without a socket) lines
-//! are written at once, as before; when the socket stops, whatever is
-//! buffered is written before the flusher goes away. If stderr stops
-//! accepting (a full pipe), the buffer stops growing at [`MAX_PENDING`] and
-//! requests write their lines themselves, waiting like any other logger.
+//! serves, after it stops, or without a socket) lines are written at once,
+//! as before; when the socket stops, whatever is buffered is written before
+//! the flusher goes away. If stderr stops accepting (a full pipe), the
+//! buffer stops growing at [`MAX_PENDING`] and requests write their lines
+//! themselves, waiting like any other logger.
 
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::EitherWriter;
 
@@ -41,19 +43,23 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
+/// How long the flusher gathers lines before writing them.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Beyond this many buffered bytes, requests write their own lines.
 const MAX_PENDING: usize = 1 << 20;
 
 struct Pending {
     buf: Vec<u8>,
-    /// A flusher task is running and will write `buf`.
+    /// A flusher thread is running and will write `buf`.
     flusher: bool,
 }
 
 static PENDING: Mutex<Pending> = Mutex::new(Pending { buf: Vec::new(), flusher: false });
+/// Signalled when `buf` stops being empty, and when the flusher must stop.
+static WAKE: Condvar = Condvar::new();
 /// Held while bytes go to stderr, so lines leave in the order they came.
 static WRITING: Mutex<()> = Mutex::new(());
-static WAKE: Notify = Notify::const_new();
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -100,24 +106,39 @@ impl Write for AuditLine {
 }
 
 /// Runs the flusher until the guard is dropped; then writes what is left.
+/// Without a thread (the system refused one) lines are written at once.
 pub(super) fn start() -> Flusher {
     lock(&PENDING).flusher = true;
-    let task = tokio::spawn(async {
+    let thread = std::thread::Builder::new().name("vaultlet-audit".into()).spawn(|| {
         loop {
-            WAKE.notified().await;
+            let mut p = lock(&PENDING);
+            while p.flusher && p.buf.is_empty() {
+                p = WAKE.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if !p.flusher {
+                return;
+            }
+            drop(p);
+            std::thread::sleep(BATCH);
             flush();
         }
     });
-    Flusher(task)
+    if thread.is_err() {
+        lock(&PENDING).flusher = false;
+    }
+    Flusher(thread.ok())
 }
 
 /// The running flusher; dropping it writes every buffered line.
-pub(super) struct Flusher(tokio::task::JoinHandle<()>);
+pub(super) struct Flusher(Option<std::thread::JoinHandle<()>>);
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        self.0.abort();
         lock(&PENDING).flusher = false;
+        WAKE.notify_all();
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
         flush();
     }
 }

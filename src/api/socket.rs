@@ -19,13 +19,22 @@
 //! At shutdown the listener closes first; each open connection is told to
 //! finish the request it is serving and close (2 s each, 2.5 s in all);
 //! whatever is still open after that is cut.
+//!
+//! The socket runs on a thread of its own with a single-threaded runtime.
+//! On the daemon's two-worker runtime every read woke a second worker
+//! (tokio wakes an idle worker to look for work whenever one gets some),
+//! and the context switches that cost took more CPU than answering
+//! (`bench/run.sh --only socket --profile`). On its own thread a read is
+//! one wake-up from epoll, as in a hand-written server, and the lease tasks
+//! never wait behind a burst of reads. Everything the handlers share with
+//! the rest of the daemon (the store's watch, the rejection channels) works
+//! across runtimes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +47,8 @@ use crate::store::Store;
 
 /// A bound socket, ready to serve.
 pub struct Bound {
-    listener: UnixListener,
+    /// Registered with the runtime that serves it, in [`serve`].
+    listener: std::os::unix::net::UnixListener,
     file: crate::write::SocketFile,
     acl: Arc<Acl>,
     limits: Limits,
@@ -52,8 +62,7 @@ pub fn bind(cfg: &SocketConfig, secrets: &[SecretSpec]) -> Result<Bound, BindErr
     let (std_listener, file) = crate::write::bind_socket(&cfg.path, cfg.mode)?;
     let io = |source| BindError::Io { path: cfg.path.display().to_string(), source };
     std_listener.set_nonblocking(true).map_err(io)?;
-    let listener = UnixListener::from_std(std_listener).map_err(io)?;
-    Ok(Bound { listener, file, acl: Arc::new(Acl::new(cfg, secrets)), limits: Limits::new(cfg) })
+    Ok(Bound { listener: std_listener, file, acl: Arc::new(Acl::new(cfg, secrets)), limits: Limits::new(cfg) })
 }
 
 /// How long a caller not on any allow list has to send its one request.
@@ -65,8 +74,41 @@ const DRAIN_EACH: Duration = Duration::from_secs(2);
 const DRAIN_ALL: Duration = Duration::from_millis(2500);
 
 /// Serves until shutdown, then removes the socket file if it is still ours.
+/// The work happens on a thread of its own (see the module docs); a panic
+/// there is a panic of this task.
 pub async fn serve(bound: Bound, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("vaultlet-socket".into()).spawn(move || {
+        let res =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(serve_here(bound, store, metrics, shutdown)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the socket's runtime; the socket does not answer")
+                    }
+                },
+            ));
+        let _ = done.send(res);
+    });
+    if let Err(e) = thread {
+        tracing::error!(error = %e, "cannot start the socket's thread; the socket does not answer");
+        return;
+    }
+    if let Ok(Err(panic)) = finished.await {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The accept loop, on the runtime that runs it.
+async fn serve_here(bound: Bound, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let Bound { listener, file, acl, limits } = bound;
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the socket");
+            return;
+        }
+    };
     // Dropped last (declared first): lines logged while draining are written too.
     let _audit = super::audit_log::start();
     let api = Api::new(store.clone(), acl.clone(), limits.clone(), metrics.clone());
