@@ -785,6 +785,7 @@ def fig_socket(args, mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
     vsock, vqsock, asock = v.dir / "vaultlet.sock", vq.dir / "vaultlet.sock", a.dir / "agent.sock"
     vurl, aurl, ahdr = "/v1/secrets/db0", "/v1/database/creds/bench_sock", "X-Vault-Request: true"
     triv = None
+    profiles = []
     try:
         wait_socket_ok(vsock, vurl, {}, mode.ready_timeout_s)
         wait_socket_ok(vqsock, vurl, {}, mode.ready_timeout_s)
@@ -810,7 +811,12 @@ def fig_socket(args, mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
             order.append(("trivial", tsock, "/", [], triv))
             for who, sock, url, hdrs, p in order:
                 p.check_alive()
+                perf = Perf(args.profile and who == "vaultlet", p.pid, cl.work / f"perf-socket-{conns}.data", 999,
+                            mode.socket_s + mode.socket_warmup_s + 5, PROFILE_KEEP_SOCKET)
                 r = loadgen(args, mode, sock, url, hdrs, conns, p.pid)
+                top = perf.stop()
+                if top:
+                    profiles.append((f"socket reads, {conns} connection(s)", top))
                 runs[(who, conns)] = r
                 log(f"  {who:14} {conns} conn: {r['rps']:.0f} req/s, p50 {r['p50_us']} µs, p99 {r['p99_us']} µs, "
                     f"server CPU {r['server_cpu_pct']:.0f} %, generator CPU {r['cpu_pct']:.0f} %")
@@ -840,6 +846,8 @@ def fig_socket(args, mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
             f"| {conns} | generator CPU | {rv['cpu_pct']:.0f} % | {ra['cpu_pct']:.0f} % | | | {rq['cpu_pct']:.0f} % | {rt['cpu_pct']:.0f} % |",
             f"| {conns} | requests per server CPU-second | {per_cpu(rv):,.0f} | {per_cpu(ra):,.0f} | {per_cpu(rv) / max(per_cpu(ra), 1):.1f}× | | {per_cpu(rq):,.0f} | {per_cpu(rt):,.0f} |",
         )
+    for label, top in profiles:
+        rep.add("", f"perf profile of vaultlet, {label}: share of its CPU samples with callees / self", "", "```", *top, "```")
 
 
 # ---- scale
@@ -903,7 +911,14 @@ PROFILE_KEEP = re.compile(
 )
 
 
-def perf_top(data: Path, limit: int = 14) -> list[str]:
+# The same for socket reads: the HTTP stack, the log formatter, the runtime.
+PROFILE_KEEP_SOCKET = re.compile(
+    r"^vaultlet::|^hyper::|^hyper_util::|^axum::|^tracing_subscriber::fmt::|^tokio::runtime::(task|scheduler)::|"
+    r"^prometheus_client::|^(_int_malloc|malloc|_int_free|cfree@GLIBC_2\.2\.5|__libc_write|__libc_recv|epoll_wait|__send|write|read)$"
+)
+
+
+def perf_top(data: Path, limit: int = 14, keep: re.Pattern = PROFILE_KEEP) -> list[str]:
     """The functions that cost the most (with callees, ≥ 2 % of samples),
     with their self time, from a perf recording with DWARF call graphs."""
     out = subprocess.run(
@@ -919,7 +934,7 @@ def perf_top(data: Path, limit: int = 14) -> list[str]:
         if not m:
             continue
         name = re.split(r"\s{2,}", m.group(3))[0]  # drop the IPC columns
-        if PROFILE_KEEP.search(name) and name not in seen:
+        if keep.search(name) and name not in seen:
             seen.add(name)
             rows.append(f"{m.group(1):>6}% {m.group(2):>6}%  {name[:140]}")
     return rows[: limit + 2]
@@ -928,8 +943,9 @@ def perf_top(data: Path, limit: int = 14) -> list[str]:
 class Perf:
     """perf record on one process, if --profile was given."""
 
-    def __init__(self, enabled: bool, pid: int, data: Path, hz: int, max_s: float):
+    def __init__(self, enabled: bool, pid: int, data: Path, hz: int, max_s: float, keep: re.Pattern = PROFILE_KEEP):
         self.data = data
+        self.keep = keep
         self.p = None
         if enabled:
             self.p = subprocess.Popen(
@@ -949,7 +965,7 @@ class Perf:
         except subprocess.TimeoutExpired:
             self.p.kill()
             return None
-        return perf_top(self.data)
+        return perf_top(self.data, 24, self.keep)
 
 
 def fig_scale(args, mode: Mode, cl: Clients, bao: Bao, rep: Report, res: dict) -> None:

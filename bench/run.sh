@@ -6,7 +6,7 @@
 #   bench/run.sh --smoke    # tiny sizes, one run each, < 60 s; exits non-zero if anything breaks
 #   bench/run.sh --keep     # (with either) keep the work directory: configs, logs, audit logs
 #   bench/run.sh --only scale,socket   # a subset of startup,memory,load,socket,scale,restart,verify (no results.md)
-#   bench/run.sh --profile  # also record the scale windows with perf and show the hottest symbols
+#   bench/run.sh --profile  # also record the scale windows and socket runs with perf; show the hottest symbols
 #   bench/run.sh --scale-points 3000:300,1000:100   # other scale sizes (KV:DB; no results.md)
 #
 # Builds vaultlet in release mode (VAULTLET_BIN=... to use another binary)

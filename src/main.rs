@@ -192,7 +192,8 @@ fn load(path: &std::path::Path) -> Option<Config> {
     }
 }
 
-/// Logging goes to stderr. vaultrs, rustify and the HTTP stack are silenced
+/// Logging goes to stderr (audit lines just after the answer they record,
+/// see `src/api/audit_log.rs`). vaultrs, rustify and the HTTP stack are silenced
 /// whatever the filter says: they log request details and whole error
 /// bodies, which may hold secrets. Lines are written directly: a writer
 /// thread was measured to cost more (a preallocated queue of several MiB,
@@ -205,7 +206,7 @@ fn init_logging(format: LogFormat, filter: &str) {
         EnvFilter::new(format!("info{quiet}"))
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(vaultlet::api::LogWriter);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),

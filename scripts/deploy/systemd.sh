@@ -279,5 +279,55 @@ done
 grep -m1 -i 'watchdog' <<<"$(sx journalctl --no-pager -u vaultlet -o cat)" | sed 's/^/  journal: /' || true
 pass systemd_watchdog_restarts_a_frozen_vaultlet "pid $old_pid frozen, restarted as pid $new_pid (NRestarts $n0 -> $(prop vaultlet NRestarts))"
 
+step "systemd: sealed state keyed by systemd-creds survives a crash without a new login"
+# As README.md, "Restarts: sealed state", says: the key encrypted with
+# systemd-creds, LoadCredentialEncrypted= and StateDirectory= in the unit,
+# [state] in vaultlet.toml. The unit's lines go in a drop-in here.
+# shellcheck disable=SC2016 # expanded by the container's shell
+sx sh -euc '
+umask 077
+head -c 32 /dev/urandom | systemd-creds encrypt --name=state-key - /etc/vaultlet/state-key.cred
+printf "[Service]\nLoadCredentialEncrypted=state-key:/etc/vaultlet/state-key.cred\nStateDirectory=vaultlet\nStateDirectoryMode=0700\n" \
+    >/etc/systemd/system/vaultlet.service.d/state.conf
+printf "\n[state]\npath = \"/var/lib/vaultlet/state\"\nkey_file = \"\$CREDENTIALS_DIRECTORY/state-key\"\n" >>/etc/vaultlet/vaultlet.toml
+systemctl daemon-reload
+' || sd_fail "could not set up the state key"
+sx systemctl restart vaultlet || sd_fail "restart with [state] failed"
+for _ in $(seq 1 50); do
+    sx test -s /var/lib/vaultlet/state && break
+    sleep 0.2
+done
+sx test -s /var/lib/vaultlet/state || sd_fail "no state file written"
+modes=$(sx stat -c '%n %U:%G %a' /var/lib/vaultlet /var/lib/vaultlet/state)
+printf '%s\n' "$modes" | sed 's/^/  /'
+printf '%s\n' "$modes" | grep -qx '/var/lib/vaultlet/state vaultlet:vaultlet 600' || sd_fail "state file mode/owner"
+# Nothing the app reads is in the file in clear.
+user=$(lease | awk '{ print $3 }') || sd_fail "socket read failed"
+sx grep -q -F "$user" /var/lib/vaultlet/state && sd_fail "the served username is in the state file in clear"
+# A new login makes a new token: count them across the crash.
+accessors() {
+    docker exec -e BAO_ADDR=http://127.0.0.1:8200 -e BAO_TOKEN=root "$sd_bao" \
+        bao list -format=json auth/token/accessors | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+}
+sleep 2 # the state is written at most 1 s after a change
+before=$(accessors) || sd_fail "cannot list token accessors"
+old_pid=$(prop vaultlet MainPID)
+sx systemctl kill -s KILL vaultlet
+new_pid=$old_pid
+for _ in $(seq 1 100); do
+    new_pid=$(prop vaultlet MainPID)
+    [ "$new_pid" != "$old_pid" ] && [ "$new_pid" != 0 ] && [ "$(prop vaultlet ActiveState)" = active ] && break
+    sleep 0.2
+done
+[ "$new_pid" != "$old_pid" ] && [ "$(prop vaultlet ActiveState)" = active ] || sd_fail "vaultlet was not restarted after kill -9"
+after_read=$(lease) || sd_fail "socket read failed after the restart"
+sleep 2
+after=$(accessors) || sd_fail "cannot list token accessors"
+[ "$after" = "$before" ] || sd_fail "the restarted vaultlet logged in again ($before tokens before, $after after)"
+db_url=$(sx cat /run/vaultlet/app.env | sed -n "s/^DATABASE_URL=//p" | tr -d "'\"" | sed 's/@db.internal:5432/@127.0.0.1:5432/')
+docker exec "$sd_pg" psql -X -Atq "$db_url" -c 'select 1' >/dev/null || sd_fail "the resumed credential does not log in"
+grep -m1 'state file' <<<"$(sx journalctl --no-pager -u vaultlet -o cat _PID="$new_pid")" | sed 's/^/  journal: /' || true
+pass systemd_sealed_state_survives_a_crash_without_login "key from systemd-creds; pid $old_pid killed, pid $new_pid serves ($after_read) with the same $after token(s), no new login; the state file 0600 without the username in clear"
+
 docker rm -f "$sd" "$sd_bao" "$sd_pg" >/dev/null
 docker network rm "$sd_net" >/dev/null
