@@ -17,6 +17,20 @@ sd_fail() {
     die "$*"
 }
 prop() { sx systemctl show -p "$2" --value "$1"; }
+# The MainPID of the vaultlet systemd started after process $1 went away
+# (within 30 s, once active); fails otherwise.
+replaced_by() {
+    local pid
+    for _ in $(seq 1 100); do
+        pid=$(prop vaultlet MainPID)
+        if [ "$pid" != "$1" ] && [ "$pid" != 0 ] && [ "$(prop vaultlet ActiveState)" = active ]; then
+            echo "$pid"
+            return 0
+        fi
+        sleep 0.3
+    done
+    return 1
+}
 
 step "systemd: image with systemd as PID 1"
 systemd_tag="vaultlet-deploy/systemd:$( (printf '%s\n' "$base_tag" "$node_v" v1) | stamp_of)"
@@ -269,13 +283,7 @@ sx systemctl restart vaultlet || sd_fail "restart failed"
 old_pid=$(prop vaultlet MainPID)
 n0=$(prop vaultlet NRestarts)
 sx sh -c "kill -STOP $old_pid"
-new_pid=$old_pid
-for _ in $(seq 1 100); do
-    new_pid=$(prop vaultlet MainPID)
-    [ "$new_pid" != "$old_pid" ] && [ "$new_pid" != 0 ] && [ "$(prop vaultlet ActiveState)" = active ] && break
-    sleep 0.3
-done
-[ "$new_pid" != "$old_pid" ] && [ "$(prop vaultlet ActiveState)" = active ] || sd_fail "the frozen vaultlet was not replaced"
+new_pid=$(replaced_by "$old_pid") || sd_fail "the frozen vaultlet was not replaced"
 grep -m1 -i 'watchdog' <<<"$(sx journalctl --no-pager -u vaultlet -o cat)" | sed 's/^/  journal: /' || true
 pass systemd_watchdog_restarts_a_frozen_vaultlet "pid $old_pid frozen, restarted as pid $new_pid (NRestarts $n0 -> $(prop vaultlet NRestarts))"
 
@@ -313,13 +321,7 @@ sleep 2 # the state is written at most 1 s after a change
 before=$(accessors) || sd_fail "cannot list token accessors"
 old_pid=$(prop vaultlet MainPID)
 sx systemctl kill -s KILL vaultlet
-new_pid=$old_pid
-for _ in $(seq 1 100); do
-    new_pid=$(prop vaultlet MainPID)
-    [ "$new_pid" != "$old_pid" ] && [ "$new_pid" != 0 ] && [ "$(prop vaultlet ActiveState)" = active ] && break
-    sleep 0.2
-done
-[ "$new_pid" != "$old_pid" ] && [ "$(prop vaultlet ActiveState)" = active ] || sd_fail "vaultlet was not restarted after kill -9"
+new_pid=$(replaced_by "$old_pid") || sd_fail "vaultlet was not restarted after kill -9"
 after_read=$(lease) || sd_fail "socket read failed after the restart"
 sleep 2
 after=$(accessors) || sd_fail "cannot list token accessors"
