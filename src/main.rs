@@ -196,8 +196,10 @@ fn load(path: &std::path::Path) -> Option<Config> {
 /// see `src/api/audit_log.rs`). vaultrs, rustify and the HTTP stack are silenced
 /// whatever the filter says: they log request details and whole error
 /// bodies, which may hold secrets. Lines are written directly: a writer
-/// thread was measured to cost more (a preallocated queue of several MiB,
-/// cross-thread wake-ups) than the write it saves.
+/// thread for every line was measured to cost more (a preallocated queue of
+/// several MiB, cross-thread wake-ups) than the write it saves. Only the
+/// socket's audit lines, one per read, are logged and written in batches by
+/// a thread of their own.
 fn init_logging(format: LogFormat, filter: &str) {
     use tracing_subscriber::EnvFilter;
     let quiet = ",vaultrs=off,rustify=off,rustify_derive=off,reqwest=off,hyper=off,hyper_util=off,rustls=off,h2=off";

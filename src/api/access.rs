@@ -118,14 +118,62 @@ impl Peer {
 /// The line stays a tracing event with these fields (not a preformatted
 /// message) so the JSON log format keeps one key per field, and the log
 /// filter (`vaultlet::audit=off`) keeps working.
+///
+/// While the socket serves, the line is logged by the audit writer's thread
+/// just after the answer has left ([`super::audit_log`]): formatting it took
+/// longer than answering.
 pub(super) fn audit(peer: &Peer, secret: &str, version: Option<u64>, outcome: &'static str) {
-    let (pid, exe) = (&*peer.shown.0, &*peer.shown.1);
+    let enabled = if outcome == "allowed" {
+        tracing::enabled!(target: "vaultlet::audit", tracing::Level::INFO)
+    } else {
+        tracing::enabled!(target: "vaultlet::audit", tracing::Level::WARN)
+    };
+    if !enabled {
+        return;
+    }
+    let record = AuditRecord {
+        uid: peer.uid,
+        gid: peer.gid,
+        shown: peer.shown.clone(),
+        secret: secret.into(),
+        version,
+        outcome,
+    };
+    super::audit_log::submit(record);
+}
+
+/// An audit line's fields, for logging later on another thread.
+pub(super) struct AuditRecord {
+    uid: u32,
+    gid: u32,
+    shown: Arc<(Box<str>, Box<str>)>,
+    secret: Box<str>,
+    version: Option<u64>,
+    outcome: &'static str,
+}
+
+impl AuditRecord {
+    /// Logs the line.
+    pub(super) fn log(&self) {
+        log_audit(self.uid, self.gid, &self.shown, &self.secret, self.version, self.outcome);
+    }
+}
+
+fn log_audit(
+    uid: u32,
+    gid: u32,
+    shown: &(Box<str>, Box<str>),
+    secret: &str,
+    version: Option<u64>,
+    outcome: &'static str,
+) {
+    let (pid, exe) = (&*shown.0, &*shown.1);
     let secret = field(secret);
     let version = OrDash(version);
     if outcome == "allowed" {
-        tracing::info!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
+        tracing::info!(target: "vaultlet::audit", uid, gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     } else {
-        tracing::warn!(target: "vaultlet::audit", uid = peer.uid, gid = peer.gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
+        tracing::warn!(target: "vaultlet::audit", uid, gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
     }
 }
 
