@@ -812,7 +812,7 @@ def fig_socket(args, mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
             for who, sock, url, hdrs, p in order:
                 p.check_alive()
                 perf = Perf(args.profile and who == "vaultlet", p.pid, cl.work / f"perf-socket-{conns}.data", 999,
-                            mode.socket_s + mode.socket_warmup_s + 5, PROFILE_KEEP_SOCKET)
+                            mode.socket_s + mode.socket_warmup_s + 5, PROFILE_KEEP_SOCKET, 24)
                 r = loadgen(args, mode, sock, url, hdrs, conns, p.pid)
                 top = perf.stop()
                 if top:
@@ -943,9 +943,11 @@ def perf_top(data: Path, limit: int = 14, keep: re.Pattern = PROFILE_KEEP) -> li
 class Perf:
     """perf record on one process, if --profile was given."""
 
-    def __init__(self, enabled: bool, pid: int, data: Path, hz: int, max_s: float, keep: re.Pattern = PROFILE_KEEP):
+    def __init__(self, enabled: bool, pid: int, data: Path, hz: int, max_s: float, keep: re.Pattern = PROFILE_KEEP,
+                 limit: int = 14):
         self.data = data
         self.keep = keep
+        self.limit = limit
         self.p = None
         if enabled:
             self.p = subprocess.Popen(
@@ -965,7 +967,7 @@ class Perf:
         except subprocess.TimeoutExpired:
             self.p.kill()
             return None
-        return perf_top(self.data, 24, self.keep)
+        return perf_top(self.data, self.limit, self.keep)
 
 
 def fig_scale(args, mode: Mode, cl: Clients, bao: Bao, rep: Report, res: dict) -> None:

@@ -59,7 +59,7 @@ pub struct Outcome {
     result: &'static str,
 }
 
-/// `secret="…"`.
+/// `secret="…"`: the secret's name from the config, never its value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Secret {
     secret: Arc<str>,

@@ -14,8 +14,8 @@
 //! next read needs another one or when the store publishes a change
 //! ([`Bodies::forget_stale`]), so it does not outlive the value it holds.
 //!
-//! Dates are RFC 3339 UTC with second precision, formatted by hand: a
-//! date crate for one format is not worth the dependency.
+//! Dates are RFC 3339 UTC with second precision (`humantime`, which the
+//! config already uses for durations).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -199,19 +199,7 @@ fn addr(v: &Arc<SecretData>) -> usize {
 
 /// Formats a time as RFC 3339 UTC with second precision.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

@@ -323,8 +323,11 @@ impl Database {
             // Follow the hard end of the token our lease was issued under.
             if let Some(h) = self.cur.as_mut()
                 && let Some(end) = self.cx.auth.token_end(h.token_generation)
+                && h.token_end != Some(end)
             {
                 h.token_end = Some(end);
+                // The sealed state saves it with the lease.
+                self.track();
             }
             let now = Instant::now();
             let step = match &self.cur {

@@ -51,7 +51,7 @@ pub async fn leases_of(bed: &Bed, role: &str) -> Result<Vec<String>> {
 
 /// Revokes the lease of the credential `user` logs in with: the one lease of
 /// `role` whose revocation makes that login fail.
-async fn revoke_lease_of(bed: &Bed, role: &str, user: &str, pass: &str) -> Result<()> {
+pub async fn revoke_lease_of(bed: &Bed, role: &str, user: &str, pass: &str) -> Result<()> {
     let ids = leases_of(bed, role).await?;
     ensure!(!ids.is_empty(), "no lease for role {role}");
     // Only the served credential's lease is live at first (no rotation yet).
