@@ -429,8 +429,8 @@ impl Task {
                     return Some(token);
                 }
                 Err(e) => {
-                    let wait = retry::decide(e.class(), Attempt::Login, &mut self.backoffs).wait();
-                    let wait = wait.unwrap_or(MIN_LOGIN_INTERVAL);
+                    // A failed login is always retried after a backoff.
+                    let wait = retry::decide(e.class(), Attempt::Login, &mut self.backoffs).wait().unwrap_or_default();
                     tracing::error!(error = %e, retry_in = ?wait, "login failed");
                     let problem = Some(e.to_string());
                     self.tx.send_if_modified(|s| std::mem::replace(&mut s.problem, problem.clone()) != problem);

@@ -185,8 +185,8 @@ fn token_number(t: &SecretString) -> Option<u64> {
     t.expose_secret().strip_prefix("fake-token-")?.parse().ok()
 }
 
-fn lease_number(l: &LeaseId) -> Option<usize> {
-    l.as_str().strip_prefix("database/creds/app/")?.parse().ok()
+fn lease_number(id: &str) -> Option<usize> {
+    id.strip_prefix("database/creds/app/")?.parse().ok()
 }
 
 // === impl Fake ===
@@ -289,7 +289,7 @@ impl Fake {
     /// Whether lease `id` works at `now` (not ended, its token alive).
     pub fn lease_alive(&self, id: &str, now: Instant) -> bool {
         let g = self.lock();
-        let Some(n) = id.strip_prefix("database/creds/app/").and_then(|n| n.parse::<usize>().ok()) else {
+        let Some(n) = lease_number(id) else {
             return false;
         };
         g.leases.get(n - 1).is_some_and(|l| g.alive(l, now))
@@ -302,7 +302,7 @@ impl Fake {
 
     /// The token lease `id` was issued under.
     pub fn lease_owner(&self, id: &str) -> Option<u64> {
-        let n: usize = id.strip_prefix("database/creds/app/")?.parse().ok()?;
+        let n = lease_number(id)?;
         self.lock().leases.get(n - 1)?.owner
     }
 
@@ -341,7 +341,7 @@ impl Fake {
     fn live_lease(&self, op: Op, lease: &LeaseId) -> Result<usize, VaultError> {
         let now = Instant::now();
         let g = self.lock();
-        match lease_number(lease) {
+        match lease_number(lease.as_str()) {
             Some(n) if g.leases.get(n - 1).is_some_and(|l| g.alive(l, now)) => Ok(n - 1),
             _ => Err(Fail::LeaseGone.error(op)),
         }
@@ -468,7 +468,7 @@ impl Backend for Fake {
 
     fn revoke_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()> {
         ready(self.enter(Op::RevokeLease, Some(token), Some(lease)).map(|()| {
-            if let Some(n) = lease_number(lease)
+            if let Some(n) = lease_number(lease.as_str())
                 && let Some(l) = self.lock().leases.get_mut(n - 1)
             {
                 l.revoked = true;
