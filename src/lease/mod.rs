@@ -232,8 +232,11 @@ struct Database {
     vouched_at: Option<Instant>,
     /// The step planned for the held lease's times.
     plan: Option<(LeaseTimes, Step)>,
-    /// The last lookup a report asked for that found the lease there.
-    last_check: Option<Instant>,
+    /// The last lookup a report asked for: when, for which lease, and what
+    /// it found. Reports within [`CHECK_INTERVAL`] of it about the same
+    /// lease get its answer, whatever it was, so a Vault that refuses or
+    /// fails lookups is not asked again for every report.
+    last_check: Option<(Instant, LeaseId, Checked)>,
     /// The store version of the held credential (for the sealed state).
     version: u64,
     /// A lease resumed from state is looked up at once, and again with the
@@ -455,26 +458,34 @@ impl Database {
 
     /// Looks the held lease up; a lease Vault no longer knows is withdrawn,
     /// so the next turn replaces it. Reports get at most one lookup per
-    /// [`CHECK_INTERVAL`] that found the lease there (the scheduled lookups
-    /// do not count: a report right after one must still look).
+    /// [`CHECK_INTERVAL`] and lease, whatever it found (the scheduled
+    /// lookups do not count: a report right after one must still look).
     async fn check(&mut self, token: &crate::secret::Token, reported: bool) -> Checked {
         let Some(h) = self.cur.as_ref() else { return Checked::Gone };
+        let id = h.lease.id.clone();
         let now = Instant::now();
-        if reported && self.last_check.is_some_and(|t| now < schedule::after(t, CHECK_INTERVAL)) {
-            return Checked::Valid;
+        if reported
+            && let Some((at, of, found)) = &self.last_check
+            && *of == id
+            && now < schedule::after(*at, CHECK_INTERVAL)
+        {
+            return found.clone();
         }
-        let res = self.cx.vault.lookup_lease(&token.secret, &h.lease.id).await;
+        let found = self.look_up(token, &id).await;
+        if reported {
+            self.last_check = Some((Instant::now(), id, found.clone()));
+        }
+        found
+    }
+
+    /// One `sys/leases/lookup` of the held lease `id`, and what follows.
+    async fn look_up(&mut self, token: &crate::secret::Token, id: &LeaseId) -> Checked {
+        let res = self.cx.vault.lookup_lease(&token.secret, id).await;
         self.cx.metrics.lease_lookup(&self.spec.name, &res);
-        let now = Instant::now();
         // A failed lookup is not tried again before the next turn either.
-        self.vouched_at = Some(now);
+        self.vouched_at = Some(Instant::now());
         let e = match res {
-            Ok(()) => {
-                if reported {
-                    self.last_check = Some(now);
-                }
-                return Checked::Valid;
-            }
+            Ok(()) => return Checked::Valid,
             Err(e) => e,
         };
         // A lookup is never retried by itself: the renewal rhythm carries on.
@@ -666,11 +677,56 @@ async fn run_kv(cx: Cx, spec: SecretSpec, mount: &str, path: &str, version: u8) 
             }
             Err(e) => e,
         };
-        let retry = retry::decide(Class::of(&e), Attempt::Secret, &mut backoffs);
-        let failure = Failure { what: "kv secret", generation: token.generation, error: &e, retry };
+        let mut class = Class::of(&e);
+        let withdrawn = withdrawn_in_vault(&cx, &token.secret, &e, &mut class).await.map(|why| {
+            let problem = format!("{why} in vault: {e}");
+            cx.store.withdraw(&spec.name, problem.clone());
+            problem
+        });
+        let retry = retry::decide(class, Attempt::Secret, &mut backoffs);
+        let error: &(dyn std::fmt::Display + Sync) = match &withdrawn {
+            Some(problem) => problem,
+            None => &e,
+        };
+        let failure = Failure { what: "kv secret", generation: token.generation, error, retry };
         if !failed(&cx, &spec.name, failure, &mut backoffs, &mut w, None).await {
             return;
         }
+    }
+}
+
+/// Whether a failed KV read is the operator's word rather than an outage:
+/// the secret was deleted (404), or the token may no longer read it while
+/// the token itself lives (403, and `lookup-self` still works). Either way
+/// the value is withdrawn instead of served on: "errors never revoke" holds
+/// for outages, where the last value is still the right one, not for a
+/// secret someone removed or took away. The read goes on being retried
+/// (slow backoff), so a secret put back is served again.
+///
+/// A 403 confirmed here with a live token is a missing capability: `class`
+/// becomes [`Class::Permanent`], so the auth task is not asked to check the
+/// token a second time. A 403 whose `lookup-self` also fails keeps its class
+/// (a dead token: a new login, then a retry) and the value is kept until
+/// the retry under the new token says more.
+async fn withdrawn_in_vault(
+    cx: &Cx,
+    token: &secrecy::SecretString,
+    e: &VaultError,
+    class: &mut Class,
+) -> Option<&'static str> {
+    match e.status()? {
+        404 => Some("deleted"),
+        403 => {
+            let alive = tokio::select! {
+                _ = cx.shutdown.cancelled() => return None,
+                r = cx.vault.lookup_self(token) => r.is_ok(),
+            };
+            alive.then(|| {
+                *class = Class::Permanent;
+                "not readable any more (403 with a live token)"
+            })
+        }
+        _ => None,
     }
 }
 

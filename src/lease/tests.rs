@@ -488,3 +488,68 @@ async fn a_certificate_is_reissued_before_it_expires_and_served_until_its_end_du
     assert!(bed.cx.store.snapshot()["tls"].value.is_none(), "withdrawn once expired");
     bed.stop();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_kv_secret_deleted_in_vault_is_withdrawn_and_served_again_once_put_back() {
+    let fake = Fake::new();
+    let spec = SecretSpec { refresh: s(10), ..kv("kv") };
+    let bed = Bed::start(fake, &[spec]);
+    sleep_until(bed.at(1.0)).await;
+    assert!(bed.cx.store.snapshot()["kv"].value.is_some(), "served after the first read");
+    // Deleted in Vault: the next two reads get 404, then it is back.
+    bed.fake.fail(Op::Kv, Fail::NotFound, 2);
+    sleep_until(bed.at(11.0)).await;
+    assert!(bed.cx.store.snapshot()["kv"].value.is_none(), "a deleted secret is no longer served");
+    assert_eq!(bed.fake.count(Op::Login), 1, "a 404 is not a dead token");
+    let mut back = None;
+    while Instant::now() < bed.at(600.0) {
+        sleep(Duration::from_millis(500)).await;
+        if bed.cx.store.snapshot()["kv"].value.is_some() {
+            back = Some(Instant::now());
+            break;
+        }
+    }
+    assert!(back.is_some(), "put back in Vault, it is served again");
+    assert_eq!(bed.fake.count(Op::Kv), 4, "read, two 404s, read");
+    bed.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kv_secret_refused_with_a_live_token_is_withdrawn_without_a_new_login() {
+    let fake = Fake::new();
+    let spec = SecretSpec { refresh: s(10), ..kv("kv") };
+    let bed = Bed::start(fake, &[spec]);
+    sleep_until(bed.at(1.0)).await;
+    assert!(bed.cx.store.snapshot()["kv"].value.is_some(), "served after the first read");
+    // The operator takes the capability away (once): the token lives on.
+    bed.fake.fail(Op::Kv, Fail::Forbidden, 1);
+    sleep_until(bed.at(11.0)).await;
+    assert!(bed.cx.store.snapshot()["kv"].value.is_none(), "access taken away: no longer served");
+    assert_eq!(bed.fake.count(Op::LookupSelf), 1, "the token was checked once, by the KV task");
+    sleep_until(bed.at(600.0)).await;
+    assert!(bed.cx.store.snapshot()["kv"].value.is_some(), "access given back: served again");
+    assert_eq!(bed.fake.count(Op::Login), 1, "a live token is not replaced");
+    bed.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_while_lookups_fail_cost_one_lookup_per_check_interval() {
+    let fake = Fake::new();
+    let bed = Bed::start(fake, &[db("db")]);
+    sleep_until(bed.at(1.0)).await;
+    let version = bed.cx.store.snapshot()["db"].version;
+    let query = format!("version={version}");
+    bed.fake.fail(Op::LookupLease, Fail::Unavailable, 1000);
+    // Ten reports at once, from ten callers.
+    let reports: Vec<_> =
+        (0..10).map(|uid| crate::rejected::report(&bed.cx.store, 1000 + uid, "db", Some(query.as_str()))).collect();
+    let answers = futures_util::future::join_all(reports).await;
+    assert!(answers.iter().all(|a| a.is_err()), "a failed lookup is no answer");
+    assert_eq!(bed.fake.count(Op::LookupLease), 1, "one lookup for ten reports");
+    // Once CHECK_INTERVAL has passed, a report looks again.
+    sleep(crate::rejected::CHECK_INTERVAL).await;
+    let _ = crate::rejected::report(&bed.cx.store, 999, "db", Some(query.as_str())).await;
+    assert_eq!(bed.fake.count(Op::LookupLease), 2, "a new lookup after CHECK_INTERVAL");
+    assert_eq!(bed.fake.count(Op::LookupSelf), 0, "a 503 is not a token problem");
+    bed.stop();
+}

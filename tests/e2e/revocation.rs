@@ -26,6 +26,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(revoked_token_credentials_are_replaced_within_verify_every_or_at_once_when_reported),
         t!(lease_lookup_grant_reaches_only_database_leases),
         t!(caller_who_may_not_read_a_secret_cannot_report_it),
+        t!(kv_secret_deleted_or_taken_away_in_vault_is_not_served_on),
     ]
 }
 
@@ -323,6 +324,51 @@ pub async fn caller_who_may_not_read_a_secret_cannot_report_it(bed: Arc<Bed>) ->
         "a refused report must not reach the lease task:\n{log}"
     );
     ensure!(d.creds("db").await?.0 == user, "nothing replaced");
+    d.stop().await?;
+    Ok(())
+}
+
+/// "Errors never revoke" is for outages. A KV secret deleted in Vault (404),
+/// or one the live token may no longer read (403), is the operator saying
+/// something: the value is withdrawn, without a new login, and served again
+/// once it is back.
+async fn kv_secret_deleted_or_taken_away_in_vault_is_not_served_on(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("kvgone")?;
+    let policy = |readable: bool| {
+        let rule = if readable { r#"path "secret/data/t_kvgone" { capabilities = ["read"] }"# } else { "" };
+        json!({ "policy": format!("path \"auth/token/lookup-self\" {{ capabilities = [\"read\"] }}\n{rule}\n") })
+    };
+    bed.write("sys/policies/acl/t_kvgone", policy(true)).await?;
+    bed.approle("t_kvgone", "t_kvgone", "1h", "4h", &dir, false).await?;
+    bed.write("secret/data/t_kvgone", json!({ "data": { "token": "first-value" } })).await?;
+    let d = Daemon::start(&dir, &config(&bed, &dir, "[secret.app]\nkv = { path = \"t_kvgone\" }\nrefresh = \"1s\"\n"))?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let served = |want: u16| {
+        let d = &d;
+        move || async move {
+            let (st, v) = d.get("/v1/secrets/app").await?;
+            Ok((st == want).then_some(v))
+        }
+    };
+
+    // Deleted (every version, metadata too): withdrawn.
+    bed.api(reqwest::Method::DELETE, "secret/metadata/t_kvgone", None, None).await?;
+    let v = eventually(Duration::from_secs(30), "deleted secret withdrawn (503)", served(503)).await?;
+    ensure!(v.to_string().contains("deleted in vault"), "the reason says why: {v}");
+    // Put back: served again.
+    bed.write("secret/data/t_kvgone", json!({ "data": { "token": "second-value" } })).await?;
+    let v = eventually(Duration::from_secs(90), "put-back secret served again", served(200)).await?;
+    ensure!(v["data"]["token"] == "second-value", "the new value is served");
+
+    // Taken away from a token that still lives: withdrawn, no new login.
+    bed.write("sys/policies/acl/t_kvgone", policy(false)).await?;
+    let v = eventually(Duration::from_secs(30), "secret no longer readable withdrawn (503)", served(503)).await?;
+    ensure!(v.to_string().contains("not readable any more"), "the reason says why: {v}");
+    // Given back: served again.
+    bed.write("sys/policies/acl/t_kvgone", policy(true)).await?;
+    eventually(Duration::from_secs(90), "readable secret served again", served(200)).await?;
+    let logins = d.counter("vaultlet_logins_total{result=\"ok\"}").await?;
+    ensure!(logins == 1.0, "a live token is kept: {logins} logins");
     d.stop().await?;
     Ok(())
 }
