@@ -23,6 +23,10 @@
 //! * with `exec.user`/`exec.group`, another uid and gid with supplementary
 //!   groups cleared, so it can neither read vaultlet's credential files nor
 //!   pass the socket's default allow list;
+//! * no capabilities: vaultlet clears its own ambient and inheritable sets
+//!   at start ([`crate::harden`]), so a child that does not run as root
+//!   starts with none, whatever vaultlet was given (`CAP_IPC_LOCK` stays
+//!   with vaultlet);
 //! * its own process group: signals go to the whole group, so a shell
 //!   wrapper's children stop too;
 //! * when vaultlet is PID 1 (a container), orphans the app leaves behind are

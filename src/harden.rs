@@ -10,6 +10,21 @@
 //! * `RLIMIT_NOFILE`'s soft limit raised to its hard limit, so the socket's
 //!   connection caps, not the descriptor limit, decide who is turned away.
 //!
+//! * the ambient and inheritable capability sets cleared, so what vaultlet
+//!   is given (`AmbientCapabilities=CAP_IPC_LOCK` in the systemd unit) stays
+//!   with vaultlet: a program it starts as a non-root user (the `exec` app,
+//!   a template command) starts with no capabilities at all. vaultlet keeps
+//!   its permitted and effective sets (it needs `CAP_IPC_LOCK` for as long
+//!   as it allocates). Capabilities belong to a thread and a new thread
+//!   copies its creator's: this runs before the runtime starts any thread,
+//!   so the thread that spawns a child has them cleared too.
+//!
+//!   The bounding set and `no_new_privs` are left alone: they do not hand
+//!   vaultlet's capabilities on, and setting them would take from the app
+//!   what the system grants it (setuid or file-capability programs such
+//!   as `ping` or `sudo`). The systemd unit sets `NoNewPrivileges=yes` and
+//!   a one-capability bounding set, which its children inherit anyway.
+//!
 //! Locking is attempted only when it is safe: with `CAP_IPC_LOCK` (or a
 //! generous `RLIMIT_MEMLOCK`). With `MCL_FUTURE` and a small limit, a later
 //! allocation past the limit would fail and abort the process, which is worse
@@ -39,6 +54,7 @@ pub fn harden(require_lock: bool) -> Result<Locked, String> {
         tracing::warn!(error = %e, "cannot set RLIMIT_CORE to 0");
     }
     raise_nofile();
+    keep_capabilities_to_ourselves();
     let locked = lock_memory();
     match (&locked, require_lock) {
         (Locked::No(why), true) => Err(format!("memory.require_lock is set but memory cannot be locked: {why}")),
@@ -78,6 +94,38 @@ pub fn warn_loose_files(files: &[(&str, &std::path::Path)]) {
                 "{what} can be rewritten by other users (it or its directory is world-writable); chmod o-w"
             );
         }
+    }
+}
+
+/// Clears the calling thread's ambient and inheritable capability sets
+/// (see the module docs); permitted and effective stay. Must run before any
+/// other thread is started, as [`harden`] does.
+pub fn keep_capabilities_to_ourselves() {
+    use rustix::thread::{CapabilitySet, capabilities, clear_ambient_capability_set, set_capabilities};
+    // First on its own: a seccomp filter that refuses capset (systemd's
+    // @privileged) still allows prctl. EINVAL: a kernel without ambient
+    // capabilities (before 4.3) has none to hand on.
+    if let Err(e) = clear_ambient_capability_set()
+        && e != rustix::io::Errno::INVAL
+    {
+        tracing::warn!(error = %e, "cannot clear the ambient capabilities; programs vaultlet starts may inherit them");
+    }
+    match capabilities(None) {
+        Ok(sets) if sets.inheritable.is_empty() => {}
+        Ok(sets) => {
+            if let Err(e) =
+                set_capabilities(None, rustix::thread::CapabilitySets { inheritable: CapabilitySet::empty(), ..sets })
+            {
+                tracing::warn!(
+                    error = %e,
+                    inheritable = ?sets.inheritable,
+                    "cannot clear the inheritable capabilities; programs vaultlet starts keep them in their \
+                     inheritable set (usable only by a program with file capabilities). Under a seccomp filter \
+                     without capset, allow it (systemd: SystemCallFilter=capset)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the capability sets"),
     }
 }
 
@@ -129,5 +177,30 @@ mod tests {
         if has_ipc_lock() {
             assert_eq!(locked, Locked::Yes);
         }
+    }
+
+    #[test]
+    fn ambient_and_inheritable_capabilities_are_cleared_and_the_rest_kept() {
+        use rustix::thread::{CapabilitySet, capabilities, capability_is_in_ambient_set, set_capabilities};
+        // On a thread of its own: capabilities belong to a thread.
+        std::thread::spawn(|| {
+            let before = capabilities(None).unwrap();
+            if !before.permitted.contains(CapabilitySet::IPC_LOCK) {
+                eprintln!("skipped: CAP_IPC_LOCK is not permitted here");
+                return;
+            }
+            // As systemd's AmbientCapabilities=CAP_IPC_LOCK leaves it.
+            let inheritable = before.inheritable | CapabilitySet::IPC_LOCK;
+            set_capabilities(None, rustix::thread::CapabilitySets { inheritable, ..before }).unwrap();
+            rustix::thread::configure_capability_in_ambient_set(CapabilitySet::IPC_LOCK, true).unwrap();
+            assert!(capability_is_in_ambient_set(CapabilitySet::IPC_LOCK).unwrap());
+            keep_capabilities_to_ourselves();
+            let after = capabilities(None).unwrap();
+            assert!(!capability_is_in_ambient_set(CapabilitySet::IPC_LOCK).unwrap(), "ambient cleared");
+            assert!(after.inheritable.is_empty(), "inheritable cleared: {:?}", after.inheritable);
+            assert_eq!((after.permitted, after.effective), (before.permitted, before.effective), "the rest kept");
+        })
+        .join()
+        .unwrap();
     }
 }

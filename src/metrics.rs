@@ -255,7 +255,7 @@ impl Metrics {
 
     /// A state file that could not be used; `reason` is one of
     /// `wrong_key_or_tampered`, `truncated`, `unknown_version`,
-    /// `other_config`, `unreadable`.
+    /// `other_config`, `unreadable`, `unsafe_file`.
     pub fn state_load_failure(&self, reason: &'static str) {
         self.state_load_failures.get_or_create(&Reason { reason }).inc();
     }
@@ -318,7 +318,7 @@ impl Metrics {
             );
             r.register(
                 "vaultlet_state_load_failures",
-                "State files not used, by reason (wrong_key_or_tampered, truncated, unknown_version, other_config, unreadable)",
+                "State files not used, by reason (wrong_key_or_tampered, truncated, unknown_version, other_config, unreadable, unsafe_file)",
                 self.state_load_failures.clone(),
             );
             r.register("vaultlet_state_writes", "State file writes", self.state_writes.clone());

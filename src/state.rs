@@ -16,14 +16,26 @@
 //! short be told apart from a tampered one. The plaintext is JSON of the
 //! private [`Sealed`] struct, built field by field from our secret types
 //! (they have no `Serialize`, on purpose); it lives only in zeroized
-//! buffers, and the file goes through [`crate::write::write_file`] with mode
-//! 0600 like an env file.
+//! buffers, and the file goes through [`crate::write::write_own_file`]
+//! (atomic, mode 0600).
 //!
-//! What it refuses to do: crash, or print a secret, on a file it cannot use.
-//! A wrong key or a tampered file, a truncated one, an unknown format
-//! version, a file written for another server or role: each gives one warn
-//! line with the reason in words, a counted
-//! `vaultlet_state_load_failures_total{reason}`, and a fresh start.
+//! What it refuses to do: crash, block, or print a secret, on a file it
+//! cannot use. A wrong key or a tampered file, a truncated one, an unknown
+//! format version, a file written for another server or role, and anything
+//! at the path that vaultlet did not write (a symlink, a FIFO, a device,
+//! another user's file, one others may write, one longer than
+//! [`size_limit`]): each gives one warn line with the reason in words, a
+//! counted `vaultlet_state_load_failures_total{reason}`, and a fresh start.
+//! Both files are read through [`crate::write::read_own_file`] (no symlink
+//! followed, nothing read before the opened file is checked, a bounded
+//! read). The state's directory must belong to vaultlet's uid or root and
+//! be writable by nobody else, sticky or not ([`crate::write::check_own_dir`]):
+//! refused at config check (exit 64), and checked again on the opened
+//! directory at every read and write. The key's directory is not checked
+//! (vaultlet never writes there: systemd's credential directory, a mounted
+//! secret); the key file itself must be a regular file, vaultlet's or
+//! root's, mode 0600 or 0400, at most 66 bytes, or vaultlet exits 64
+//! before any network I/O.
 //!
 //! What it does not protect against: root on the host (or whoever can read
 //! the key file) can open the state, as they could read the process memory.
@@ -63,6 +75,19 @@ const VERSION: u8 = 1;
 const HEADER: usize = 8 + 1 + 4;
 const NONCE: usize = 24;
 const TAG: usize = 16;
+/// The longest key file: 64 hex characters and a CR LF.
+const KEY_MAX: u64 = 66;
+/// What a state file holds besides the values: identity, token, lease
+/// details, the sealing overhead. Far more than any real file needs.
+const STATE_BASE: u64 = 1 << 20;
+
+/// The longest state file read: [`STATE_BASE`] plus, per configured secret,
+/// the largest answer Vault may send (`vault.max_response_size`), which
+/// bounds the value the file holds for it. Anything longer was not written
+/// by vaultlet for this configuration and is not read past this bound.
+pub fn size_limit(secrets: usize, max_response: usize) -> u64 {
+    STATE_BASE.saturating_add((secrets as u64).saturating_mul(max_response as u64))
+}
 
 /// How long the writer waits after a change before writing, so a burst of
 /// changes (a token renewal, then each lease renewing) costs one write.
@@ -103,10 +128,13 @@ pub struct StateConfig {
     pub path: PathBuf,
     /// The key.
     pub key: StateKey,
+    /// The longest file read ([`size_limit`]).
+    pub max_len: u64,
 }
 
-/// Validates `[state]` (called from [`crate::config`]).
-pub(crate) fn validate(cx: &crate::config::Cx<'_>, raw: Spanned<RawState>) -> Option<StateConfig> {
+/// Validates `[state]` (called from [`crate::config`]); `max_len` is the
+/// [`size_limit`] of the configuration.
+pub(crate) fn validate(cx: &crate::config::Cx<'_>, raw: Spanned<RawState>, max_len: u64) -> Option<StateConfig> {
     let raw = raw.into_inner();
     let path = raw.path.get_ref().clone();
     if !path.is_absolute() {
@@ -115,33 +143,35 @@ pub(crate) fn validate(cx: &crate::config::Cx<'_>, raw: Spanned<RawState>) -> Op
     if path.is_dir() {
         return cx.err(raw.path.span(), "state.path", "is a directory; name the file the state goes in");
     }
+    if let Err(e) = crate::write::check_own_dir(&path, "the state file") {
+        return cx.err(raw.path.span(), "state.path", e.to_string());
+    }
     let key_path = cx.credential_path(&raw.key_file, "state.key_file")?;
     let key = match read_key(&key_path) {
         Ok(k) => k,
         Err(msg) => return cx.err(raw.key_file.span(), "state.key_file", msg),
     };
-    Some(StateConfig { path, key })
+    Some(StateConfig { path, key, max_len })
 }
 
 /// Reads a key file: exactly 32 raw bytes, or 64 hex characters with an
-/// optional trailing newline. The message never quotes the content.
+/// optional trailing newline; a regular file (not a symlink), vaultlet's
+/// or root's, mode 0600 or 0400. The message never quotes the content.
 fn read_key(path: &Path) -> Result<StateKey, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("file not found".into()),
-        Err(e) => return Err(format!("cannot read: {e}")),
-    };
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "mode {:04o} lets group or others read or change the key; chmod 0400 (or 0600) it",
-            meta.mode() & 0o7777
-        ));
-    }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?);
+    use crate::write::ReadError;
+    let rules = crate::write::OwnFile { what: "the key", forbidden_mode: 0o077, max_len: KEY_MAX, private_dir: false };
+    let bytes = crate::write::read_own_file(path, &rules).map_err(|e| match e {
+        ReadError::Mode(mode) => {
+            format!("mode {mode:04o} lets group or others read or change the key; chmod 0400 (or 0600) it")
+        }
+        ReadError::NotRegular("a symbolic link") => {
+            "is a symbolic link; name the key file itself (vaultlet does not follow a link to its key)".into()
+        }
+        ReadError::TooLong(max) => {
+            format!("must hold exactly 32 raw bytes or 64 hex characters (it holds more than {max} bytes)")
+        }
+        e => e.to_string(),
+    })?;
     let mut key = Zeroizing::new([0u8; 32]);
     if bytes.len() == 32 {
         key.copy_from_slice(&bytes);
@@ -193,6 +223,11 @@ pub enum LoadError {
     /// It could not be read.
     #[error("cannot read it: {0}")]
     Unreadable(#[source] std::io::Error),
+    /// Not a file vaultlet wrote: a symlink, a FIFO, a device, another
+    /// user's file, one others may write, one longer than any state, or a
+    /// directory others may change. Never read.
+    #[error("{0}")]
+    Unsafe(#[source] crate::write::ReadError),
 }
 
 impl LoadError {
@@ -204,6 +239,7 @@ impl LoadError {
             LoadError::UnknownVersion => "unknown_version",
             LoadError::OtherConfig => "other_config",
             LoadError::Unreadable(_) => "unreadable",
+            LoadError::Unsafe(_) => "unsafe_file",
         }
     }
 }
@@ -633,10 +669,20 @@ pub fn decide(saved: Saved, specs: &[SecretSpec], now: Instant) -> Plan {
 /// Reads, opens and checks the state file; `Ok(None)` when there is none
 /// yet (the first start).
 pub fn read(cfg: &StateConfig, identity: &Identity, clock: Clock) -> Result<Option<Saved>, LoadError> {
-    let file = match std::fs::read(&cfg.path) {
+    use crate::write::ReadError;
+    // vaultlet writes it 0600; group read is harmless (it is sealed), a
+    // writer other than vaultlet is not.
+    let rules = crate::write::OwnFile {
+        what: "the state file",
+        forbidden_mode: 0o022,
+        max_len: cfg.max_len,
+        private_dir: true,
+    };
+    let file = match crate::write::read_own_file(&cfg.path, &rules) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(LoadError::Unreadable(e)),
+        Err(ReadError::Missing) => return Ok(None),
+        Err(ReadError::Io(e)) => return Err(LoadError::Unreadable(e)),
+        Err(e) => return Err(LoadError::Unsafe(e)),
     };
     Ok(Some(saved_from(decode(&file, &cfg.key, identity)?, clock)))
 }
@@ -828,7 +874,7 @@ impl Writer {
             if let Some(dir) = path.parent() {
                 crate::write::ensure_dir(dir)?;
             }
-            crate::write::write_file(&path, &bytes, 0o600, None, None)
+            crate::write::write_own_file(&path, &bytes, "the state file")
         })
         .await;
         let err = match res {
@@ -1020,12 +1066,195 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_and_missing_files() {
+    fn a_missing_file_is_a_first_start_and_a_directory_is_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StateConfig { path: dir.path().join("state"), key: key(1) };
+        let cfg = state_cfg(dir.path());
         assert!(matches!(read(&cfg, &identity(), Clock::now()), Ok(None)), "missing = first start");
+        let nested = StateConfig { path: dir.path().join("not-yet").join("state"), ..cfg.clone() };
+        assert!(matches!(read(&nested, &identity(), Clock::now()), Ok(None)), "no directory yet = first start");
         std::fs::create_dir(&cfg.path).unwrap();
-        assert_eq!(read(&cfg, &identity(), Clock::now()).err().map(|e| e.reason()), Some("unreadable"));
+        assert_eq!(read(&cfg, &identity(), Clock::now()).err().map(|e| e.reason()), Some("unsafe_file"));
+    }
+
+    fn state_cfg(dir: &Path) -> StateConfig {
+        StateConfig { path: dir.join("state"), key: key(1), max_len: size_limit(1, 1 << 20) }
+    }
+
+    /// A good state file for [`identity`] under `key(1)` at `path`, mode 0600.
+    fn good_state(path: &Path) -> Vec<u8> {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = encode(&sample(), &key(1));
+        std::fs::write(path, &bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        bytes
+    }
+
+    /// `read` on a thread of its own, waited for with a generous deadline:
+    /// a read that blocks fails the test instead of hanging it. `Ok(true)`:
+    /// the state was read.
+    fn read_within(cfg: &StateConfig) -> Result<bool, &'static str> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cfg = cfg.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&cfg, &identity(), Clock::now()).map(|s| s.is_some()).map_err(|e| e.reason()));
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("reading the state file blocked")
+    }
+
+    #[test]
+    fn a_fifo_at_the_state_path_is_a_fresh_start_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = state_cfg(dir.path());
+        rustix::fs::mknodat(rustix::fs::CWD, &cfg.path, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0).unwrap();
+        assert_eq!(read_within(&cfg), Err("unsafe_file"));
+        // `load` (what a start does): one counted failure, a fresh plan.
+        let metrics = crate::metrics::Metrics::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = metrics.clone();
+        std::thread::spawn(move || {
+            let plan = load(&cfg, &identity(), &[], &m);
+            let _ = tx.send((plan.token.is_none(), plan.secrets.is_empty()));
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).expect("load blocked"), (true, true));
+        let text = crate::metrics::render(&metrics.register(Store::new([]), true));
+        assert!(text.contains("vaultlet_state_load_failures_total{reason=\"unsafe_file\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn a_symlink_at_the_state_path_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = StateConfig { path: dir.path().join("real"), ..state_cfg(dir.path()) };
+        good_state(&real.path);
+        assert_eq!(read_within(&real), Ok(true), "the target itself is a good state file");
+        let cfg = state_cfg(dir.path());
+        std::os::unix::fs::symlink(&real.path, &cfg.path).unwrap();
+        assert_eq!(read_within(&cfg), Err("unsafe_file"), "a link to a good state file");
+        std::fs::remove_file(&cfg.path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &cfg.path).unwrap();
+        assert_eq!(read_within(&cfg), Err("unsafe_file"), "a link to /dev/zero");
+    }
+
+    #[test]
+    fn a_state_file_of_another_user_or_that_others_may_write_is_not_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = state_cfg(dir.path());
+        good_state(&cfg.path);
+        assert_eq!(read_within(&cfg), Ok(true));
+        let owner = rustix::process::geteuid().as_raw();
+        std::os::unix::fs::chown(&cfg.path, Some(65534), None).unwrap();
+        assert_eq!(read_within(&cfg), Err("unsafe_file"), "owned by uid 65534");
+        std::os::unix::fs::chown(&cfg.path, Some(owner), None).unwrap();
+        for mode in [0o620, 0o602, 0o666] {
+            std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_within(&cfg), Err("unsafe_file"), "mode {mode:o}");
+        }
+        // Reading it does no harm: it is sealed.
+        std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(read_within(&cfg), Ok(true), "mode 640");
+    }
+
+    #[test]
+    fn an_oversized_state_file_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = state_cfg(dir.path());
+        let len = good_state(&cfg.path).len() as u64;
+        cfg.max_len = len - 1;
+        assert_eq!(read_within(&cfg), Err("unsafe_file"));
+        cfg.max_len = len;
+        assert_eq!(read_within(&cfg), Ok(true), "exactly at the limit");
+        assert_eq!(size_limit(3, 1 << 20), 4 << 20, "1 MiB and one answer per secret");
+    }
+
+    /// A config with `[state]` at `state` and the key at `key`.
+    fn config_text(state: &Path, key: &Path) -> String {
+        format!(
+            "[vault]\naddress = \"http://127.0.0.1:8200\"\n[auth.approle]\nrole_id_file = \"/etc/hostname\"\n\
+             secret_id_file = \"/run/x/secret_id\"\n[secret.db]\ndatabase = {{ mount = \"database\", role = \"api\" }}\n\
+             [socket]\n[state]\npath = \"{}\"\nkey_file = \"{}\"\n",
+            state.display(),
+            key.display()
+        )
+    }
+
+    #[test]
+    fn a_state_directory_others_may_change_is_refused_at_check_and_at_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let check = |state: &Path| {
+            crate::Config::from_toml(Path::new("v.toml"), &config_text(state, &key), 1000)
+                .map(|_| ())
+                .map_err(|e| (e.0[0].key.clone(), e.0[0].line, e.0[0].message.clone(), e.0.len()))
+        };
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        for mode in [0o1777, 0o777] {
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+            for path in [shared.join("state"), shared.join("sub").join("state")] {
+                let (k, line, msg, n) = check(&path).expect_err("a directory others may write");
+                assert_eq!((k.as_str(), line, n), ("state.path", Some(10), 1), "{msg}");
+                assert!(msg.contains("writable by other users"), "{msg}");
+            }
+        }
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&shared, Some(65534), None).unwrap();
+        let (_, _, msg, _) = check(&shared.join("state")).expect_err("another user's directory");
+        assert!(msg.contains("uid 65534"), "{msg}");
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        check(&mine.join("state")).expect("a private directory");
+        check(&mine.join("not").join("yet").join("state")).expect("created by vaultlet, under a private one");
+        // Changed after the check: the read and the write refuse it too.
+        let cfg = state_cfg(&mine);
+        good_state(&cfg.path);
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(read_within(&cfg), Err("unsafe_file"));
+        let e = crate::write::write_own_file(&cfg.path, b"x", "the state file").unwrap_err();
+        assert!(matches!(e, crate::write::PlaceError::UnsafeDir { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_key_file_that_is_a_link_a_fifo_another_users_or_too_long_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, [5u8; 32]).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(**read_key(&good).unwrap().0, [5u8; 32]);
+        let within = |p: &Path| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = p.to_owned();
+            std::thread::spawn(move || drop(tx.send(read_key(&p).map(drop))));
+            rx.recv_timeout(Duration::from_secs(30)).expect("reading the key blocked")
+        };
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = within(&link).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = within(&zero).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0).unwrap();
+        let e = within(&fifo).unwrap_err();
+        assert!(e.contains("FIFO"), "{e}");
+        let theirs = dir.path().join("theirs");
+        std::fs::copy(&good, &theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let e = within(&theirs).unwrap_err();
+        assert!(e.contains("uid 65534"), "{e}");
+        let long = dir.path().join("long");
+        std::fs::write(&long, [b'a'; 4096]).unwrap();
+        std::fs::set_permissions(&long, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = within(&long).unwrap_err();
+        assert!(e.contains("more than 66 bytes"), "{e}");
+        // 64 hex characters and CR LF is the longest good key.
+        std::fs::write(&long, format!("{}\r\n", "ab".repeat(32))).unwrap();
+        assert_eq!(**read_key(&long).unwrap().0, [0xab; 32]);
     }
 
     #[test]
@@ -1062,13 +1291,7 @@ mod tests {
         let key = dir.path().join("key");
         std::fs::write(&key, [9u8; 32]).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let src = format!(
-            "[vault]\naddress = \"http://127.0.0.1:8200\"\n[auth.approle]\nrole_id_file = \"/etc/hostname\"\n\
-             secret_id_file = \"/run/x/secret_id\"\n[secret.db]\ndatabase = {{ mount = \"database\", role = \"api\" }}\n\
-             [socket]\n[state]\npath = \"{}\"\nkey_file = \"{}\"\n",
-            dir.path().join("state").display(),
-            key.display()
-        );
+        let src = config_text(&dir.path().join("state"), &key);
         let load = || crate::Config::from_toml(Path::new("v.toml"), &src, 1000);
         let e = load().expect_err("a group-readable key is refused");
         assert_eq!(e.0.len(), 1, "{e}");

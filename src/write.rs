@@ -15,6 +15,16 @@
 //! * a directory writable by other users is refused unless it is sticky
 //!   (then others cannot rename or delete our entries); for sockets the
 //!   sticky directory must also belong to vaultlet's uid or root;
+//! * vaultlet's own files (the sealed state) go only into a directory that
+//!   belongs to vaultlet's uid or root and that others cannot write, sticky
+//!   or not: in a shared sticky directory another user could hold the name
+//!   before the first write, and vaultlet could never replace it;
+//! * files vaultlet reads for itself (the state, its key) are opened with
+//!   `O_NOFOLLOW | O_NONBLOCK` and checked on the opened descriptor (a
+//!   regular file, vaultlet's or root's, no access for others beyond what
+//!   the caller allows, bounded in size) before a byte is read: a symlink,
+//!   a FIFO or a device planted at the name can neither block vaultlet nor
+//!   feed it without end;
 //! * directories vaultlet creates get mode 0750 or stricter, whatever the
 //!   umask;
 //! * a socket is bound inside a private 0700 directory made for it, given
@@ -57,6 +67,20 @@ pub enum PlaceError {
         what: &'static str,
         /// Extra detail.
         why: &'static str,
+    },
+    /// The directory belongs to another user, who can replace what we put there.
+    #[error(
+        "{dir} belongs to uid {owner}, who could replace {what} there; it must belong to the uid vaultlet runs as ({euid}) or root"
+    )]
+    ForeignDir {
+        /// The directory.
+        dir: String,
+        /// What would have gone there.
+        what: &'static str,
+        /// Its owner.
+        owner: u32,
+        /// vaultlet's effective uid.
+        euid: u32,
     },
     /// Something other than a socket is at the path.
     #[error("{0} exists and is not a socket; refusing to replace it")]
@@ -118,6 +142,8 @@ enum Shared {
     Sticky,
     /// Sticky and world-writable only when owned by us or root (sockets).
     StickyOwned,
+    /// Never world-writable, and owned by us or root (vaultlet's own files).
+    Private,
 }
 
 /// Opens `dir` and checks that other users cannot replace entries in it.
@@ -127,13 +153,19 @@ fn open_dir(dir: &Path, what: &'static str, shared: Shared) -> Result<OwnedFd, P
         .map_err(errno(dir))?;
     let st = rustix::fs::fstat(&fd).map_err(errno(dir))?;
     let mode = st.st_mode;
+    let euid = rustix::process::geteuid().as_raw();
+    let owner_ok = st.st_uid == 0 || st.st_uid == euid;
+    if shared == Shared::Private && !owner_ok {
+        return Err(PlaceError::ForeignDir { dir: dir.display().to_string(), what, owner: st.st_uid, euid });
+    }
     if mode & 0o002 != 0 {
         let sticky = mode & 0o1000 != 0;
-        let owner_ok = st.st_uid == 0 || st.st_uid == rustix::process::geteuid().as_raw();
         let unsafe_dir = match shared {
             Shared::Sticky => (!sticky).then_some(" without the sticky bit"),
             Shared::StickyOwned if !sticky => Some(" without the sticky bit"),
             Shared::StickyOwned => (!owner_ok).then_some(" and owned by another user"),
+            Shared::Private if sticky => Some(" (sticky, but another user could hold the name first)"),
+            Shared::Private => Some(""),
         };
         if let Some(why) = unsafe_dir {
             return Err(PlaceError::UnsafeDir { dir: dir.display().to_string(), what, why });
@@ -172,8 +204,26 @@ pub fn write_file(
     owner: Option<u32>,
     group: Option<u32>,
 ) -> Result<(), PlaceError> {
+    write_in(path, bytes, mode, owner, group, ("a file", Shared::Sticky))
+}
+
+/// Writes one of vaultlet's own files (the sealed state) like
+/// [`write_file`], mode 0600, into a directory that only vaultlet's uid or
+/// root may change (see [`check_own_dir`]).
+pub fn write_own_file(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), PlaceError> {
+    write_in(path, bytes, 0o600, None, None, (what, Shared::Private))
+}
+
+fn write_in(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+    (what, shared): (&'static str, Shared),
+) -> Result<(), PlaceError> {
     let (dir_path, name) = split(path)?;
-    let dir = open_dir(dir_path, "a file", Shared::Sticky)?;
+    let dir = open_dir(dir_path, what, shared)?;
     let io = io_at(path);
     for _ in 0..ATTEMPTS {
         let tmp = temp_name(name, ".tmp");
@@ -384,6 +434,132 @@ fn remove_version(dir: &OwnedFd, name: &str) {
         let _ = rustix::fs::unlinkat(&vdir, n.as_os_str(), AtFlags::empty());
     }
     let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+}
+
+// === vaultlet's own files ===
+
+/// Checks, before vaultlet runs, the directory its own file `path` goes
+/// in: it (or, while it does not exist yet, the nearest ancestor that does,
+/// under which vaultlet creates it 0750) must belong to vaultlet's uid or
+/// root and must not be writable by others, sticky or not.
+pub fn check_own_dir(path: &Path, what: &'static str) -> Result<(), PlaceError> {
+    let (dir, _) = split(path)?;
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    open_dir(existing, what, Shared::Private).map(drop)
+}
+
+/// What a file vaultlet reads for itself must be.
+pub struct OwnFile {
+    /// What it is, for messages ("the state file").
+    pub what: &'static str,
+    /// Mode bits it must not have: 0o022 (nobody else may change it) or
+    /// 0o077 (nobody else may touch it).
+    pub forbidden_mode: u32,
+    /// The longest content accepted.
+    pub max_len: u64,
+    /// Whether its directory must follow the rules of [`check_own_dir`]
+    /// (a file vaultlet writes there itself).
+    pub private_dir: bool,
+}
+
+/// Why one of vaultlet's own files was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Nothing at the path, or no directory for it.
+    #[error("file not found")]
+    Missing,
+    /// A symlink, a FIFO, a device, a directory…: never read.
+    #[error("it is {0}, not a regular file")]
+    NotRegular(&'static str),
+    /// Another user's file.
+    #[error("it belongs to uid {owner}; it must belong to the uid vaultlet runs as ({euid}) or root")]
+    Owner {
+        /// The file's owner.
+        owner: u32,
+        /// vaultlet's effective uid.
+        euid: u32,
+    },
+    /// Group or others have access they must not have.
+    #[error("its mode {0:04o} gives group or others access they must not have")]
+    Mode(u32),
+    /// Longer than any file vaultlet writes or accepts there.
+    #[error("it is longer than {0} bytes")]
+    TooLong(u64),
+    /// The directory is not safe (see [`check_own_dir`]).
+    #[error(transparent)]
+    Dir(PlaceError),
+    /// It could not be read.
+    #[error("cannot read it: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+fn kind(mode: u32) -> &'static str {
+    match FileType::from_raw_mode(mode) {
+        FileType::Directory => "a directory",
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Socket => "a socket",
+        FileType::Symlink => "a symbolic link",
+        _ => "not a plain file",
+    }
+}
+
+/// Reads one of vaultlet's own files without trusting what is at the path:
+/// opened with `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO does
+/// not block), checked on the opened descriptor (a regular file owned by
+/// vaultlet's uid or root, none of `forbidden_mode`, at most `max_len`
+/// bytes), then read through a reader that stops after `max_len + 1` bytes,
+/// so a file that grows meanwhile cannot make it read more.
+pub fn read_own_file(path: &Path, rules: &OwnFile) -> Result<zeroize::Zeroizing<Vec<u8>>, ReadError> {
+    use std::io::Read as _;
+    let io = |e: Errno| match e {
+        Errno::NOENT | Errno::NOTDIR => ReadError::Missing,
+        e => ReadError::Io(e.into()),
+    };
+    let (dir_path, name) = split(path).map_err(ReadError::Dir)?;
+    let dir = if rules.private_dir {
+        open_dir(dir_path, rules.what, Shared::Private).map_err(|e| match e {
+            PlaceError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ReadError::Missing,
+            PlaceError::Io { source, .. } => ReadError::Io(source),
+            e => ReadError::Dir(e),
+        })?
+    } else {
+        rustix::fs::open(dir_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io)?
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| match e {
+        Errno::LOOP => ReadError::NotRegular("a symbolic link"),
+        // A socket cannot be opened at all.
+        Errno::NXIO => ReadError::NotRegular("a socket"),
+        e => io(e),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(io)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(ReadError::NotRegular(kind(st.st_mode)));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid && st.st_uid != 0 {
+        return Err(ReadError::Owner { owner: st.st_uid, euid });
+    }
+    if st.st_mode & rules.forbidden_mode != 0 {
+        return Err(ReadError::Mode(st.st_mode & 0o7777));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size > rules.max_len {
+        return Err(ReadError::TooLong(rules.max_len));
+    }
+    // One allocation: of the bound for small files (a key never moves to
+    // a second, unwiped buffer), of what fstat saw for large ones (a file
+    // that grows meanwhile may still reallocate, up to the bound).
+    let want = if rules.max_len <= 1 << 16 { rules.max_len } else { size };
+    let cap = usize::try_from(want.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(cap));
+    std::fs::File::from(fd).take(rules.max_len.saturating_add(1)).read_to_end(&mut buf).map_err(ReadError::Io)?;
+    if buf.len() as u64 > rules.max_len {
+        return Err(ReadError::TooLong(rules.max_len));
+    }
+    Ok(buf)
 }
 
 // === sockets ===

@@ -185,7 +185,10 @@ impl<'a> Cx<'a> {
         };
         let state = match raw.state {
             None => Some(None),
-            Some(s) => crate::state::validate(self, s).map(Some),
+            Some(s) => {
+                let max_response = vault.as_ref().map_or(crate::vault::DEFAULT_MAX_RESPONSE, |v| v.max_response_size);
+                crate::state::validate(self, s, crate::state::size_limit(secrets.len(), max_response)).map(Some)
+            }
         };
         Some(Config {
             vault: vault?,

@@ -26,6 +26,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         t!(exec_child_and_template_command_never_see_vaultlets_own_variables),
         t!(exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket),
+        t!(exec_child_and_template_command_start_without_vaultlets_capabilities),
         t!(stop_signal_reaches_the_apps_grandchildren),
         t!(orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1),
         t!(kv_value_cannot_inject_a_variable_into_a_docker_env_file_nor_a_key_into_json),
@@ -199,6 +200,96 @@ async fn exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket(bed
     ensure!(sid.trim() == "denied", "the child cannot read the secret_id file: {sid}");
     ensure!(rc.trim() != "0" && get.contains("403"), "the socket refuses it with 403: rc {rc} {get}");
     ensure!(!get.contains("only-via-socket"), "no value reached it: {get}");
+    Ok(())
+}
+
+/// The `Cap*` lines of a `/proc/PID/status`, by name, as numbers.
+fn caps(status: &str) -> BTreeMap<String, u64> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("Cap"))
+        .filter_map(|(k, v)| Some((k.to_owned(), u64::from_str_radix(v.trim(), 16).ok()?)))
+        .collect()
+}
+
+const CAP_IPC_LOCK: u64 = 1 << 14;
+
+/// Issue 17: run as the systemd unit runs it (a non-root user with
+/// `AmbientCapabilities=CAP_IPC_LOCK`), vaultlet handed CAP_IPC_LOCK on:
+/// the `exec` app and a template command started with CapPrm = CapEff =
+/// CapAmb = 0x4000. Now both start with no capability in any set, while
+/// vaultlet itself still holds CAP_IPC_LOCK (so the test cannot pass for
+/// want of a capability to hand on).
+async fn exec_child_and_template_command_start_without_vaultlets_capabilities(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("x-caps")?;
+    bed.approle("t_xcaps", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    bed.write("secret/data/t_xcaps", json!({ "data": { "token": "caps-value" } })).await?;
+    // vaultlet runs as 65534: its directory and credential files are its own.
+    for p in [dir.clone(), dir.join("role_id"), dir.join("secret_id")] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).with_context(|| format!("chown {}", p.display()))?;
+    }
+    let (child_caps, hook_caps) = (dir.join("child.caps"), dir.join("hook.caps"));
+    // The shell's own status, read by builtins (a `grep` would show its own).
+    let dump = |out: &Path| {
+        format!(
+            "while read -r l; do case $l in Cap*) echo \"$l\";; esac; done < /proc/self/status > {0}.tmp && mv {0}.tmp {0}",
+            out.display()
+        )
+    };
+    let cfg = config(
+        &bed,
+        &dir,
+        &format!(
+            "[secret.app]\nkv = {{ path = \"t_xcaps\" }}\n[exec]\nenv = {{ APP_TOKEN = \"app.token\" }}\n\
+             [[template]]\npath = \"{conf}\"\ntemplate = \"token={{{{ app.token }}}}\\n\"\ncommand = [\"sh\", \"-c\", {hook:?}]\n",
+            conf = dir.join("app.conf").display(),
+            hook = dump(&hook_caps),
+        ),
+    );
+    let script = format!("{}; while :; do sleep 0.1; done", dump(&child_caps));
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+ipc_lock",
+        "--ambient-caps=+ipc_lock",
+        bin(),
+        "--log",
+        "debug",
+    ];
+    let d = Daemon::start_via(&setpriv, &dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
+    let read = |p: &Path| {
+        let p = p.to_owned();
+        async move { Ok(std::fs::read_to_string(&p).ok().map(|s| caps(&s)).filter(|c| c.contains_key("CapAmb"))) }
+    };
+    let child = eventually(Duration::from_secs(30), "the child wrote its capabilities", || read(&child_caps))
+        .await
+        .with_context(|| d.log_text())?;
+    let hook = eventually(Duration::from_secs(15), "the template command wrote its capabilities", || read(&hook_caps))
+        .await
+        .with_context(|| d.log_text())?;
+    // vaultlet itself: uid 65534 holding CAP_IPC_LOCK, as under the unit.
+    let pid = d.child.id().context("pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    ensure!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")),
+        "vaultlet runs as 65534:\n{status}"
+    );
+    let own = caps(&status);
+    ensure!(
+        own.get("CapEff").is_some_and(|c| c & CAP_IPC_LOCK != 0),
+        "vaultlet holds CAP_IPC_LOCK, so there was something to hand on: {own:x?}"
+    );
+    for (who, c) in [("exec child", &child), ("template command", &hook)] {
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            ensure!(c.get(set) == Some(&0), "{who}: {set} is {:x?}, not 0 ({c:x?})", c.get(set));
+        }
+    }
+    ensure!(own.get("CapAmb") == Some(&0) && own.get("CapInh") == Some(&0), "vaultlet keeps it to itself: {own:x?}");
+    println!("  vaultlet CapEff {:#x}; child and template command: no capabilities", own["CapEff"]);
+    d.stop().await?;
     Ok(())
 }
 

@@ -37,6 +37,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(lease_revoked_while_down_is_replaced_at_start),
         t!(token_revoked_while_down_means_new_login_and_every_lease_replaced),
         t!(bad_state_file_is_a_fresh_start_with_one_warning_and_no_secret),
+        t!(fifo_planted_at_the_state_path_is_a_fresh_start_and_sigterm_stops_it),
         t!(state_file_holds_no_served_value_in_clear_and_is_0600),
         t!(loose_or_bad_state_key_file_is_exit_64_before_network_io),
         t!(versions_do_not_move_across_a_restart),
@@ -565,6 +566,46 @@ pub async fn bad_state_file_is_a_fresh_start_with_one_warning_and_no_secret(bed:
             write_mode(&dir.join("state.key"), &key, 0o600)?;
         }
     }
+    Ok(())
+}
+
+/// Another user's FIFO at `state.path` (planted before the start): vaultlet
+/// used to block opening it, never became ready and ignored SIGTERM. Now
+/// it is not read: one counted `unsafe_file`, a fresh start, ready, the
+/// FIFO replaced by a sealed file at the first write, and SIGTERM stops it.
+pub async fn fifo_planted_at_the_state_path_is_a_fresh_start_and_sigterm_stops_it(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("restart-fifo")?;
+    bed.approle("t_rs_fifo", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    new_key(&dir)?;
+    let fifo = state_path(&dir);
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o666), 0)?;
+    std::os::unix::fs::chown(&fifo, Some(65534), Some(65534))?;
+    let port = free_port()?;
+    let cfg = format!(
+        "{}{}{}",
+        config(&bed, &dir, "[secret.api]\nkv = { path = \"api\" }\n"),
+        state_block(&dir),
+        metrics_block(port)
+    );
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await.context("ready despite the FIFO")?;
+    let m = scrape(port).await?;
+    ensure!(
+        sum(&m, "vaultlet_state_load_failures_total{reason=\"unsafe_file\"}") == 1.0,
+        "one unsafe_file counted:\n{m}"
+    );
+    ensure!(sum(&m, "vaultlet_state_load_failures_total") == 1.0, "no other reason:\n{m}");
+    let log = d.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("not used") && l.contains("FIFO")).collect();
+    ensure!(warnings.len() == 1, "one warning naming the FIFO, got {warnings:#?}\n{log}");
+    metric_reaches(&d, port, "vaultlet_state_writes_total", 1.0, Duration::from_secs(10)).await?;
+    let meta = std::fs::symlink_metadata(&fifo)?;
+    ensure!(meta.file_type().is_file(), "the FIFO was replaced by the sealed file: {:?}", meta.file_type());
+    ensure!(std::fs::read(&fifo)?.starts_with(b"VLTSTATE"), "a sealed state file");
+    let t = Instant::now();
+    let st = d.stop().await.context("stops on SIGTERM")?;
+    ensure!(st.success(), "clean stop: {st}");
+    println!("  ready with a FIFO at state.path; stopped {:?} after SIGTERM", t.elapsed());
     Ok(())
 }
 
