@@ -300,9 +300,13 @@ impl Credentials {
 
 async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretString, AuthError> {
     let err = |reason: String| AuthError::File { what, path: path.display().to_string(), reason };
-    let mut bytes = tokio::fs::read(path).await.map_err(|e| err(e.to_string()))?;
+    let owned = path.to_owned();
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::write::read_input_file(&owned, crate::write::MAX_CREDENTIAL_FILE))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(e.to_string()))?;
     let s = std::str::from_utf8(&bytes).map(|s| s.trim().to_owned());
-    zeroize::Zeroize::zeroize(&mut bytes);
     let s = s.map_err(|_| err("not UTF-8 text".into()))?;
     if s.is_empty() {
         return Err(err("file is empty".into()));

@@ -259,7 +259,8 @@ pub struct Identity {
 impl Identity {
     /// The identity of `config`, reading its role_id file.
     pub fn of(config: &crate::Config) -> std::io::Result<Identity> {
-        let raw = Zeroizing::new(std::fs::read(&config.auth.role_id_file)?);
+        let raw = crate::write::read_input_file(&config.auth.role_id_file, crate::write::MAX_CREDENTIAL_FILE)
+            .map_err(std::io::Error::other)?;
         let role_id = raw.trim_ascii();
         Ok(Identity {
             addresses: config.vault.addresses.iter().map(|u| u.to_string()).collect(),

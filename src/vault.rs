@@ -886,11 +886,18 @@ fn valid_lease_id(id: &str) -> bool {
 
 // === TLS roots ===
 
+/// A PEM file (CA bundle, client certificate or key), read with the
+/// bounds of [`crate::write::read_input_file`]; wiped when dropped.
+fn read_pem(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    crate::write::read_input_file(path, crate::write::MAX_INPUT_FILE)
+        .map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))
+}
+
 /// The roots to trust: the `ca_cert` bundle, or the system bundle from
 /// [`SYSTEM_CA_FILES`] when some address is https, or none for plain http.
 fn load_roots(cfg: &VaultConfig, system: &[&str]) -> Result<Vec<reqwest::Certificate>, VaultError> {
     let bundle = |path: &Path| -> Result<Vec<reqwest::Certificate>, VaultError> {
-        let pem = std::fs::read(path).map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))?;
+        let pem = read_pem(path)?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|_| VaultError::Setup(format!("{} holds no valid PEM certificate", path.display())))?;
         if certs.is_empty() {
@@ -961,12 +968,11 @@ impl Vault {
         // SSL_CERT_DIR in the environment would replace the system roots.
         b = b.tls_certs_only(load_roots(cfg, system)?);
         if let Some((cert, key)) = &cfg.client_cert {
-            let mut pem =
-                std::fs::read(cert).map_err(|e| VaultError::Setup(format!("reading {}: {e}", cert.display())))?;
-            let mut k = std::fs::read(key).map_err(|e| VaultError::Setup(format!("reading {}: {e}", key.display())))?;
+            let k = read_pem(key)?;
+            let mut pem = read_pem(cert)?.to_vec();
             pem.push(b'\n');
             pem.extend_from_slice(&k);
-            k.zeroize();
+            drop(k);
             let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
                 VaultError::Setup(format!("{} / {} are not a PEM certificate and key", cert.display(), key.display()))
             });

@@ -562,6 +562,47 @@ pub fn read_own_file(path: &Path, rules: &OwnFile) -> Result<zeroize::Zeroizing<
     Ok(buf)
 }
 
+/// Reads a file the operator points vaultlet at (config, template source,
+/// role_id and secret_id, CA bundle, client certificate and key) without
+/// letting what sits at the path stall or swell vaultlet: opened with
+/// `O_NONBLOCK` (a FIFO does not block), checked to be a regular file on
+/// the opened descriptor, and read through a reader that stops after
+/// `max_len + 1` bytes, so a device such as `/dev/zero` or a file that
+/// grows meanwhile cannot make it read more. Symlinks are followed: these
+/// files live where their owners put them (Kubernetes secret volumes are
+/// links), and who may change them is warned about elsewhere.
+pub fn read_input_file(path: &Path, max_len: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, ReadError> {
+    use std::io::Read as _;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        Errno::NOENT | Errno::NOTDIR => ReadError::Missing,
+        Errno::NXIO => ReadError::NotRegular("a socket"),
+        e => ReadError::Io(e.into()),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| ReadError::Io(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(ReadError::NotRegular(kind(st.st_mode)));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size > max_len {
+        return Err(ReadError::TooLong(max_len));
+    }
+    let cap = usize::try_from(size.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(cap));
+    std::fs::File::from(fd).take(max_len.saturating_add(1)).read_to_end(&mut buf).map_err(ReadError::Io)?;
+    if buf.len() as u64 > max_len {
+        return Err(ReadError::TooLong(max_len));
+    }
+    Ok(buf)
+}
+
+/// The longest role_id, secret_id or wrapping-token file read.
+pub const MAX_CREDENTIAL_FILE: u64 = 64 * 1024;
+
+/// The longest config file, template source, CA bundle or client
+/// certificate file read.
+pub const MAX_INPUT_FILE: u64 = 16 * 1024 * 1024;
+
 // === sockets ===
 
 /// The socket vaultlet created: removed at exit only if it is still there.
@@ -659,6 +700,42 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<(std::os::unix::net::UnixLi
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// `read_input_file` on another thread, failing the test if it blocks.
+    fn read_input_within(path: &Path, max_len: u64) -> Result<Vec<u8>, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_input_file(&path, max_len).map(|b| b.to_vec()).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30)).expect("read_input_file blocked")
+    }
+
+    #[test]
+    fn input_files_at_a_fifo_or_a_device_neither_block_nor_read_without_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("secret_id");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).unwrap();
+        let e = read_input_within(&fifo, MAX_CREDENTIAL_FILE).unwrap_err();
+        assert!(e.contains("a FIFO"), "{e}");
+        let e = read_input_within(Path::new("/dev/zero"), MAX_CREDENTIAL_FILE).unwrap_err();
+        assert!(e.contains("a character device"), "{e}");
+        // A link is followed (Kubernetes secret volumes are links)…
+        let real = dir.path().join("real");
+        std::fs::write(&real, "role-123\n").unwrap();
+        let link = dir.path().join("role_id");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(read_input_within(&link, MAX_CREDENTIAL_FILE).unwrap(), b"role-123\n");
+        // …to a link to a device, it is refused like the device.
+        let to_dev = dir.path().join("to_dev");
+        std::os::unix::fs::symlink("/dev/zero", &to_dev).unwrap();
+        assert!(read_input_within(&to_dev, MAX_CREDENTIAL_FILE).is_err());
+        // One byte over the bound is refused, the bound itself is read.
+        std::fs::write(&real, vec![b'a'; 10]).unwrap();
+        assert_eq!(read_input_within(&real, 10).unwrap().len(), 10);
+        assert!(read_input_within(&real, 9).unwrap_err().contains("longer than 9 bytes"));
+        assert_eq!(read_input_within(&dir.path().join("none"), 10).unwrap_err(), "file not found");
+    }
 
     fn group(dir: &Path, cert: &str, key: &str) {
         let files = [

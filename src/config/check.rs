@@ -285,7 +285,7 @@ impl<'a> Cx<'a> {
         let mode = self.mode(&t.mode, &format!("{key}.mode"), 0o600);
         let text = match (t.template, t.source) {
             (Some(inline), None) => Some((inline.span(), inline.into_inner(), format!("{key}.template"))),
-            (None, Some(src)) => match std::fs::read_to_string(src.get_ref()) {
+            (None, Some(src)) => match super::read_text(src.get_ref()) {
                 Ok(text) => Some((src.span(), text, format!("{key}.source"))),
                 Err(e) => self.err(src.span(), &format!("{key}.source"), format!("cannot read: {e}")),
             },

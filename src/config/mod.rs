@@ -418,7 +418,7 @@ impl Config {
     /// Reads and validates a config file, reporting every problem in it. No
     /// network I/O.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let src = std::fs::read_to_string(path).map_err(|e| {
+        let src = read_text(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
                 line: None,
@@ -442,6 +442,14 @@ impl Config {
         let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));
         cx.finish(config)
     }
+}
+
+/// A config file or template source as text: a regular file of at most
+/// [`crate::write::MAX_INPUT_FILE`] bytes (a FIFO or device at the path is
+/// refused, not waited on or read without end).
+fn read_text(path: &Path) -> Result<String, String> {
+    let bytes = crate::write::read_input_file(path, crate::write::MAX_INPUT_FILE).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| "not UTF-8 text".to_owned())
 }
 
 fn current_uid() -> u32 {
