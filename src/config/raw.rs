@@ -394,7 +394,7 @@ pub struct ConfigKey {
 /// Every key the loader accepts, tables first then their keys, in the order
 /// serde knows them. The keys of each table are the field names its `Raw*`
 /// struct hands serde (the same list `deny_unknown_fields` checks against),
-/// and the top level is [`TOP`], so a key added to the loader appears here
+/// and the top level is `TOP`, so a key added to the loader appears here
 /// by itself; only a new nested table needs a line in `nested`.
 pub fn keys() -> Vec<ConfigKey> {
     fn walk(path: String, out: &mut Vec<ConfigKey>) {
