@@ -83,7 +83,7 @@ FULL = Mode(
 )
 
 FIGURES = ("startup", "memory", "load", "socket", "scale", "restart", "verify")
-VERIFY_DEFAULT_S = 60  # vaultlet's default verify_every (README, "Every knob")
+VERIFY_DEFAULT_S = 60  # vaultlet's default verify_every (docs/configuration.md)
 
 SIZES = [(1, 1), (100, 10)]  # (KV secrets, database secrets) for figures 1 and 2
 

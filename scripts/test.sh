@@ -60,6 +60,9 @@ python3 scripts/advisories.py
 step "unit tests (including property tests)"
 cargo test --locked --lib --bins
 
+step "docs against the code (metrics, config keys, CLI flags, test names, links)"
+cargo test --locked --test docs
+
 step "env file formats read back by their real readers (sh, bash, docker CLI, systemd, npm dotenv, python-dotenv)"
 scripts/env-parsers.sh >/dev/null
 cargo test --locked --test env_formats

@@ -6,22 +6,8 @@
 //!
 //! # Architecture
 //!
-//! ```text
-//!   config ──► main ──► run() / exec::run() ──► supervise
-//!                         start · READY · watchdog · STOPPING · stop
-//!
-//!        ┌──────────────── rejected(generation): a 403 seen ◄──────────┐
-//!        ▼                                                             │
-//!      auth ──► AuthState (watch) ──┬──► lease task per secret ────────┤
-//!        │      token · login       │      database · kv · pki         │
-//!        │      problem · token     │      retry::decide on failure    ├──► store (watch) ──┬──► api (socket)
-//!        │      ends · dead tokens  │      └──► drain tasks            │      ▲             ├──► render (files)
-//!        │                          └──────────────────────────────────┼──────┘             ├──► exec (the app)
-//!        │                                                             │   login problem    └──► state (sealed file)
-//!        ▼                                                             ▼
-//!      vault::Backend ◄────────────────────────────────────────────────┘
-//!      (Vault: the only user of vaultrs; a scripted fake in the unit tests)
-//! ```
+//! How the parts below talk to each other is drawn in
+//! `docs/architecture.md`, with a tour of the source files.
 //!
 //! * [`config`] turns the TOML file into validated types; nothing else parses.
 //! * [`vault`] is the wall around vaultrs; everything past it is our types.

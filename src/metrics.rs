@@ -9,28 +9,10 @@
 //! from the store at scrape time, so they are never stale. No label ever
 //! holds a value: only secret names, operations, statuses and results.
 //!
-//! The names below are an interface (alert rules in `examples/prometheus`
-//! and the tests read them); log lines are not.
-//!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `vaultlet_logins_total` | counter | `result` |
-//! | `vaultlet_token_renewals_total` | counter | `result` |
-//! | `vaultlet_lease_renewals_total` | counter | `secret`, `result` |
-//! | `vaultlet_lease_lookups_total` | counter | `secret`, `result` (`verify_every` and reported credentials) |
-//! | `vaultlet_credentials_issued_total` | counter | `secret` (first issue and every replacement) |
-//! | `vaultlet_kv_reads_total` | counter | `secret`, `result` |
-//! | `vaultlet_vault_request_duration_seconds` | histogram | `operation` |
-//! | `vaultlet_vault_requests_total` | counter | `operation`, `result` |
-//! | `vaultlet_socket_requests_total` | counter | `status` |
-//! | `vaultlet_socket_denied_total` | counter | `reason` (`socket`, `secret`, `rate_limited`, `connection_limit_uid`, `connection_limit`, `wait_limit`) |
-//! | `vaultlet_secret_lease_expiry_seconds` | gauge | `secret`: seconds until the served credential's lease ends |
-//! | `vaultlet_secret_lease_ttl_seconds` | gauge | `secret`: the TTL the lease was issued with |
-//! | `vaultlet_certificate_expiry_seconds` | gauge | `secret`: seconds until the served certificate's `notAfter` (PKI secrets) |
-//! | `vaultlet_certificates_issued_total` | counter | `secret`, `result` |
-//! | `vaultlet_secret_version` | gauge | `secret` |
-//! | `vaultlet_secret_available` | gauge | `secret`: 1 when served, 0 when missing or expired |
-//! | `vaultlet_ready` | gauge | 1 when every secret is available |
+//! The names are an interface (alert rules in `examples/prometheus` and the
+//! tests read them); log lines are not. The list of every metric, its type
+//! and labels is the table in `docs/observability.md`; `tests/docs.rs` fails
+//! when that table and [`Metrics::register`] disagree.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

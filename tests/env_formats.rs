@@ -17,7 +17,8 @@
 //!   on, its default), with `X` set in its environment so an expansion shows.
 //!
 //! For every format, each value is either read back exactly or refused by
-//! vaultlet, and the refused set is exactly the one the README documents.
+//! vaultlet, and the refused set is exactly the one `docs/outputs/files.md`
+//! documents.
 //! scripts/env-parsers.sh installs the two dotenv packages into the cache.
 
 use std::collections::BTreeMap;

@@ -288,7 +288,7 @@ grep -m1 -i 'watchdog' <<<"$(sx journalctl --no-pager -u vaultlet -o cat)" | sed
 pass systemd_watchdog_restarts_a_frozen_vaultlet "pid $old_pid frozen, restarted as pid $new_pid (NRestarts $n0 -> $(prop vaultlet NRestarts))"
 
 step "systemd: sealed state keyed by systemd-creds survives a crash without a new login"
-# As README.md, "Restarts: sealed state", says: the key encrypted with
+# As docs/state.md ("Providing the key") says: the key encrypted with
 # systemd-creds, LoadCredentialEncrypted= and StateDirectory= in the unit,
 # [state] in vaultlet.toml. The unit's lines go in a drop-in here.
 # shellcheck disable=SC2016 # expanded by the container's shell

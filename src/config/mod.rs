@@ -32,6 +32,7 @@ use serde::Deserialize;
 mod check;
 pub(crate) use check::Cx;
 mod raw;
+pub use raw::{ConfigKey, keys};
 pub mod templates;
 pub mod types;
 
@@ -41,7 +42,7 @@ pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 /// Default `verify_every`: one `sys/leases/lookup` per database secret per
 /// minute. A revoked lease is noticed within this bound; a minute keeps the
 /// cost at about a third of a renewal rhythm for hour-long leases, and far
-/// below the request budget of one sidecar (see the README).
+/// below the request budget of one sidecar (see `docs/rotation.md`).
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(60);
 /// Shortest `verify_every` (tests use 2 s).
 pub const MIN_VERIFY_EVERY: Duration = Duration::from_secs(1);
@@ -282,7 +283,7 @@ pub enum EnvFormat {
 }
 
 impl EnvFormat {
-    /// The config spellings, in the order the README lists them.
+    /// The config spellings, in the order `docs/outputs/files.md` lists them.
     pub const ALL: [(&'static str, EnvFormat); 5] = [
         ("sh", EnvFormat::Sh),
         ("docker", EnvFormat::Docker),

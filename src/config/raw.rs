@@ -375,3 +375,102 @@ pub(crate) struct RawExec {
     pub user: Option<Spanned<u32>>,
     pub group: Option<Spanned<u32>>,
 }
+
+// === the accepted keys ===
+
+/// One key a configuration file may hold, dotted: `vault.address`,
+/// `secret.NAME.database.role`, `env_file.path`. `NAME` stands for a name
+/// the user picks (a secret, an `exec.env` variable); the entries of
+/// `[[env_file]]`, `[[template]]` and the `allow` lists take no index.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigKey {
+    /// The dotted path.
+    pub path: String,
+    /// A table (or array of tables, or map) holding more keys, rather than
+    /// a value.
+    pub table: bool,
+}
+
+/// Every key the loader accepts, tables first then their keys, in the order
+/// serde knows them. The keys of each table are the field names its `Raw*`
+/// struct hands serde (the same list `deny_unknown_fields` checks against),
+/// and the top level is `TOP`, so a key added to the loader appears here
+/// by itself; only a new nested table needs a line in `nested`.
+pub fn keys() -> Vec<ConfigKey> {
+    fn walk(path: String, out: &mut Vec<ConfigKey>) {
+        match nested(&path) {
+            Some(fields) => {
+                out.push(ConfigKey { path: path.clone(), table: true });
+                for f in fields {
+                    walk(format!("{path}.{f}"), out);
+                }
+            }
+            None => out.push(ConfigKey { path, table: false }),
+        }
+    }
+    let mut out = Vec::new();
+    for top in TOP {
+        walk((*top).to_owned(), &mut out);
+    }
+    out
+}
+
+/// The keys of the table at `path`, or `None` for a value: the nesting that
+/// [`RawConfig::read`] and the `Raw*` field types spell out.
+fn nested(path: &str) -> Option<&'static [&'static str]> {
+    Some(match path {
+        "vault" => fields_of::<RawVault>(),
+        "auth" => fields_of::<RawAuth>(),
+        "auth.approle" => fields_of::<RawAppRole>(),
+        "secret" | "exec.env" => &["NAME"],
+        "secret.NAME" => fields_of::<RawSecret>(),
+        "secret.NAME.database" => fields_of::<RawDatabase>(),
+        "secret.NAME.kv" => fields_of::<RawKv>(),
+        "secret.NAME.pki" => fields_of::<RawPki>(),
+        "secret.NAME.allow" | "socket.allow" => fields_of::<RawAllow>(),
+        "socket" => fields_of::<RawSocket>(),
+        "env_file" => fields_of::<RawEnvFile>(),
+        "template" => fields_of::<RawTemplate>(),
+        "exec" => fields_of::<RawExec>(),
+        "memory" => fields_of::<RawMemory>(),
+        "metrics" => fields_of::<RawMetrics>(),
+        "state" => fields_of::<crate::state::RawState>(),
+        _ => return None,
+    })
+}
+
+/// The field names serde's derived `Deserialize` for `T` accepts: it hands
+/// them to `deserialize_struct`, where this deserializer takes them and
+/// stops.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor, value};
+
+    struct Fields<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, value::Error> {
+            Err(value::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, value::Error> {
+            self.0.set(fields);
+            Err(value::Error::custom("fields taken"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let fields = std::cell::Cell::new(&[][..]);
+    let _: Result<T, _> = T::deserialize(Fields(&fields));
+    fields.get()
+}

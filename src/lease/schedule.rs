@@ -1,6 +1,6 @@
 //! When to renew, when to replace: pure functions of the clock.
 //!
-//! The model (see the README's "Rotation" section for a timeline):
+//! The model (`docs/rotation.md` draws it as a timeline):
 //!
 //! * **Renew** at about ⅔ of the time left, minus up to 10 % jitter so many
 //!   sidecars do not renew in lock-step. Never right after issue: a fresh

@@ -232,6 +232,9 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
     Ok(())
 }
 
+/// A KV secret re-read every second: unchanged re-reads keep version 1; a
+/// changed value bumps it and rewrites the env file once (a new file renamed
+/// into place, read back by `sh`).
 async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("kv")?;
     bed.approle("t_kv", "vaultlet-test", "1h", "4h", &dir, false).await?;
@@ -279,6 +282,9 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
     Ok(())
 }
 
+/// Long-polls answer at once when a newer version than `after` exists, on
+/// the change when one is parked, or with the current version when the wait
+/// runs out; `/v1/events` announces the current version, then the new one.
 async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("poll")?;
     bed.approle("t_poll", "vaultlet-test", "1h", "4h", &dir, false).await?;
@@ -353,6 +359,8 @@ async fn long_poll_and_events_announce_new_versions(bed: Arc<Bed>) -> Result<()>
     Ok(())
 }
 
+/// `revoke_on_shutdown = true`: after SIGTERM the leased credentials no longer
+/// log in to PostgreSQL.
 async fn revoke_on_shutdown_kills_credentials(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("revoke")?;
     bed.db_role("t_revoke", "1h", "2h").await?;
@@ -376,6 +384,9 @@ async fn revoke_on_shutdown_kills_credentials(bed: Arc<Bed>) -> Result<()> {
     }
 }
 
+/// A `nobody` caller that can connect to the socket but is on no allow list
+/// gets 403 and no value, and the refusal is logged with its uid; the
+/// allowed caller still reads.
 async fn caller_not_on_allow_list_gets_403(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("peer")?;
     bed.approle("t_peer", "vaultlet-test", "1h", "4h", &dir, false).await?;
@@ -407,6 +418,9 @@ async fn caller_not_on_allow_list_gets_403(bed: Arc<Bed>) -> Result<()> {
     Ok(())
 }
 
+/// `check` and `run` exit 64 naming the file, the line and the key for seven
+/// broken configs, report every error of a config with three mistakes (one
+/// line each), and create no socket.
 async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("check")?;
     std::fs::write(dir.join("role_id"), "x")?;
@@ -465,6 +479,9 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
     Ok(())
 }
 
+/// A response-wrapped secret_id is unwrapped and used, its file removed after
+/// use; neither the wrapping token, the secret_id nor the role_id reaches the
+/// log at trace level.
 async fn wrapped_secret_id_is_unwrapped_and_removed(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("wrap")?;
     bed.approle("t_wrap", "vaultlet-test", "1h", "4h", &dir, false).await?;
@@ -496,6 +513,9 @@ async fn wrapped_secret_id_is_unwrapped_and_removed(bed: Arc<Bed>) -> Result<()>
     Ok(())
 }
 
+/// A wrong secret_id: `vaultlet ready` exits 1, `/v1/ready` names the refused
+/// AppRole login, the login is counted as an error, and the secret_id is
+/// echoed neither there nor in the log.
 async fn refused_login_is_reported_by_ready(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("badlogin")?;
     bed.approle("t_badlogin", "vaultlet-test", "1h", "4h", &dir, false).await?;
