@@ -208,12 +208,12 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     for (bundle, specs) in bundles {
         let (tx, rx) = tokio::sync::oneshot::channel();
         first_writes.push(rx);
-        set.spawn(render::run_bundle(bundle, specs, store.subscribe(), tasks.clone(), Some(tx)));
+        set.spawn(render::run_bundle(bundle, specs, store.subscribe(), metrics.clone(), tasks.clone(), Some(tx)));
     }
     for spec in config.files.iter().filter(|f| f.bundle.is_none()).cloned() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         first_writes.push(rx);
-        set.spawn(render::run_file(spec, store.subscribe(), tasks.clone(), Some(tx)));
+        set.spawn(render::run_file(spec, store.subscribe(), metrics.clone(), tasks.clone(), Some(tx)));
     }
     if let Some(b) = bound {
         set.spawn(api::serve(b, store.clone(), metrics.clone(), tasks.clone()));

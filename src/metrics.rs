@@ -67,6 +67,25 @@ pub struct OperationOutcome {
     result: &'static str,
 }
 
+/// `file="…"`: a rendered file's path from the config (never its content).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct File {
+    file: Arc<str>,
+}
+
+/// `file="…",result="ok"|"error"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileOutcome {
+    file: Arc<str>,
+    result: &'static str,
+}
+
+/// `bundle="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Bundle {
+    bundle: Arc<str>,
+}
+
 /// `status="…"` (HTTP status of a socket answer).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Status {
@@ -139,6 +158,9 @@ pub struct Metrics {
     state_load_failures: Family<Reason, Counter>,
     state_writes: Counter,
     state_write_failures: Counter,
+    file_writes: Family<File, Counter>,
+    bundle_switches: Family<Bundle, Counter>,
+    file_commands: Family<FileOutcome, Counter>,
     /// secret → the served certificate's `notAfter` (PKI secrets); turned
     /// into seconds left at scrape time.
     cert_ends: Arc<Mutex<BTreeMap<Arc<str>, std::time::SystemTime>>>,
@@ -162,6 +184,9 @@ impl Default for Metrics {
             state_load_failures: Family::default(),
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
+            file_writes: Family::default(),
+            bundle_switches: Family::default(),
+            file_commands: Family::default(),
             cert_ends: Arc::default(),
         }
     }
@@ -191,6 +216,22 @@ impl Metrics {
     /// One lease lookup for `secret` (`verify_every`, reported credentials).
     pub fn lease_lookup<T, E>(&self, secret: &str, r: &Result<T, E>) {
         self.lease_lookups.get_or_create(&SecretOutcome { secret: secret.into(), result: outcome(r) }).inc();
+    }
+
+    /// A rendered file (env file or template) written with new content.
+    pub fn file_written(&self, path: &std::path::Path) {
+        self.file_writes.get_or_create(&File { file: path.display().to_string().into() }).inc();
+    }
+
+    /// A file bundle switched to a new directory of files.
+    pub fn bundle_switched(&self, bundle: &str) {
+        self.bundle_switches.get_or_create(&Bundle { bundle: bundle.into() }).inc();
+    }
+
+    /// An after-change command run for `path` (ok: exited 0 in time).
+    pub fn file_command(&self, path: &std::path::Path, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.file_commands.get_or_create(&FileOutcome { file: path.display().to_string().into(), result }).inc();
     }
 
     /// One credential issued for `secret` (first issue or replacement).
@@ -291,6 +332,21 @@ impl Metrics {
             "vaultlet_socket_denied",
             "Socket callers refused, by reason (socket, secret, rate_limited, connection_limit_uid, connection_limit, wait_limit)",
             self.socket_denied.clone(),
+        );
+        r.register(
+            "vaultlet_file_writes",
+            "Env files and templates written with new content, by file",
+            self.file_writes.clone(),
+        );
+        r.register(
+            "vaultlet_bundle_switches",
+            "File bundles switched to a new set of files, by bundle",
+            self.bundle_switches.clone(),
+        );
+        r.register(
+            "vaultlet_file_commands",
+            "After-change commands run, by file and result (error: failed, timed out or not started)",
+            self.file_commands.clone(),
         );
         if with_state {
             r.register(

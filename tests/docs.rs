@@ -177,6 +177,9 @@ fn exposed_metrics() -> (BTreeSet<String>, String) {
     m.state_load_failure("truncated");
     m.state_write(true);
     m.state_write(false);
+    m.file_written(std::path::Path::new("/run/app.env"));
+    m.bundle_switched("tls");
+    m.file_command(std::path::Path::new("/run/app.env"), true);
     let registry = m.register(vaultlet::store::Store::new(["db"]), true);
     let text = vaultlet::metrics::render(&registry);
     let exposed: BTreeSet<String> = text

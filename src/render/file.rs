@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use super::{RenderError, render_env, render_json, render_raw, render_yaml};
 use crate::config::{FileFormat, FileSpec};
+use crate::metrics::Metrics;
 use crate::secret::SecretData;
 use crate::store::Snapshot;
 
@@ -75,6 +76,7 @@ pub fn live_secrets(snap: &Snapshot, uses: &BTreeSet<String>) -> Option<(Secrets
 pub async fn run_file(
     spec: FileSpec,
     mut rx: watch::Receiver<Snapshot>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
@@ -86,12 +88,13 @@ pub async fn run_file(
             match render_and_write(&spec, &secrets, &mut written).await {
                 Ok(true) => {
                     tracing::info!(path = %spec.path.display(), versions = %versions.join(","), "wrote file");
+                    metrics.file_written(&spec.path);
                     last_error = None;
                     if let Some(tx) = first.take() {
                         let _ = tx.send(());
                     }
                     if let Some(cmd) = &spec.command {
-                        run_command(cmd, &spec.inherit_env, spec.command_timeout, &spec.path).await;
+                        run_command(cmd, &spec.inherit_env, spec.command_timeout, &spec.path, &metrics).await;
                     }
                 }
                 Ok(false) => last_error = None,
@@ -139,26 +142,35 @@ async fn next_change(rx: &mut watch::Receiver<Snapshot>, shutdown: &Cancellation
 
 /// Runs a file's after-change command. Its output is not captured: it goes
 /// to vaultlet's own stdout/stderr, and vaultlet logs only the exit status.
-async fn run_command(cmd: &[String], inherit_env: &[String], timeout: Duration, path: &Path) {
+async fn run_command(cmd: &[String], inherit_env: &[String], timeout: Duration, path: &Path, metrics: &Metrics) {
+    let ok = command_once(cmd, inherit_env, timeout, path).await;
+    metrics.file_command(path, ok);
+}
+
+/// Runs the command once; whether it exited 0 in time.
+async fn command_once(cmd: &[String], inherit_env: &[String], timeout: Duration, path: &Path) -> bool {
     let mut command = crate::exec::command(cmd, inherit_env, None);
     let mut child = match crate::exec::spawn_tracked(command.kill_on_drop(true)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(path = %path.display(), command = %cmd[0], error = %e, "cannot run after-change command");
-            return;
+            return false;
         }
     };
     let pid = child.id();
     let _untrack = Untrack(pid);
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(st)) if st.success() => {
-            tracing::info!(path = %path.display(), command = %cmd[0], "after-change command ran")
+            tracing::info!(path = %path.display(), command = %cmd[0], "after-change command ran");
+            true
         }
         Ok(Ok(st)) => {
-            tracing::warn!(path = %path.display(), command = %cmd[0], status = %st, "after-change command failed")
+            tracing::warn!(path = %path.display(), command = %cmd[0], status = %st, "after-change command failed");
+            false
         }
         Ok(Err(e)) => {
-            tracing::warn!(path = %path.display(), command = %cmd[0], error = %e, "after-change command failed")
+            tracing::warn!(path = %path.display(), command = %cmd[0], error = %e, "after-change command failed");
+            false
         }
         Err(_) => {
             // It leads its own process group: whatever it started goes too.
@@ -167,6 +179,7 @@ async fn run_command(cmd: &[String], inherit_env: &[String], timeout: Duration, 
             }
             let _ = child.kill().await;
             tracing::warn!(path = %path.display(), command = %cmd[0], ?timeout, "after-change command timed out; killed");
+            false
         }
     }
 }
@@ -201,6 +214,7 @@ pub async fn run_bundle(
     bundle: String,
     specs: Vec<FileSpec>,
     mut rx: watch::Receiver<Snapshot>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
@@ -220,13 +234,17 @@ pub async fn run_bundle(
             match render_and_switch(&bundle, &dir, &specs, &secrets, &mut written).await {
                 Ok(true) => {
                     tracing::info!(bundle = %bundle, dir = %dir.display(), files = specs.len(), versions = %versions.join(","), "switched file bundle");
+                    metrics.bundle_switched(&bundle);
+                    for s in &specs {
+                        metrics.file_written(&s.path);
+                    }
                     last_error = None;
                     if let Some(tx) = first.take() {
                         let _ = tx.send(());
                     }
                     for c in &commands {
                         if let Some(cmd) = &c.command {
-                            run_command(cmd, &c.inherit_env, c.command_timeout, &c.path).await;
+                            run_command(cmd, &c.inherit_env, c.command_timeout, &c.path, &metrics).await;
                         }
                     }
                 }
@@ -356,7 +374,8 @@ mod tests {
             bundle: None,
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_file(spec, store.subscribe(), shutdown.clone(), None));
+        let metrics = crate::metrics::Metrics::new();
+        let task = tokio::spawn(run_file(spec, store.subscribe(), metrics.clone(), shutdown.clone(), None));
         let read = || std::fs::read_to_string(&path).unwrap_or_default();
         while read().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -377,6 +396,9 @@ mod tests {
             first,
             "the file was replaced, not edited in place"
         );
+        let text = crate::metrics::render(&metrics.register(crate::store::Store::new([]), false));
+        let series = format!("vaultlet_file_writes_total{{file=\"{}\"}} 2\n", path.display());
+        assert!(text.contains(&series), "two writes counted: {text}");
         shutdown.cancel();
         task.await.unwrap();
     }
