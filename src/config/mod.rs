@@ -863,6 +863,28 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert!(loaded.warnings[0].to_string().contains("travel unencrypted"), "{}", loaded.warnings[0]);
         assert!(Config::from_toml(Path::new("v.toml"), GOOD, 1000).unwrap().warnings.is_empty());
     }
+
+    #[test]
+    fn metrics_on_tcp_warn_that_every_local_user_can_read_the_names() {
+        let with = |m: &str| GOOD.to_owned() + m;
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nlisten = \"127.0.0.1:9102\"\n"), 1000).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert_eq!(loaded.warnings[0].key, "metrics.listen");
+        let w = loaded.warnings[0].to_string();
+        assert!(w.contains("every local user") && w.contains("metrics.socket"), "{w}");
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nlisten = \"0.0.0.0:9102\"\n"), 1000).unwrap();
+        assert!(
+            loaded.warnings[0].to_string().contains("every host that reaches 0.0.0.0:9102"),
+            "{}",
+            loaded.warnings[0]
+        );
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nsocket = \"/run/v/metrics.sock\"\n"), 1000)
+                .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
 }
 
 #[cfg(test)]
