@@ -179,6 +179,24 @@ pub struct SecretSpec {
     pub allow: Option<Vec<Allow>>,
 }
 
+#[cfg(test)]
+impl SecretSpec {
+    /// A KV secret `name` with default timings, readable by `allow` (or the
+    /// socket's list): for tests that need a configured secret.
+    pub(crate) fn kv_for_test(name: &str, allow: Option<Vec<Allow>>) -> SecretSpec {
+        SecretSpec {
+            name: name.into(),
+            source: SecretSource::Kv { mount: "secret".into(), path: name.into(), version: 2 },
+            refresh: Duration::from_secs(300),
+            rotate_before: None,
+            drain: Duration::from_secs(30),
+            revoke_old: RevokeOld::Drain,
+            verify_every: Duration::from_secs(3600),
+            allow,
+        }
+    }
+}
+
 /// Where a secret comes from (mounts, roles, paths; no value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
