@@ -13,6 +13,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::TestFn;
 use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
+use crate::fail2ban::{fail2ban_hosts, uid_as_host};
 use crate::security::free_port;
 use crate::tests::config;
 
@@ -658,21 +659,10 @@ async fn caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban(bed: Arc<Bed>) 
     ensure!(!text.lines().any(|l| l.starts_with("2026-12-01T00:00:00")), "forged line in the log:\n{text}");
 
     // fail2ban-regex, from Debian's package, against that log.
-    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fail2ban/vaultlet.conf");
-    let out = tokio::process::Command::new("fail2ban-regex")
-        .args(["--print-all-matched", "--out", "ip"])
-        .arg(&log_path)
-        .arg(&filter)
-        .output()
-        .await
-        .context("fail2ban-regex (Debian package fail2ban; scripts/test.sh installs it)")?;
-    let hosts = String::from_utf8_lossy(&out.stdout);
-    let hosts: Vec<&str> = hosts.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let hosts = fail2ban_hosts(&log_path).await?;
     println!("fail2ban-regex matched {} of {} refusals: {hosts:?}", hosts.len(), bins.len());
-    ensure!(out.status.success(), "fail2ban-regex: {out:?}");
     ensure!(hosts.len() == bins.len(), "fail2ban matches every refusal: {hosts:?}\n{text}");
-    // fail2ban reads a bare number as an IPv4 address: uid 65534 is 0.0.255.254.
-    ensure!(hosts.iter().all(|h| *h == "0.0.255.254"), "always for the real uid: {hosts:?}");
+    ensure!(hosts.iter().all(|h| *h == uid_as_host(65534)), "always for the real uid: {hosts:?}");
 
     // JSON log: every line one valid object, the audit ones for uid 65534.
     let json_dir = test_dir("forge-json")?;

@@ -10,6 +10,8 @@ mod attack_exec;
 mod attack_local;
 mod attack_vault;
 mod bed;
+#[path = "../support/fail2ban.rs"]
+mod fail2ban;
 mod pki;
 mod restart;
 mod revocation;
