@@ -24,7 +24,8 @@ fi
 
 step "test bed prerequisites (OpenBao, PostgreSQL, nginx)"
 scripts/testbed.sh install >/dev/null
-# fail2ban-regex checks examples/fail2ban against real audit lines (e2e).
+# fail2ban-regex checks examples/fail2ban against real audit lines (e2e) and
+# against lines a hostile Vault writes into (hostile_vault).
 if ! command -v fail2ban-regex >/dev/null 2>&1; then
     echo "installing fail2ban (for fail2ban-regex) with apt-get"
     { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban ||

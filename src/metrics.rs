@@ -13,6 +13,23 @@
 //! tests read them); log lines are not. The list of every metric, its type
 //! and labels is the table in `docs/observability.md`; `tests/docs.rs` fails
 //! when that table and [`Metrics::register`] disagree.
+//!
+//! # Who can scrape, and what it costs
+//!
+//! The page holds no value, but it names every configured secret with its
+//! version, availability and lease or certificate expiry. Whoever can
+//! connect can read it: on a TCP address that is every local user (and
+//! every host that reaches the address), so the config check warns about
+//! `metrics.listen` and recommends `metrics.socket`, whose file mode
+//! (`metrics.mode`, default 0600) decides who may connect.
+//!
+//! Whoever can connect must not be able to take vaultlet's descriptors:
+//! at most [`MAX_CONNECTIONS`] metrics connections are open at once (a
+//! connection over the cap is accepted and closed at once), each serves one
+//! request (no keep-alive) and lives at most [`CONNECTION_LIFETIME`],
+//! however slowly its client sends or reads. A flood of metrics connections
+//! therefore holds a fixed number of descriptors, and the API socket keeps
+//! the rest.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +48,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MetricsListen;
 use crate::store::Store;
+
+/// Metrics connections open at once; more are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Longest a metrics connection lives: to send its request, and to read
+/// the answer. A scrape takes milliseconds.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// Longest a metrics connection may take to send its request's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -460,11 +487,12 @@ pub fn render(registry: &Registry) -> String {
 /// Serves `GET /metrics` until shutdown.
 pub async fn serve(listen: MetricsListen, registry: Registry, shutdown: CancellationToken) {
     let registry = Arc::new(registry);
+    let caps = Caps { connections: MAX_CONNECTIONS, header: HEADER_TIMEOUT, lifetime: CONNECTION_LIFETIME };
     match listen {
         MetricsListen::Tcp(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics listening");
-                accept_loop(|| l.accept(), registry, shutdown).await
+                accept_loop(|| l.accept(), registry, caps, shutdown).await
             }
             Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
         },
@@ -479,7 +507,7 @@ pub async fn serve(listen: MetricsListen, registry: Registry, shutdown: Cancella
             match bound {
                 Ok((l, file)) => {
                     tracing::info!(path = %path.display(), "metrics listening");
-                    accept_loop(|| l.accept(), registry, shutdown).await;
+                    accept_loop(|| l.accept(), registry, caps, shutdown).await;
                     file.remove();
                 }
                 Err(e) => tracing::error!(error = %e, "cannot listen for metrics"),
@@ -488,12 +516,22 @@ pub async fn serve(listen: MetricsListen, registry: Registry, shutdown: Cancella
     }
 }
 
-async fn accept_loop<S, Addr, A, F>(accept: F, registry: Arc<Registry>, shutdown: CancellationToken)
+/// How many metrics connections may be open, and for how long.
+#[derive(Clone, Copy, Debug)]
+struct Caps {
+    connections: usize,
+    header: Duration,
+    lifetime: Duration,
+}
+
+async fn accept_loop<S, Addr, A, F>(accept: F, registry: Arc<Registry>, caps: Caps, shutdown: CancellationToken)
 where
     F: Fn() -> A,
     A: std::future::Future<Output = std::io::Result<(S, Addr)>>,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let open = Arc::new(tokio::sync::Semaphore::new(caps.connections));
+    let mut warned: Option<Instant> = None;
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -506,8 +544,18 @@ where
                 }
             },
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Over the cap: closed at once, so its descriptor is free again.
+            drop(stream);
+            if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                warned = Some(Instant::now());
+                tracing::warn!(cap = caps.connections, "too many metrics connections; closing new ones");
+            }
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let registry = registry.clone();
                 async move {
@@ -522,11 +570,15 @@ where
                         .body(axum::body::Body::from(body))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(caps.header)
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // Whatever the client does (sends nothing, never reads the
+            // answer), the connection and its descriptor end here.
+            let _ = tokio::time::timeout(caps.lifetime, conn).await;
         });
     }
 }
@@ -564,6 +616,68 @@ mod tests {
         assert!(text.contains("vaultlet_socket_denied_total{reason=\"wait_limit\"} 1"), "{text}");
         assert!(text.contains("# HELP vaultlet_logins_total AppRole logins"), "{text}");
         assert!(!text.contains("p4ss"));
+    }
+
+    /// Serves a registry on 127.0.0.1 with `caps`; its address.
+    async fn listen(caps: Caps) -> (std::net::SocketAddr, CancellationToken) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let registry = Arc::new(Metrics::new().register(Store::new(["db"]), false));
+        let s = stop.clone();
+        tokio::spawn(async move { accept_loop(|| l.accept(), registry, caps, s).await });
+        (addr, stop)
+    }
+
+    /// Sends a scrape on `s` and reads the answer to the end; the status line.
+    async fn scrape(mut s: tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("one request, then the connection closes")
+            .unwrap();
+        String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Whether the server closed `s` (reads end) within a generous deadline.
+    async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn metrics_connections_over_the_cap_are_closed_at_once() {
+        let (addr, stop) =
+            listen(Caps { connections: 4, header: Duration::from_secs(60), lifetime: Duration::from_secs(60) }).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: these find the four places taken by idle
+        // connections, and are closed without waiting for anything.
+        for _ in 0..20 {
+            let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert!(closed_by_server(&mut over).await, "a connection over the cap stays open");
+        }
+        // A held connection still scrapes; its place is then free again.
+        assert_eq!(scrape(held.pop().unwrap()).await, "HTTP/1.1 200 OK");
+        assert_eq!(scrape(tokio::net::TcpStream::connect(addr).await.unwrap()).await, "HTTP/1.1 200 OK");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_idle_metrics_connection_is_closed_after_its_lifetime() {
+        let (addr, stop) =
+            listen(Caps { connections: 1, header: Duration::from_secs(60), lifetime: Duration::from_millis(300) })
+                .await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut idle).await, "an idle connection outlives its lifetime");
+        // Its place is free: the one connection allowed scrapes.
+        assert_eq!(scrape(tokio::net::TcpStream::connect(addr).await.unwrap()).await, "HTTP/1.1 200 OK");
+        stop.cancel();
     }
 
     #[test]

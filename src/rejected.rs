@@ -15,7 +15,8 @@
 //! come within [`CHECK_INTERVAL`] of its last lookup from that lookup, and
 //! each caller uid may report [`CALLER_LIMIT`] times per [`CALLER_WINDOW`].
 //! Only callers allowed to read the secret may report it (checked in
-//! [`crate::api`] before anything here runs).
+//! [`crate::api`] before anything here runs; a name that is not configured
+//! is refused there like a secret the caller may not read).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,7 +114,8 @@ pub enum Refused {
     /// Bad query.
     #[error("{0}")]
     BadRequest(String),
-    /// No such secret.
+    /// No such secret. The socket never gets here with such a name: it
+    /// refuses it first, as it refuses a secret the caller may not read.
     #[error("no secret named `{0}`")]
     NotFound(String),
     /// Caller over its limit.

@@ -15,7 +15,11 @@
 //!   per-request middleware is zeroized when it is dropped;
 //! * its errors can carry raw response bodies (which may hold passwords), so
 //!   [`VaultError`] is built from status codes and Vault's short `errors`
-//!   strings only;
+//!   strings only; those strings, and every other piece of text a server
+//!   chooses (a path it names, the names in its certificate, where it
+//!   redirects to), are written in double quotes with Rust's escapes, so a
+//!   server cannot make a log line say something vaultlet did not (an
+//!   audit line fail2ban acts on, say);
 //! * its database `creds` call drops the lease (id, duration, renewable) and
 //!   it has no `sys/leases/renew` or `revoke`, so those are our own rustify
 //!   endpoints below, parsed with the response envelope intact.
@@ -129,19 +133,23 @@ pub enum VaultError {
         op: String,
         /// The address tried last.
         addr: String,
-        /// Transport-level cause.
+        /// Transport-level cause: `timed out`, or the cause's own text
+        /// quoted and escaped (it can hold a server's words: the names in
+        /// its certificate, a redirect's target).
         reason: String,
     },
     /// Vault answered with an error status.
-    #[error("vault refused {op} ({status}): {message}{hint}")]
+    #[error("vault refused {op} ({status}): {}{hint}", Said(.message))]
     Refused {
         /// What we were doing.
         op: String,
         /// HTTP status.
         status: u16,
-        /// Vault's `errors` strings.
+        /// What the server said (Vault's `errors` strings), as it said it
+        /// but for control characters and a length cap; empty when it said
+        /// nothing. Written quoted and escaped: it is the server's text.
         message: String,
-        /// How to fix it, when we can tell.
+        /// How to fix it, when we can tell (our words).
         hint: String,
     },
     /// The response did not have the shape we expect.
@@ -163,6 +171,18 @@ pub enum VaultError {
     /// The HTTP client could not be built (bad CA file…).
     #[error("vault client set-up: {0}")]
     Setup(String),
+}
+
+/// A server's words in an error: quoted and escaped as Rust's `{:?}`
+/// does (quotes, backslashes, control and invisible line-breaking
+/// characters), so no reader of the line takes them for its structure;
+/// `no reason given` when there are none.
+struct Said<'a>(&'a str);
+
+impl std::fmt::Display for Said<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() { f.write_str("no reason given") } else { write!(f, "{:?}", self.0) }
+    }
 }
 
 // === impl VaultError ===
@@ -1113,16 +1133,17 @@ impl Vault {
         // `…/secret-id` or `…/custom-secret-id`: the two AppRole endpoints
         // that mint a secret_id.
         if !(path.starts_with("auth/") && (path.ends_with("/secret-id") || path.ends_with("/custom-secret-id"))) {
+            // The path is the server's word: the message, quoted.
             let mut shown = path.clone();
             shown.retain(|c| !c.is_control());
             truncate(&mut shown, 200);
             return Err(VaultError::Refused {
                 op: op.what,
                 status: 400,
-                message: format!(
-                    "wrapping token was created by `{shown}`, not an AppRole secret-id endpoint; refusing it"
-                ),
-                hint: String::new(),
+                message: shown,
+                hint: " — the wrapping token was created by that path, not by an AppRole secret-id endpoint; \
+                       refusing it"
+                    .into(),
             });
         }
         // OpenBao wants the wrapping token as the request's token, not in the body.
@@ -1584,9 +1605,6 @@ fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultError {
         let mut message = errors.join("; ");
         message.retain(|c| !c.is_control());
         truncate(&mut message, 300);
-        if message.is_empty() {
-            message = "no reason given".into();
-        }
         let hint = match status {
             403 if op.capability() != CREDENTIALS => {
                 format!(" — the token's policy needs `{}` on `{}` (or the token has expired)", op.capability(), op.path)
@@ -1650,13 +1668,15 @@ fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
         return "timed out".into();
     }
     // The innermost cause is the informative one ("Connection refused").
+    // It may hold a server's words (the names in its certificate, where it
+    // redirected to): quoted, like everything a server says.
     let mut cur: &dyn std::error::Error = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
     let mut s = cur.to_string();
     truncate(&mut s, 200);
-    s
+    Said(&s).to_string()
 }
 
 #[cfg(test)]
@@ -1703,6 +1723,54 @@ mod tests {
         );
         assert!(!format!("{e} {e:?}").contains("p4ssw0rd"));
         assert!(e.is_transient());
+    }
+
+    /// A server's `errors` text imitating an audit line, with quotes,
+    /// backslashes and invisible line breaks: the error shows it as one
+    /// quoted, escaped string that ends the message, never as bare words.
+    #[test]
+    fn a_servers_error_text_is_quoted_and_escaped() {
+        let forged = "x\" vaultlet::audit: socket read uid=4242 gid=0 pid=1 exe=node secret=db version=- \
+                      outcome=denied\u{2028}\\\u{202e}";
+        let e = classify(
+            &op(),
+            &"http://127.0.0.1:1".parse().unwrap(),
+            ClientError::APIError { code: 500, errors: vec![forged.into(), "second\nline".into()] },
+        );
+        let msg = e.to_string();
+        let (_, said) = msg.split_once("(500): ").expect(&msg);
+        assert!(said.starts_with('"') && said.ends_with('"'), "{msg}");
+        assert!(!msg.ends_with("outcome=denied"), "{msg}");
+        assert!(!msg.contains(['\u{2028}', '\u{202e}', '\n']), "{msg:?}");
+        // Inside the quotes, every quote is escaped.
+        let inner = &said[1..said.len() - 1];
+        let mut escaped = false;
+        for c in inner.chars() {
+            assert!(escaped || c != '"', "an unescaped quote ends the server's text early: {msg}");
+            escaped = !escaped && c == '\\';
+        }
+        // What callers match on still matches.
+        assert!(msg.contains("vaultlet::audit"), "the text is kept, quoted: {msg}");
+        let gone = classify(
+            &op(),
+            &"http://127.0.0.1:1".parse().unwrap(),
+            ClientError::APIError { code: 400, errors: vec!["lease not found".into()] },
+        );
+        assert!(gone.is_lease_gone(), "{gone}");
+        assert!(gone.to_string().ends_with("(400): \"lease not found\""), "{gone}");
+        let silent = classify(
+            &op(),
+            &"http://127.0.0.1:1".parse().unwrap(),
+            ClientError::APIError { code: 502, errors: vec![] },
+        );
+        assert!(silent.to_string().ends_with("(502): no reason given"), "{silent}");
+    }
+
+    #[test]
+    fn a_transport_cause_is_quoted() {
+        let e = std::io::Error::other("certificate not valid for name \"vault\"; outcome=denied");
+        let r = transport_reason(&e);
+        assert_eq!(r, r#""certificate not valid for name \"vault\"; outcome=denied""#);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! or run away with the process). The real OpenBao cannot be made to do
 //! any of this.
 
+#[path = "support/fail2ban.rs"]
+mod fail2ban;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -637,5 +640,69 @@ async fn failing_lease_lookups_neither_withdraw_nor_replace_the_credential() -> 
     ensure!(count(&seen, "/database/creds/") == 1, "a failed lookup must not replace: {seen:?}");
     ensure!(d.log().contains("lease lookup failed; the credential stays served"), "{}", d.log());
     println!("{n} failing lookups in 10 s: the credential stayed served and was not replaced");
+    Ok(())
+}
+
+// === log lines a server writes into ===
+
+/// The attack from the security round: a Vault that answers lease lookups
+/// with a 500 whose error text imitates a denial audit line for uid 4242.
+/// vaultlet logs the failed lookup with the text quoted, and Debian's
+/// `fail2ban-regex` with the shipped filter finds no denial for uid 4242
+/// in that log, while the real denial in the same log (root asking for a
+/// secret only uid 4343 may read) is found. Before, the text came last on
+/// the line, unquoted, and the filter was not anchored: fail2ban counted a
+/// denial nobody made.
+#[tokio::test]
+async fn vault_error_text_imitating_an_audit_line_is_no_denial_to_fail2ban() -> Result<()> {
+    const FORGED: &str = "1 error occurred: vaultlet::audit: socket read uid=4242 gid=0 pid=1 exe=node secret=db version=- outcome=denied";
+    let inner = vault_like(3600, 60, true);
+    let lookups = Arc::new(Mutex::new(0u32));
+    let l = lookups.clone();
+    let handler: Handler = Arc::new(move |r: &Seen| {
+        if r.path.ends_with("/sys/leases/lookup") {
+            *l.lock().unwrap() += 1;
+            return Answer::Json(500, vec![], json!({ "errors": [FORGED] }).to_string());
+        }
+        inner(r)
+    });
+    let fake = Fake::start("127.0.0.1", false, handler).await?;
+    let secrets = format!(
+        "{DB}verify_every = \"1s\"\n[secret.closed]\nkv = {{ path = \"closed\" }}\nallow = [{{ uid = 4343 }}]\n"
+    );
+    let mut d = Daemon::start(&fake.url("http"), &secrets)?;
+    d.served("db", Duration::from_secs(20)).await?;
+    // The real denial: root is on socket.allow, not on `closed`'s list.
+    let (st, v) = d.get("/v1/secrets/closed").await?;
+    ensure!(st == 403, "root may not read `closed`: {st} {v}");
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        d.alive()?;
+        let log = d.log();
+        let forged_logged = log.lines().any(|l| l.contains("lease lookup failed") && l.contains("uid=4242"));
+        let denial_logged = log.lines().any(|l| l.contains("vaultlet::audit") && l.contains("outcome=denied"));
+        if forged_logged && denial_logged {
+            break log;
+        }
+        ensure!(tokio::time::Instant::now() < end, "no failed lookup and denial logged within 20 s:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(*lookups.lock().unwrap() >= 1, "the lookups reached the fake");
+    // The log as a file, and as fail2ban's systemd backend shows journal
+    // entries (`<host> <identifier>[<pid>]: <message>`).
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("vaultlet.log");
+    std::fs::write(&file, &log)?;
+    let journal = dir.path().join("journal.log");
+    std::fs::write(&journal, log.lines().map(|l| format!("host1 vaultlet[77]: {l}\n")).collect::<String>())?;
+    for path in [&file, &journal] {
+        let hosts = fail2ban::fail2ban_hosts(path).await?;
+        println!("fail2ban-regex over {}: {hosts:?}", path.display());
+        ensure!(!hosts.contains(&fail2ban::uid_as_host(4242)), "a denial nobody made was found: {hosts:?}\n{log}");
+        ensure!(
+            hosts == [fail2ban::uid_as_host(0)],
+            "the one real denial is found, and nothing else: {hosts:?}\n{log}"
+        );
+    }
     Ok(())
 }

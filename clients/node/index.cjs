@@ -106,14 +106,16 @@ function statusError(status, body, socket, secret) {
   switch (status) {
     case 403: {
       const { uid, gid } = whoami();
-      // vaultlet refuses either the whole socket (socket.allow) or one secret
-      // (that secret's own allow list).
-      const perSecret = secret !== undefined && said !== undefined && /may not read/.test(said);
+      // vaultlet refuses either the whole socket (socket.allow) or one name:
+      // a secret whose own allow list leaves this process out, or a name it
+      // does not have (it answers both alike, so callers cannot list names).
+      const perSecret = secret !== undefined && said !== undefined && /readable by uid|may not read/.test(said);
       return new VaultletError(
         'FORBIDDEN',
         perSecret
           ? `vaultlet on ${socket} does not let this process (uid ${uid}, gid ${gid}) read "${secret}": ` +
-              `add { uid = ${uid} } to secret.${secret}.allow in vaultlet's configuration`
+              `check that [secret.${secret}] is in vaultlet's configuration, and ` +
+              `add { uid = ${uid} } to secret.${secret}.allow there`
           : `vaultlet on ${socket} refused this process (uid ${uid}, gid ${gid}): ` +
               `add { uid = ${uid} } (or { gid = ${gid} }) to socket.allow in vaultlet's configuration`,
         { ...extra, reason: said },
@@ -128,6 +130,8 @@ function statusError(status, body, socket, secret) {
         { ...extra, reason: said },
       );
     }
+    // vaultlet answers an unknown secret name with 403 (above); 404 is an
+    // unknown route, or an unknown name from an older vaultlet.
     case 404:
       return new VaultletError(
         'NOT_FOUND',

@@ -8,11 +8,11 @@ export type VaultletErrorCode =
   | 'ENOSOCKET'
   /** The OS refused to connect to the socket (file mode / group). */
   | 'EACCES'
-  /** vaultlet answered 403: this process's uid/gid is not on `socket.allow` (or on the secret's own `allow`). */
+  /** vaultlet answered 403: this process's uid/gid is not on `socket.allow`, or not on the secret's own `allow`, or there is no secret of that name (vaultlet answers the last two alike). */
   | 'FORBIDDEN'
   /** vaultlet answered 429: too many refused requests from this uid; fix the allow list first. */
   | 'RATE_LIMITED'
-  /** No secret with that name in vaultlet's configuration. */
+  /** 404: no such route (older vaultlet versions also answered an unknown secret name with 404). */
   | 'NOT_FOUND'
   /** 503: vaultlet does not hold the secret (yet), or is not ready; `reason`/`reasons` say why. */
   | 'NOT_READY'

@@ -28,13 +28,16 @@ use crate::metrics::{Denied, Metrics};
 // === impl Acl ===
 
 /// Who may connect, and who may read each secret.
+///
+/// A name that is not configured is readable by nobody: the socket answers
+/// it exactly as it answers a secret the caller may not read (the same
+/// 403, the same denial count and audit line), so a caller cannot tell
+/// the secrets it is not allowed to read from names that do not exist.
 #[derive(Debug)]
 pub struct Acl {
     /// `socket.allow` plus every secret's own list: who may connect at all.
     connect: Vec<Allow>,
-    /// `socket.allow`: who may read a secret without a list of its own.
-    socket: Vec<Allow>,
-    /// Per secret: its `allow`, or `socket.allow`.
+    /// Per configured secret: its `allow`, or `socket.allow`.
     secrets: BTreeMap<String, Vec<Allow>>,
 }
 
@@ -52,7 +55,7 @@ impl Acl {
             }
             per.insert(s.name.clone(), list);
         }
-        Acl { connect, socket: socket.allow.clone(), secrets: per }
+        Acl { connect, secrets: per }
     }
 
     /// Whether this caller is on any list (may connect at all).
@@ -60,9 +63,10 @@ impl Acl {
         allowed(&self.connect, uid, gid)
     }
 
-    /// Whether this caller may read this secret.
+    /// Whether this caller may read this secret; false for every name
+    /// that is not a configured secret.
     pub(super) fn may_read(&self, peer: &Peer, secret: &str) -> bool {
-        allowed(self.secrets.get(secret).unwrap_or(&self.socket), peer.uid, peer.gid)
+        self.secrets.get(secret).is_some_and(|list| allowed(list, peer.uid, peer.gid))
     }
 }
 
@@ -108,8 +112,9 @@ impl Peer {
 /// … WARN vaultlet::audit: socket read uid=65534 gid=65534 pid=4243 exe=/usr/bin/curl secret=db version=- outcome=denied
 /// ```
 ///
-/// `outcome` is `allowed`, `denied` (not on the allow list), `rate_limited`
-/// (too many denials from this uid) or `unavailable`. Never a value.
+/// `outcome` is `allowed`, `denied` (not on the allow list, or no such
+/// secret: the two are one answer), `rate_limited` (too many denials from
+/// this uid) or `unavailable`. Never a value.
 ///
 /// `exe` and `secret` come from the caller; they are written through
 /// [`audit_field`], so a path holding a newline, a space or a quote cannot
@@ -256,7 +261,8 @@ impl Denials {
 }
 
 /// Counts and logs a refusal; the response to send. `reason` is `socket`
-/// (on no allow list) or `secret` (not on this secret's list).
+/// (on no allow list) or `secret` (not on this secret's list, or no secret
+/// of that name: the message fits both and says nothing about the secret).
 pub(super) fn deny(denials: &Denials, metrics: &Metrics, peer: &Peer, secret: &str, reason: Denied) -> Response {
     let n = denials.record(peer.uid);
     if n > DENY_LIMIT {
@@ -271,7 +277,7 @@ pub(super) fn deny(denials: &Denials, metrics: &Metrics, peer: &Peer, secret: &s
     let msg = if reason == Denied::Socket {
         "caller is not allowed to use this socket".to_string()
     } else {
-        format!("caller uid {} may not read `{secret}`", peer.uid)
+        format!("no secret `{secret}` readable by uid {}", peer.uid)
     };
     error(StatusCode::FORBIDDEN, msg)
 }

@@ -13,7 +13,10 @@
 //! | `GET /v1/ready` | 200 `{"ready": true}` once every secret is held and unexpired, else 503 with reasons |
 //!
 //! Errors are `{"error": "…"}` with 400/403/404/405/429/503; no error ever
-//! holds a value. Every response carries `Cache-Control: no-store`.
+//! holds a value. Every response carries `Cache-Control: no-store`. A
+//! secret name that is not configured is answered like a secret the caller
+//! may not read (403, ``no secret `x` readable by uid N``), so the answers do
+//! not tell which names exist; 404 is for unknown routes.
 //!
 //! The socket is the one way in for local processes, so the module is cut
 //! along what each part has to get right:

@@ -7,9 +7,13 @@
 //!
 //! The read apps make in a loop skips the router ([`Conn`]).
 //!
-//! A handler checks the secret's allow list before it says whether the
-//! secret exists, so a restricted caller cannot enumerate names by comparing
-//! 403 with 404.
+//! A name that is not configured gets the answer of a secret the caller
+//! may not read: [`Acl::may_read`] is false for it, so every route that
+//! takes a name (plain read, long-poll, fast path, `rejected`) refuses it
+//! through the same [`deny`] — same 403 and message, same denial count
+//! and rate limit, same audit line — before looking anything up or
+//! waiting. The routes that take no name (list, events, ready) only ever
+//! name secrets the caller may read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -214,6 +218,13 @@ async fn list(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Respo
     json(&Body { secrets: all, unavailable })
 }
 
+/// Whether `peer` may read the secret `name` and it is in the store. The
+/// store holds every configured secret, so this is [`Acl::may_read`]; a
+/// name missing from either is refused the same way.
+fn readable(api: &Api, peer: &Peer, name: &str) -> bool {
+    api.acl.may_read(peer, name) && api.store.snapshot().contains_key(name)
+}
+
 /// `GET /v1/secrets/{name}`, optionally a long-poll.
 async fn one(
     State(api): State<Api>,
@@ -229,11 +240,8 @@ async fn one(
         Ok(p) => p,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    if !api.acl.may_read(&peer, &name) {
+    if !readable(&api, &peer, &name) {
         return deny(&api.denials, &api.metrics, &peer, &name, Denied::Secret);
-    }
-    if !store.snapshot().contains_key(name.as_str()) {
-        return error(StatusCode::NOT_FOUND, format!("no secret named `{name}`"));
     }
     if let Some(wait) = poll.wait {
         let Some(_slot) = api.limits.wait(peer.uid) else {
@@ -266,7 +274,7 @@ async fn rejected(
     if !valid_name(&name) {
         return error(StatusCode::BAD_REQUEST, "invalid secret name");
     }
-    if !api.acl.may_read(&peer, &name) {
+    if !readable(&api, &peer, &name) {
         return deny(&api.denials, &api.metrics, &peer, &name, Denied::Secret);
     }
     match crate::rejected::report(&api.store, peer.uid, &name, q.as_deref()).await {
@@ -305,7 +313,7 @@ async fn ready(State(api): State<Api>, Extension(peer): Extension<Peer>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Allow, SocketConfig};
+    use crate::config::{Allow, SecretSpec, SocketConfig};
     use crate::store::LeaseView;
     use axum::body::Body;
     use hyper::service::Service as _;
@@ -321,7 +329,7 @@ mod tests {
             max_connections_per_uid: 8,
             max_waits_per_uid: 1,
         };
-        let store = Store::new(["db", "kv"]);
+        let store = Store::new(["db", "kv", "hidden"]);
         let mut d = SecretData::default();
         d.insert("username", SecretString::from("v-user".to_string()));
         d.insert("password", SecretString::from("pw-\"quoted\"".to_string()));
@@ -334,7 +342,16 @@ mod tests {
         let mut k = SecretData::default();
         k.insert("value", SecretString::from("kv-value".to_string()));
         store.publish("kv", k, None);
-        Api::new(store, Arc::new(Acl::new(&cfg, &[])), Limits::new(&cfg), crate::metrics::Metrics::new())
+        let mut h = SecretData::default();
+        h.insert("value", SecretString::from("hidden-value".to_string()));
+        store.publish("hidden", h, None);
+        let secrets = [
+            SecretSpec::kv_for_test("db", None),
+            SecretSpec::kv_for_test("kv", None),
+            // Readable only by uid 4242.
+            SecretSpec::kv_for_test("hidden", Some(vec![Allow { uid: Some(4242), gid: None }])),
+        ];
+        Api::new(store, Arc::new(Acl::new(&cfg, &secrets)), Limits::new(&cfg), crate::metrics::Metrics::new())
     }
 
     fn get(path: &str) -> Request<Body> {
@@ -400,6 +417,67 @@ mod tests {
         // Withdrawn: the router answers 503.
         api.store.withdraw("db", "gone".into());
         assert!(ok.fast(&get("/v1/secrets/db")).is_none());
+    }
+
+    /// What the connection answers: the fast path when it takes the
+    /// request, else the router (as [`Conn::call`] does).
+    async fn via_conn(conn: &Conn, method: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let req = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        let res = match conn.fast(&req) {
+            Some(res) => res,
+            None => {
+                let mut req = req;
+                req.extensions_mut().insert(conn.peer.clone());
+                TowerToHyperService::new(conn.api.router()).call(req).await.unwrap()
+            }
+        };
+        parts(res).await
+    }
+
+    // On the paused clock: the denial window cannot run out between two
+    // requests, and any wait before an answer would show as time passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_that_is_not_configured_is_answered_like_a_secret_the_caller_may_not_read() {
+        let api = api(1000);
+        let conn = Conn::new(api.clone(), api.router(), Peer::new(1000, 1000, None, None, true));
+        // Names of one length: the answers must be the same bytes once the
+        // name in them is swapped.
+        let (hidden, made_up) = ("hidden", "nosuch");
+        let routes = [
+            ("GET", "/v1/secrets/NAME"),
+            ("GET", "/v1/secrets/NAME?wait=5m&after=1"),
+            ("POST", "/v1/secrets/NAME/rejected?version=1"),
+        ];
+        let mut statuses = Vec::new();
+        let started = Instant::now();
+        // Each pair is two denials in a row (the limit, 10, is even), so
+        // both members fall on the same side of it: 403s, then 429s.
+        for round in 0..4 {
+            for (method, path) in routes {
+                let ask = |name: &str| {
+                    let path = path.replace("NAME", name);
+                    let conn = &conn;
+                    async move {
+                        tokio::time::timeout(Duration::from_secs(10), via_conn(conn, method, &path))
+                            .await
+                            .expect("answered at once")
+                    }
+                };
+                let a = ask(hidden).await;
+                let mut b = ask(made_up).await;
+                b.2 = String::from_utf8(b.2).unwrap().replace(made_up, hidden).into_bytes();
+                assert_eq!(a, b, "round {round}: {method} {path}");
+                assert!(!String::from_utf8_lossy(&a.2).contains("hidden-value"));
+                statuses.push(a.0);
+            }
+        }
+        assert_eq!(Instant::now(), started, "an answer waited");
+        assert_eq!(statuses[..3], [403, 403, 403], "{statuses:?}");
+        assert!(statuses[6..].iter().all(|s| *s == 429), "the rate limit answers both alike: {statuses:?}");
+        // The uid allowed to read it does read it: it is configured.
+        let owner = Conn::new(api.clone(), api.router(), Peer::new(4242, 4242, None, None, true));
+        assert_eq!(via_conn(&owner, "GET", "/v1/secrets/hidden").await.0, 200);
+        assert_eq!(via_conn(&owner, "GET", "/v1/secrets/nosuch").await.0, 403);
     }
 
     #[tokio::test]

@@ -305,7 +305,7 @@ mod prop {
             store.publish("db", d, None);
             let bound = {
                 let _in_runtime = rt.enter();
-                bind(&cfg, &[]).unwrap()
+                bind(&cfg, &[SecretSpec::kv_for_test("db", None), SecretSpec::kv_for_test("api", None)]).unwrap()
             };
             rt.spawn(serve(bound, store, crate::metrics::Metrics::new(), CancellationToken::new()));
             (rt, path)

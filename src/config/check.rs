@@ -463,7 +463,22 @@ impl<'a> Cx<'a> {
         let span = m.span();
         let m = m.into_inner();
         match (m.listen, m.socket) {
-            (Some(l), None) => self.checked(&l, "metrics.listen").map(|a| MetricsListen::Tcp(a.0)),
+            (Some(l), None) => {
+                let addr = self.checked(&l, "metrics.listen")?.0;
+                let who = if addr.ip().is_loopback() {
+                    "every local user".to_owned()
+                } else {
+                    format!("every local user and every host that reaches {addr}")
+                };
+                self.warn(
+                    "metrics.listen",
+                    format!(
+                        "{who} can read the metrics page (every secret's name, version and expiry; no values); \
+                         use metrics.socket instead: its mode (metrics.mode, default 0600) decides who may"
+                    ),
+                );
+                Some(MetricsListen::Tcp(addr))
+            }
             (None, Some(p)) => {
                 let mode = self.mode(&m.mode, "metrics.mode", 0o600);
                 if !p.is_absolute() {

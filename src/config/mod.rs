@@ -180,6 +180,24 @@ pub struct SecretSpec {
     pub allow: Option<Vec<Allow>>,
 }
 
+#[cfg(test)]
+impl SecretSpec {
+    /// A KV secret `name` with default timings, readable by `allow` (or the
+    /// socket's list): for tests that need a configured secret.
+    pub(crate) fn kv_for_test(name: &str, allow: Option<Vec<Allow>>) -> SecretSpec {
+        SecretSpec {
+            name: name.into(),
+            source: SecretSource::Kv { mount: "secret".into(), path: name.into(), version: 2 },
+            refresh: Duration::from_secs(300),
+            rotate_before: None,
+            drain: Duration::from_secs(30),
+            revoke_old: RevokeOld::Drain,
+            verify_every: Duration::from_secs(3600),
+            allow,
+        }
+    }
+}
+
 /// Where a secret comes from (mounts, roles, paths; no value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -871,6 +889,28 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert_eq!(loaded.warnings[0].key, "vault.allow_insecure_http");
         assert!(loaded.warnings[0].to_string().contains("travel unencrypted"), "{}", loaded.warnings[0]);
         assert!(Config::from_toml(Path::new("v.toml"), GOOD, 1000).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn metrics_on_tcp_warn_that_every_local_user_can_read_the_names() {
+        let with = |m: &str| GOOD.to_owned() + m;
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nlisten = \"127.0.0.1:9102\"\n"), 1000).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert_eq!(loaded.warnings[0].key, "metrics.listen");
+        let w = loaded.warnings[0].to_string();
+        assert!(w.contains("every local user") && w.contains("metrics.socket"), "{w}");
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nlisten = \"0.0.0.0:9102\"\n"), 1000).unwrap();
+        assert!(
+            loaded.warnings[0].to_string().contains("every host that reaches 0.0.0.0:9102"),
+            "{}",
+            loaded.warnings[0]
+        );
+        let loaded =
+            Config::from_toml(Path::new("v.toml"), &with("[metrics]\nsocket = \"/run/v/metrics.sock\"\n"), 1000)
+                .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 }
 

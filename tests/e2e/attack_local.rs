@@ -13,6 +13,8 @@ use anyhow::{Context, Result, ensure};
 
 use crate::TestFn;
 use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
+use crate::fail2ban::{fail2ban_hosts, uid_as_host};
+use crate::security::free_port;
 use crate::tests::config;
 
 macro_rules! t {
@@ -34,6 +36,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban),
         t!(accept_errors_under_descriptor_exhaustion_are_logged_once),
         t!(metrics_socket_never_deletes_a_file_at_its_path),
+        t!(idle_metrics_connections_cannot_take_the_api_sockets_descriptors),
         t!(credential_files_writable_by_others_are_warned_about),
     ]
 }
@@ -656,21 +659,10 @@ async fn caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban(bed: Arc<Bed>) 
     ensure!(!text.lines().any(|l| l.starts_with("2026-12-01T00:00:00")), "forged line in the log:\n{text}");
 
     // fail2ban-regex, from Debian's package, against that log.
-    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fail2ban/vaultlet.conf");
-    let out = tokio::process::Command::new("fail2ban-regex")
-        .args(["--print-all-matched", "--out", "ip"])
-        .arg(&log_path)
-        .arg(&filter)
-        .output()
-        .await
-        .context("fail2ban-regex (Debian package fail2ban; scripts/test.sh installs it)")?;
-    let hosts = String::from_utf8_lossy(&out.stdout);
-    let hosts: Vec<&str> = hosts.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let hosts = fail2ban_hosts(&log_path).await?;
     println!("fail2ban-regex matched {} of {} refusals: {hosts:?}", hosts.len(), bins.len());
-    ensure!(out.status.success(), "fail2ban-regex: {out:?}");
     ensure!(hosts.len() == bins.len(), "fail2ban matches every refusal: {hosts:?}\n{text}");
-    // fail2ban reads a bare number as an IPv4 address: uid 65534 is 0.0.255.254.
-    ensure!(hosts.iter().all(|h| *h == "0.0.255.254"), "always for the real uid: {hosts:?}");
+    ensure!(hosts.iter().all(|h| *h == uid_as_host(65534)), "always for the real uid: {hosts:?}");
 
     // JSON log: every line one valid object, the audit ones for uid 65534.
     let json_dir = test_dir("forge-json")?;
@@ -754,6 +746,106 @@ async fn metrics_socket_never_deletes_a_file_at_its_path(bed: Arc<Bed>) -> Resul
     let ino = std::fs::symlink_metadata(&path)?.ino();
     d.stop().await?;
     ensure!(std::fs::symlink_metadata(&path)?.ino() == ino, "a metrics socket someone else put there stays");
+    Ok(())
+}
+
+/// Opens TCP connections to 127.0.0.1:PORT and holds up to 3000 of them
+/// without sending a byte, until stdin closes; says `flooding` once it has
+/// opened twice the descriptors vaultlet has, then keeps opening. Prints
+/// how many it opened.
+const METRICS_FLOOD: &str = r#"
+import json, resource, select, socket, sys, time
+port, limit = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held, opened, failed, told = [], 0, 0, False
+while not select.select([sys.stdin], [], [], 0)[0]:
+    c = socket.socket()
+    c.settimeout(0.2)
+    try:
+        c.connect(("127.0.0.1", port))
+    except OSError:
+        failed += 1
+        c.close()
+        time.sleep(0.002)
+        continue
+    opened += 1
+    held.append(c)
+    if len(held) > 3000:
+        held.pop(0).close()
+    if opened >= 2 * limit and not told:
+        print("flooding", flush=True)
+        told = True
+    time.sleep(0.0005)
+for c in held:
+    c.close()
+print(json.dumps({"opened": opened, "failed": failed}), flush=True)
+"#;
+
+/// The attack from the security round: a uid that may not use the API
+/// socket holds idle connections to `metrics.listen`, far more than the
+/// descriptors vaultlet has (512). Every read by an allowed caller on the
+/// API socket meanwhile succeeds, and once the flood is over a scrape
+/// works again. Before the metrics listener had a connection cap, the idle
+/// connections took every descriptor and the API socket's accept failed
+/// with "Too many open files".
+async fn idle_metrics_connections_cannot_take_the_api_sockets_descriptors(bed: Arc<Bed>) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    const LIMIT: u32 = 512;
+    let dir = test_dir("metricsflood")?;
+    bed.approle("t_metricsflood", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let port = free_port()?;
+    let cfg = format!("{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n", config(&bed, &dir, API_SECRET));
+    let nofile = format!("--nofile={LIMIT}:{LIMIT}");
+    let d = Daemon::start_via(&["prlimit", &nofile, bin(), "--log", "info"], &dir, &cfg, &["run"], &[], &[])?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let scrape = || async {
+        let res = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?;
+        anyhow::Ok((res.status().as_u16(), res.text().await?))
+    };
+    let (st, text) = scrape().await?;
+    ensure!(st == 200 && text.contains("vaultlet_ready 1"), "scrape before the flood: {st}\n{text}");
+
+    let script = write_script(&dir, "metrics_flood.py", METRICS_FLOOD)?;
+    let mut flood = as_nobody(PYTHON)
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(LIMIT.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut out = tokio::io::BufReader::new(flood.stdout.take().context("flood stdout")?);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(60), out.read_line(&mut line))
+        .await
+        .context("the flood never opened twice vaultlet's descriptors")??;
+    ensure!(line.trim() == "flooding", "flood: {line}");
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let read = get_value(&d.socket, "api.stripe_key", &[]).await?;
+        if !(read.status.success() && read.stdout == b"sk_test_demo123\n") {
+            failures.push(format!("read {i}: {}", String::from_utf8_lossy(&read.stderr).trim()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(flood.stdin.take());
+    let mut report = String::new();
+    tokio::time::timeout(Duration::from_secs(30), out.read_to_string(&mut report)).await??;
+    let _ = flood.wait().await;
+    let report: serde_json::Value = serde_json::from_str(report.trim()).with_context(|| format!("report: {report}"))?;
+    println!("metrics flood: {report}; allowed reads that failed meanwhile: {}", failures.len());
+    let log = d.log_text();
+    ensure!(report["opened"].as_u64().unwrap_or(0) >= u64::from(2 * LIMIT), "the flood opened too few: {report}");
+    ensure!(failures.is_empty(), "allowed reads failed during the metrics flood: {failures:#?}\n{log}");
+    ensure!(!log.contains("accept failed"), "the API socket ran out of descriptors:\n{log}");
+    let again = eventually(Duration::from_secs(20), "a scrape after the flood", || async {
+        Ok(scrape().await.ok().filter(|(st, text)| *st == 200 && text.contains("vaultlet_ready 1")))
+    })
+    .await;
+    again?;
+    d.stop().await?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@ mod attack_exec;
 mod attack_local;
 mod attack_vault;
 mod bed;
+#[path = "../support/fail2ban.rs"]
+mod fail2ban;
 mod pki;
 mod restart;
 mod revocation;
@@ -32,6 +34,7 @@ type TestFn = fn(Arc<Bed>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 
 const ALONE: &[&str] = &[
     "flood_by_a_refused_uid_does_not_starve_allowed_callers",
     "accept_errors_under_descriptor_exhaustion_are_logged_once",
+    "idle_metrics_connections_cannot_take_the_api_sockets_descriptors",
     "kill_9_restart_serves_the_same_credential_with_no_login_or_issue",
 ];
 

@@ -142,7 +142,7 @@ pub async fn revoked_lease_is_replaced_within_verify_every_or_at_once_when_repor
     ensure!(st == 200 && a["version"] == json!(new_v) && a["replaced"] == json!(true), "older version: {st} {a}");
     // Bad input is a 4xx, never a crash.
     let (st, _) = report(&d, "nope", 1).await?;
-    ensure!(st == 404, "unknown secret: {st}");
+    ensure!(st == 403, "unknown secret, answered like one the caller may not read: {st}");
     let (st, body) =
         d.request("POST /v1/secrets/slow/rejected?version=x HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await?;
     ensure!(st == 400, "bad version: {st} {body}");

@@ -95,6 +95,120 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
     Ok(())
 }
 
+/// Asks the socket (argv[1]) for `closed` and for `nosuch`, one after the
+/// other, on every route that takes a name, four rounds; prints each pair
+/// of answers (status, headers but `date`, body) and how long it all took.
+/// One process, so the batch takes milliseconds, not a process per request.
+const ASK_PAIRS: &str = r#"
+import json, socket, sys, time
+path = sys.argv[1]
+routes = [("GET", "/v1/secrets/NAME"), ("GET", "/v1/secrets/NAME?wait=5m&after=1"),
+          ("POST", "/v1/secrets/NAME/rejected?version=1")]
+def ask(method, target):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(("%s %s HTTP/1.0\r\nContent-Length: 0\r\n\r\n" % (method, target)).encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    head, _, body = data.decode("latin-1").partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = sorted(l for l in lines[1:] if not l.lower().startswith("date:"))
+    return [int(lines[0].split(" ")[1]), headers, body]
+start = time.monotonic()
+pairs = []
+for _ in range(4):
+    for method, target in routes:
+        pairs.append([method, target, ask(method, target.replace("NAME", "closed")),
+                      ask(method, target.replace("NAME", "nosuch"))])
+print(json.dumps({"seconds": time.monotonic() - start, "pairs": pairs}))
+"#;
+
+/// The attack from the security round: a caller on `socket.allow` but not
+/// on `closed`'s own list. For every request that takes a name, the answer
+/// for `closed` and for a name that is not configured (`nosuch`, the same
+/// length) is the same status, headers and body once the name is swapped,
+/// before and after the denial rate limit; both are counted and audited as
+/// denials. Before, made-up names got 404 and configured ones 403, so the
+/// difference listed the secrets.
+pub async fn hidden_secrets_and_made_up_names_get_one_answer(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("enumerate")?;
+    bed.approle("t_enumerate", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    // Several restricted uids: a batch slower than the rate limiter's
+    // window (10 s, on a loaded machine) is repeated by a uid with a fresh
+    // count instead of waiting for the window to pass.
+    let uids = [65534u32, 65533, 65532];
+    let cfg = config(
+        &bed,
+        &dir,
+        "[secret.open]\nkv = { path = \"api\" }\n[secret.closed]\nkv = { path = \"api\" }\nallow = [{ uid = 0 }]\n",
+    )
+    .replace(
+        "[socket]\n",
+        "[socket]\nmode = \"0660\"\nallow = [{ uid = 0 }, { uid = 65534 }, { uid = 65533 }, { uid = 65532 }]\n",
+    );
+    let d = Daemon::start(&dir, &cfg)?;
+    d.wait_ready(Duration::from_secs(30)).await?;
+    let script = dir.join("ask_pairs.py");
+    std::fs::write(&script, ASK_PAIRS)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    let denied = "vaultlet_socket_denied_total{reason=\"secret\"}";
+    let mut done = None;
+    for uid in uids {
+        let before = d.counter(denied).await?;
+        let out = tokio::process::Command::new("setpriv")
+            .args([&format!("--reuid={uid}"), "--regid=0", "--clear-groups", "/usr/bin/python3"])
+            .arg(&script)
+            .arg(&d.socket)
+            .output()
+            .await?;
+        ensure!(out.status.success(), "uid {uid} asking: {out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let secs = report["seconds"].as_f64().context("seconds")?;
+        if secs < 9.0 {
+            done = Some((uid, before, report));
+            break;
+        }
+        println!(
+            "uid {uid}: the batch took {secs:.1} s, longer than the rate limiter's window; again with another uid"
+        );
+    }
+    let (uid, before, report) = done.context("no batch of 24 requests ran within 9 s")?;
+    let mut statuses = Vec::new();
+    for pair in report["pairs"].as_array().context("pairs")? {
+        let (closed, mut nosuch) = (pair[2].clone(), pair[3].clone());
+        nosuch[2] = nosuch[2].as_str().context("body")?.replace("nosuch", "closed").into();
+        ensure!(closed == nosuch, "{} {}: `closed` {closed}, `nosuch` {}", pair[0], pair[1], pair[3]);
+        statuses.push(closed[0].as_u64().context("status")?);
+    }
+    println!("uid {uid}: answers to `closed` and `nosuch` alike: {statuses:?}");
+    ensure!(statuses[..3] == [403, 403, 403] && statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
+    ensure!(
+        d.counter(denied).await? - before == 10.0,
+        "ten denials counted before the rate limit, for both names alike"
+    );
+    eventually(Duration::from_secs(5), "audit lines", || async {
+        let log = d.log_text();
+        let denied = |name: &str| {
+            log.lines().any(|l| {
+                l.contains("vaultlet::audit")
+                    && l.contains(&format!("uid={uid} "))
+                    && l.contains(&format!("secret={name} "))
+                    && l.ends_with("outcome=denied")
+            })
+        };
+        Ok((denied("closed") && denied("nosuch")).then_some(()))
+    })
+    .await?;
+    d.stop().await?;
+    Ok(())
+}
+
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

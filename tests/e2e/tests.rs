@@ -39,6 +39,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(file_template_renders_and_runs_its_command),
         t!(systemd_notify_ready_and_stopping),
         t!(per_secret_acl_audit_and_rate_limit),
+        t!(hidden_secrets_and_made_up_names_get_one_answer),
         t!(metrics_report_leases_and_requests),
         t!(modes_owner_and_memory_hold_under_permissive_umask),
         t!(no_secret_in_logs_at_trace_level),
@@ -179,12 +180,14 @@ SMTP_PASSWORD={{{{ legacy.smtp_password }}}}
     let out =
         tokio::process::Command::new(bin()).args(["get", "api.stripe_key", "--socket"]).arg(&d.socket).output().await?;
     ensure!(out.status.success() && out.stdout == b"sk_test_demo123\n", "get: {:?}", out);
+    // A name that is not configured is answered like a secret the caller
+    // may not read.
     let out = tokio::process::Command::new(bin()).args(["get", "nope", "--socket"]).arg(&d.socket).output().await?;
-    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"), "get nope: {:?}", out);
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("403"), "get nope: {:?}", out);
 
     // Error answers: JSON, right status, no-store everywhere.
     let (st, body) = d.request("GET /v1/secrets/nope HTTP/1.0\r\n\r\n").await?;
-    ensure!(st == 404 && body.contains("\"error\""), "{st} {body}");
+    ensure!(st == 403 && body.contains("\"error\""), "{st} {body}");
     let (st, _) = d.request("GET /v1/secrets/..%2Fetc HTTP/1.0\r\n\r\n").await?;
     ensure!(st == 400, "bad name: {st}");
     let (st, _) = d.request("POST /v1/secrets/db HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await?;

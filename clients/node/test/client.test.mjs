@@ -84,11 +84,12 @@ test('a missing socket fails fast with ENOSOCKET', async () => {
   assert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
 });
 
-test('an unknown secret is NOT_FOUND', async () => {
+test('an unknown secret is FORBIDDEN, like a secret this process may not read', async () => {
   await assert.rejects(getSecret('no_such_secret', { socket: main.socket }), (err) => {
-    assert.equal(err.code, 'NOT_FOUND');
-    assert.equal(err.status, 404);
+    assert.equal(err.code, 'FORBIDDEN');
+    assert.equal(err.status, 403);
     assert.match(err.message, /no_such_secret/);
+    assert.match(err.message, /\[secret\.no_such_secret\]/);
     return true;
   });
 });

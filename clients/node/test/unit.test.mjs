@@ -111,8 +111,10 @@ test('garbage, resets and odd statuses map to error codes', async () => {
     if (url.pathname === '/v1/secrets/boom') return send(res, 500, { error: 'oops' });
     if (url.pathname === '/v1/secrets/denied') return send(res, 403, { error: 'caller is not allowed to use this socket' });
     if (url.pathname === '/v1/secrets/later') return send(res, 503, { error: 'not fetched yet: login failed' });
-    if (url.pathname === '/v1/secrets/acl') return send(res, 403, { error: 'caller uid 1000 may not read `acl`' });
+    if (url.pathname === '/v1/secrets/acl') return send(res, 403, { error: 'no secret `acl` readable by uid 1000' });
+    if (url.pathname === '/v1/secrets/old_acl') return send(res, 403, { error: 'caller uid 1000 may not read `old_acl`' });
     if (url.pathname === '/v1/secrets/slow-down') return send(res, 429, { error: 'too many refused requests; slow down' });
+    // An older vaultlet's answer to an unknown name.
     return send(res, 404, { error: 'no secret named `x`' });
   });
   try {
@@ -124,7 +126,8 @@ test('garbage, resets and odd statuses map to error codes', async () => {
     assert.equal(await code('denied'), 'FORBIDDEN');
     assert.equal(await code('x'), 'NOT_FOUND');
     assert.equal(await code('slow-down'), 'RATE_LIMITED');
-    await assert.rejects(getSecret('acl', { socket: f.path }), /to secret\.acl\.allow/);
+    await assert.rejects(getSecret('acl', { socket: f.path }), /\[secret\.acl\] is in .* to secret\.acl\.allow/);
+    await assert.rejects(getSecret('old_acl', { socket: f.path }), /to secret\.old_acl\.allow/);
     await assert.rejects(getSecret('denied', { socket: f.path }), /to socket\.allow/);
     await assert.rejects(getSecret('later', { socket: f.path }), (e) => {
       assert.equal(e.code, 'NOT_READY');
