@@ -197,7 +197,11 @@ async fn a_403_from_a_missing_capability_does_not_log_in_again() {
     fake.deny(Op::DbCreds);
     let bed = Bed::start(fake, &[db("db")]);
     sleep_until(bed.at(120.0)).await;
-    assert!(bed.fake.count(Op::DbCreds) >= 3, "retried with the slow backoff");
+    // The slow backoff (5 s doubling to 60 s, each wait at least half its
+    // step) allows at most 7 attempts in 120 s: at 0 and by 2.5, 7.5, 17.5,
+    // 37.5, 67.5 and 97.5 s. The fast one (250 ms to 5 s) would make dozens.
+    let attempts = bed.fake.count(Op::DbCreds);
+    assert!((3..=7).contains(&attempts), "retried with the slow backoff: {attempts} attempts in 120 s");
     assert!(bed.fake.count(Op::LookupSelf) >= 1, "the 403 made the auth task check its token");
     assert_eq!(bed.fake.count(Op::Login), 1, "a live token is not replaced for a missing capability");
     bed.stop();
