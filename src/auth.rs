@@ -49,9 +49,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AppRoleConfig;
-use crate::lease::Leases;
 use crate::lease::retry::{self, Attempt, Backoffs, Class, Retry};
 use crate::lease::schedule::{self, after};
+use crate::ledger::Leases;
 use crate::secret::Token;
 use crate::vault::{Backend, VaultError};
 

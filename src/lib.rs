@@ -41,6 +41,7 @@ pub mod config;
 pub mod exec;
 pub mod harden;
 pub mod lease;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod rejected;

@@ -61,7 +61,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::auth::AuthHandle;
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
-use crate::lease::Held;
+use crate::ledger::Held;
 use crate::secret::{Lease, LeaseId, SecretData, Token};
 use crate::store::Store;
 
@@ -593,59 +593,7 @@ pub fn load(cfg: &StateConfig, identity: &Identity, specs: &[SecretSpec], metric
 
 // === what the tasks hold, for the writer ===
 
-#[derive(Default)]
-struct Tracked {
-    /// Database secret → its lease, the version published with it, the learned lifetime.
-    held: BTreeMap<String, (Held, u64, Option<Duration>)>,
-    /// Lease id → secret, lease, drain end.
-    draining: BTreeMap<String, (String, Held, Instant)>,
-}
-
-/// What lease tasks hold that the store does not show (lease ids, caps,
-/// issuing generations), kept for the state writer. Cheap when no state is
-/// configured: a map update per issue or renewal.
-#[derive(Clone, Default)]
-pub struct Tracker {
-    inner: Arc<Mutex<Tracked>>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records the lease `secret` holds now (or that it holds none).
-    pub fn set_held(&self, secret: &str, held: Option<(&Held, u64, Option<Duration>)>) {
-        {
-            let mut m = self.lock();
-            match held {
-                Some((h, v, l)) => m.held.insert(secret.to_owned(), (h.clone(), v, l)),
-                None => m.held.remove(secret),
-            };
-        }
-        self.changed.notify_one();
-    }
-
-    /// Records a replaced lease that is draining (or, `None`, that it is done).
-    pub fn set_draining(&self, id: &LeaseId, entry: Option<(&str, &Held, Instant)>) {
-        {
-            let mut m = self.lock();
-            match entry {
-                Some((s, h, end)) => m.draining.insert(id.as_str().to_owned(), (s.to_owned(), h.clone(), end)),
-                None => m.draining.remove(id.as_str()),
-            };
-        }
-        self.changed.notify_one();
-    }
-
-    /// Forgets every lease (they were revoked at shutdown).
-    fn clear_leases(&self) {
-        let mut m = self.lock();
-        m.held.clear();
-        m.draining.clear();
-    }
-}
+pub use crate::ledger::Tracker;
 
 // === writing ===
 
