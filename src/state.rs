@@ -143,7 +143,7 @@ pub struct Identity {
 
 impl Identity {
     /// The identity of `config`, reading its role_id file.
-    pub fn of(config: &crate::Config) -> std::io::Result<Identity> {
+    pub fn of(config: &crate::config::Config) -> std::io::Result<Identity> {
         let raw = crate::write::read_input_file(&config.auth.role_id_file, crate::write::MAX_CREDENTIAL_FILE)
             .map_err(std::io::Error::other)?;
         let role_id = raw.trim_ascii();
