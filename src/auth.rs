@@ -38,25 +38,26 @@
 //! one attempt (a login, a renewal) and what follows a failure is decided by
 //! [`crate::lease::retry::decide`], as for the secret tasks.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AppRoleConfig;
-use crate::lease::Leases;
 use crate::lease::retry::{self, Attempt, Backoffs, Class, Retry};
 use crate::lease::schedule::{self, after};
+use crate::ledger::Leases;
 use crate::secret::Token;
 use crate::vault::{Backend, VaultError};
 
 /// Shortest time between two logins.
 pub const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(1);
+
+pub use crate::token::{AuthRx, AuthState, AuthTx, channel};
 
 /// How often a replaced token is checked for leases still using it.
 const RETIRE_CHECK: Duration = Duration::from_secs(2);
@@ -68,40 +69,6 @@ const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// Generations remembered in [`AuthState::ends`] and [`AuthState::dead`];
 /// older ones ended long ago.
 const KEEP_GENERATIONS: usize = 8;
-
-/// Everything the auth task tells the other tasks, published as one value
-/// on one `watch` channel: a change to any part wakes every watcher once.
-#[derive(Clone, Debug, Default)]
-pub struct AuthState {
-    /// The current token, once logged in.
-    pub token: Option<Arc<Token>>,
-    /// Why the last login failed, until one succeeds (`/v1/ready` shows it
-    /// for secrets never fetched).
-    pub problem: Option<String>,
-    /// The hard end of each recent token generation, once known. A lease
-    /// outlives the token that created it only until that token's end, and
-    /// the current token alone would let a lease task miss the end of a
-    /// generation that was replaced before the task looked.
-    pub ends: BTreeMap<u64, Instant>,
-    /// Generations Vault confirmed dead (revoked, not just replaced): every
-    /// lease they issued died with them.
-    pub dead: BTreeSet<u64>,
-    /// Replaced tokens not yet revoked (still used by a lease, or in grace).
-    pub retired: Vec<Arc<Token>>,
-}
-
-/// A watcher of the auth state.
-pub type AuthRx = watch::Receiver<AuthState>;
-
-/// The auth task's side of the auth state.
-pub type AuthTx = Arc<watch::Sender<AuthState>>;
-
-/// The channel the auth task publishes on; the receiver may be handed out
-/// (e.g. to the store) before the task starts.
-pub fn channel() -> (AuthTx, AuthRx) {
-    let (tx, rx) = watch::channel(AuthState::default());
-    (Arc::new(tx), rx)
-}
 
 /// The other tasks' side of the auth task.
 #[derive(Clone)]

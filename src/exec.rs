@@ -59,29 +59,13 @@ type Env = Vec<(String, Zeroizing<String>)>;
 pub const DEFAULT_INHERIT: &[&str] =
     &["PATH", "HOME", "LANG", "LC_*", "TZ", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR"];
 
-/// vaultlet's own variables, never passed on whatever the config says:
-/// Vault/OpenBao client settings (a token, an address), vaultlet's config
-/// and socket, systemd's credentials and the service-manager sockets (with
-/// `NOTIFY_SOCKET` the app could tell systemd that vaultlet is ready or
-/// stopping). `*` ends a prefix.
-pub const NEVER_INHERIT: &[&str] =
-    &["VAULT_*", "BAO_*", "VAULTLET_*", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_*", "LISTEN_*"];
+pub use crate::limits::{NEVER_INHERIT, own_variable};
 
 fn matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
     }
-}
-
-/// The [`NEVER_INHERIT`] entry that `name` (a name or a `PREFIX*`) falls
-/// under, if any.
-pub fn own_variable(name: &str) -> Option<&'static str> {
-    let bare = name.strip_suffix('*').unwrap_or(name);
-    NEVER_INHERIT.iter().copied().find(|p| match p.strip_suffix('*') {
-        Some(prefix) => bare.starts_with(prefix),
-        None => name == *p,
-    })
 }
 
 /// Of `vars` (vaultlet's environment), the ones a child may see: on the

@@ -47,7 +47,6 @@
 //! they are tested on the paused clock without Vault.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -58,12 +57,11 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use toml::Spanned;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::auth::AuthHandle;
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
-use crate::lease::Held;
+use crate::ledger::Held;
 use crate::secret::{Lease, LeaseId, SecretData, Token};
 use crate::store::Store;
 
@@ -75,19 +73,6 @@ const VERSION: u8 = 1;
 const HEADER: usize = 8 + 1 + 4;
 const NONCE: usize = 24;
 const TAG: usize = 16;
-/// The longest key file: 64 hex characters and a CR LF.
-const KEY_MAX: u64 = 66;
-/// What a state file holds besides the values: identity, token, lease
-/// details, the sealing overhead. Far more than any real file needs.
-const STATE_BASE: u64 = 1 << 20;
-
-/// The longest state file read: [`STATE_BASE`] plus, per configured secret,
-/// the largest answer Vault may send (`vault.max_response_size`), which
-/// bounds the value the file holds for it. Anything longer was not written
-/// by vaultlet for this configuration and is not read past this bound.
-pub fn size_limit(secrets: usize, max_response: usize) -> u64 {
-    STATE_BASE.saturating_add((secrets as u64).saturating_mul(max_response as u64))
-}
 
 /// How long the writer waits after a change before writing, so a burst of
 /// changes (a token renewal, then each lease renewing) costs one write.
@@ -95,109 +80,9 @@ pub const COALESCE: Duration = Duration::from_secs(1);
 
 // === config ===
 
-/// `[state]` as written in the file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawState {
-    path: Spanned<PathBuf>,
-    key_file: Spanned<PathBuf>,
-}
-
-/// The 32-byte sealing key. Never printed, wiped on drop.
-#[derive(Clone)]
-pub struct StateKey(Arc<Zeroizing<[u8; 32]>>);
-
-impl std::fmt::Debug for StateKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateKey(...)")
-    }
-}
-
-impl StateKey {
-    /// A key from its raw bytes (tests, and the key file).
-    pub fn from_bytes(b: [u8; 32]) -> StateKey {
-        StateKey(Arc::new(Zeroizing::new(b)))
-    }
-}
-
-/// `[state]`, validated: where the sealed file goes and the key, read at
-/// load time so a bad key file stops vaultlet before any network I/O.
-#[derive(Debug, Clone)]
-pub struct StateConfig {
-    /// The sealed file.
-    pub path: PathBuf,
-    /// The key.
-    pub key: StateKey,
-    /// The longest file read ([`size_limit`]).
-    pub max_len: u64,
-}
-
-/// Validates `[state]` (called from [`crate::config`]); `max_len` is the
-/// [`size_limit`] of the configuration.
-pub(crate) fn validate(cx: &crate::config::Cx<'_>, raw: Spanned<RawState>, max_len: u64) -> Option<StateConfig> {
-    let raw = raw.into_inner();
-    let path = raw.path.get_ref().clone();
-    if !path.is_absolute() {
-        return cx.err(raw.path.span(), "state.path", "must be an absolute path");
-    }
-    if path.is_dir() {
-        return cx.err(raw.path.span(), "state.path", "is a directory; name the file the state goes in");
-    }
-    if let Err(e) = crate::write::check_own_dir(&path, "the state file") {
-        return cx.err(raw.path.span(), "state.path", e.to_string());
-    }
-    let key_path = cx.credential_path(&raw.key_file, "state.key_file")?;
-    let key = match read_key(&key_path) {
-        Ok(k) => k,
-        Err(msg) => return cx.err(raw.key_file.span(), "state.key_file", msg),
-    };
-    Some(StateConfig { path, key, max_len })
-}
-
-/// Reads a key file: exactly 32 raw bytes, or 64 hex characters with an
-/// optional trailing newline; a regular file (not a symlink), vaultlet's
-/// or root's, mode 0600 or 0400. The message never quotes the content.
-fn read_key(path: &Path) -> Result<StateKey, String> {
-    use crate::write::ReadError;
-    let rules = crate::write::OwnFile { what: "the key", forbidden_mode: 0o077, max_len: KEY_MAX, private_dir: false };
-    let bytes = crate::write::read_own_file(path, &rules).map_err(|e| match e {
-        ReadError::Mode(mode) => {
-            format!("mode {mode:04o} lets group or others read or change the key; chmod 0400 (or 0600) it")
-        }
-        ReadError::NotRegular("a symbolic link") => {
-            "is a symbolic link; name the key file itself (vaultlet does not follow a link to its key)".into()
-        }
-        ReadError::TooLong(max) => {
-            format!("must hold exactly 32 raw bytes or 64 hex characters (it holds more than {max} bytes)")
-        }
-        e => e.to_string(),
-    })?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    if bytes.len() == 32 {
-        key.copy_from_slice(&bytes);
-        return Ok(StateKey(Arc::new(key)));
-    }
-    let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    let text = text.strip_suffix(b"\r").unwrap_or(text);
-    if text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit) {
-        for (i, pair) in text.chunks(2).enumerate() {
-            key[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
-        }
-        return Ok(StateKey(Arc::new(key)));
-    }
-    Err(format!(
-        "must hold exactly 32 raw bytes or 64 hex characters (it holds {} bytes); make one with `head -c 32 /dev/urandom`",
-        bytes.len()
-    ))
-}
-
-fn hex_val(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c - b'A' + 10,
-    }
-}
+#[cfg(test)]
+use crate::config::state::read_key;
+pub use crate::config::state::{RawState, StateConfig, StateKey, size_limit};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -258,7 +143,7 @@ pub struct Identity {
 
 impl Identity {
     /// The identity of `config`, reading its role_id file.
-    pub fn of(config: &crate::Config) -> std::io::Result<Identity> {
+    pub fn of(config: &crate::config::Config) -> std::io::Result<Identity> {
         let raw = crate::write::read_input_file(&config.auth.role_id_file, crate::write::MAX_CREDENTIAL_FILE)
             .map_err(std::io::Error::other)?;
         let role_id = raw.trim_ascii();
@@ -708,59 +593,7 @@ pub fn load(cfg: &StateConfig, identity: &Identity, specs: &[SecretSpec], metric
 
 // === what the tasks hold, for the writer ===
 
-#[derive(Default)]
-struct Tracked {
-    /// Database secret → its lease, the version published with it, the learned lifetime.
-    held: BTreeMap<String, (Held, u64, Option<Duration>)>,
-    /// Lease id → secret, lease, drain end.
-    draining: BTreeMap<String, (String, Held, Instant)>,
-}
-
-/// What lease tasks hold that the store does not show (lease ids, caps,
-/// issuing generations), kept for the state writer. Cheap when no state is
-/// configured: a map update per issue or renewal.
-#[derive(Clone, Default)]
-pub struct Tracker {
-    inner: Arc<Mutex<Tracked>>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records the lease `secret` holds now (or that it holds none).
-    pub fn set_held(&self, secret: &str, held: Option<(&Held, u64, Option<Duration>)>) {
-        {
-            let mut m = self.lock();
-            match held {
-                Some((h, v, l)) => m.held.insert(secret.to_owned(), (h.clone(), v, l)),
-                None => m.held.remove(secret),
-            };
-        }
-        self.changed.notify_one();
-    }
-
-    /// Records a replaced lease that is draining (or, `None`, that it is done).
-    pub fn set_draining(&self, id: &LeaseId, entry: Option<(&str, &Held, Instant)>) {
-        {
-            let mut m = self.lock();
-            match entry {
-                Some((s, h, end)) => m.draining.insert(id.as_str().to_owned(), (s.to_owned(), h.clone(), end)),
-                None => m.draining.remove(id.as_str()),
-            };
-        }
-        self.changed.notify_one();
-    }
-
-    /// Forgets every lease (they were revoked at shutdown).
-    fn clear_leases(&self) {
-        let mut m = self.lock();
-        m.held.clear();
-        m.draining.clear();
-    }
-}
+pub use crate::ledger::Tracker;
 
 // === writing ===
 
@@ -962,6 +795,7 @@ pub async fn revoke_unresumable(vault: Arc<dyn crate::vault::Backend>, token: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn key(b: u8) -> StateKey {
         StateKey::from_bytes([b; 32])

@@ -96,7 +96,7 @@ pub struct Store {
     tx: Arc<watch::Sender<Snapshot>>,
     /// The auth task's state: why vaultlet cannot log in, if it cannot, is
     /// the reason a secret that was never fetched is missing.
-    auth: crate::auth::AuthRx,
+    auth: crate::token::AuthRx,
     /// Where reports of a rejected credential go (database secrets).
     rejections: crate::rejected::Registry,
 }
@@ -112,7 +112,7 @@ impl Store {
             .map(|n| (Arc::from(n), Arc::new(Entry { version: 0, value: None, lease: None, problem: None })))
             .collect();
         let (tx, _) = watch::channel(Arc::new(map));
-        Store { tx: Arc::new(tx), auth: crate::auth::channel().1, rejections: Default::default() }
+        Store { tx: Arc::new(tx), auth: crate::token::channel().1, rejections: Default::default() }
     }
 
     /// The lease tasks that take reports of a rejected credential.
@@ -211,8 +211,8 @@ impl Store {
     }
 
     /// Reads login failures from the auth task's state `auth` (see
-    /// [`crate::auth::channel`]); set before the store is cloned.
-    pub fn with_auth(mut self, auth: crate::auth::AuthRx) -> Store {
+    /// [`crate::token::channel`]); set before the store is cloned.
+    pub fn with_auth(mut self, auth: crate::token::AuthRx) -> Store {
         self.auth = auth;
         self
     }

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::Config;
+use crate::daemon::{RunError, Running};
 use crate::telemetry::Notifier;
-use crate::{RunError, Running};
 
 /// What a job may use of the running daemon.
 pub struct Job<'a> {
@@ -56,7 +56,7 @@ where
     J: AsyncFnOnce(Job<'_>) -> i32,
 {
     let notifier = Notifier::from_env();
-    let mut running = crate::start(config)?;
+    let mut running = crate::daemon::start(config)?;
     // With `WatchdogSec=`, systemd kills a service that stops pinging: the
     // pings run until this function returns, so a slow revocation at
     // shutdown is not mistaken for a hang.
@@ -69,4 +69,17 @@ where
     notifier.notify("STOPPING=1");
     running.stop().await;
     Ok(code)
+}
+
+/// Runs the daemon until `shutdown` is cancelled, telling systemd (when it
+/// asks) once it is ready and when it stops.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let serve = async |mut job: Job<'_>| -> i32 {
+        job.every_secret_ready().await;
+        tracing::info!("ready: every secret held, every file written");
+        job.ready("serving secrets");
+        // Until `shutdown`: the daemon's tasks do the work.
+        std::future::pending().await
+    };
+    supervise(&config, shutdown, serve).await.map(drop)
 }

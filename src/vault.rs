@@ -90,15 +90,10 @@ use crate::secret::{LeaseId, SecretData};
 #[cfg(test)]
 pub mod fake;
 
-/// Default cap on a response body (`vault.max_response_size`). Vault's
-/// answers to what vaultlet asks are a few KiB; a large KV secret fits.
-pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
+pub use crate::limits::{DEFAULT_MAX_RESPONSE, MAX_TTL};
 
 /// Redirect hops followed for one request (standby → active is one).
 pub const MAX_REDIRECTS: usize = 2;
-
-/// Longest TTL taken from a server: a year. Longer values are clamped.
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Shortest TTL taken from a server. A zero TTL would make a credential due
 /// for replacement the moment it is issued.

@@ -11,9 +11,7 @@
 //! path: the parts that describe the caller (pid, executable path, escaped)
 //! are worked out once per connection in [`Peer::new`], not per line.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,90 +145,8 @@ pub(super) fn audit(peer: &Peer, secret: &str, version: Option<u64>, outcome: &'
     super::audit_log::submit(record);
 }
 
-/// An audit line's fields, for logging later on another thread.
-pub(super) struct AuditRecord {
-    uid: u32,
-    gid: u32,
-    shown: Arc<(Box<str>, Box<str>)>,
-    secret: Box<str>,
-    version: Option<u64>,
-    outcome: &'static str,
-}
-
-impl AuditRecord {
-    /// Logs the line.
-    pub(super) fn log(&self) {
-        log_audit(self.uid, self.gid, &self.shown, &self.secret, self.version, self.outcome);
-    }
-}
-
-fn log_audit(
-    uid: u32,
-    gid: u32,
-    shown: &(Box<str>, Box<str>),
-    secret: &str,
-    version: Option<u64>,
-    outcome: &'static str,
-) {
-    let (pid, exe) = (&*shown.0, &*shown.1);
-    let secret = field(secret);
-    let version = OrDash(version);
-    if outcome == "allowed" {
-        tracing::info!(target: "vaultlet::audit", uid, gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
-    } else {
-        tracing::warn!(target: "vaultlet::audit", uid, gid, pid = %pid, exe = %exe, secret = %secret, version = %version, outcome = %outcome, "socket read");
-    }
-}
-
-/// A number, or `-` when there is none; formatted where the line is written
-/// instead of into a `String` first.
-struct OrDash(Option<u64>);
-
-impl fmt::Display for OrDash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(v) => fmt::Display::fmt(&v, f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-/// A caller-controlled value as one audit field: as it is when it is
-/// printable ASCII without spaces, quotes or backslashes; otherwise in
-/// double quotes with `\"`, `\\`, `\n`, `\r`, `\t` and `\u{…}` for every
-/// other control or invisible line-breaking character. Bytes that are not
-/// UTF-8 reach here as U+FFFD (the path is read lossily).
-pub fn audit_field(v: &str) -> String {
-    field(v).into_owned()
-}
-
-/// [`audit_field`], borrowing the value when it needs no quoting (the
-/// usual case: a secret name, an executable path without spaces).
-fn field(v: &str) -> Cow<'_, str> {
-    let bare = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-    if bare {
-        return Cow::Borrowed(v);
-    }
-    let mut out = String::with_capacity(v.len() + 2);
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Cow::Owned(out)
-}
+pub use super::audit_log::audit_field;
+use super::audit_log::{AuditRecord, field};
 
 // === impl Denials ===
 
@@ -396,6 +312,7 @@ pub(super) fn too_many_waits(metrics: &Metrics) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::audit_log::OrDash;
 
     #[test]
     fn audit_fields_from_callers_cannot_forge_a_line() {

@@ -11,10 +11,9 @@
 //! (or a value it needs) is in error, and the [`Config`] is built only when
 //! nothing was recorded. No check here reads the network.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -27,73 +26,7 @@ use super::templates::{Shape, check_template, is_env_key};
 use super::types::HumanDuration;
 use super::*;
 
-/// The file being checked and what was found wrong with it so far.
-pub(crate) struct Cx<'a> {
-    file: &'a Path,
-    src: &'a str,
-    /// `$CREDENTIALS_DIRECTORY`, when systemd set it.
-    credentials: Option<PathBuf>,
-    errors: RefCell<Vec<ConfigError>>,
-    warnings: RefCell<Vec<Warning>>,
-}
-
-impl<'a> Cx<'a> {
-    pub fn new(file: &'a Path, src: &'a str, credentials: Option<PathBuf>) -> Self {
-        Cx { file, src, credentials, errors: RefCell::default(), warnings: RefCell::default() }
-    }
-
-    /// Everything found: the errors, in file order, or the warnings.
-    pub fn finish(self, config: Option<Config>) -> Result<Loaded, ConfigErrors> {
-        let mut errors = self.errors.into_inner();
-        match config {
-            Some(config) if errors.is_empty() => Ok(Loaded { config, warnings: self.warnings.into_inner() }),
-            _ => {
-                // Stable: errors on one line keep the order they were found in.
-                errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-                Err(ConfigErrors(errors))
-            }
-        }
-    }
-
-    fn line(&self, offset: usize) -> usize {
-        self.src[..offset.min(self.src.len())].matches('\n').count() + 1
-    }
-
-    /// An error at `span` (`0..0`: no line) under `key`.
-    pub fn error(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: (span != (0..0)).then(|| self.line(span.start)),
-            key: key.to_owned(),
-            message: msg.into(),
-        }
-    }
-
-    pub fn push(&self, e: ConfigError) {
-        self.errors.borrow_mut().push(e);
-    }
-
-    /// Records an error; `None`, for `?` and `and_then`.
-    pub(crate) fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Option<T> {
-        self.push(self.error(span, key, msg));
-        None
-    }
-
-    fn warn(&self, key: &str, message: String) {
-        self.warnings.borrow_mut().push(Warning { key: key.to_owned(), message });
-    }
-
-    /// Keeps toml's message (it names the problem, e.g. "unknown field `x`,
-    /// expected one of …") but not its excerpt of the offending line.
-    pub fn toml_err(&self, e: &toml::de::Error, key: &str) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: e.span().map(|s| self.line(s.start)),
-            key: key.to_owned(),
-            message: e.message().trim().replace('\n', " "),
-        }
-    }
-
+impl Cx<'_> {
     /// A [`Checked`] value, `default` when absent; `None` (recorded) when
     /// its type refused it.
     fn value<T: Clone>(&self, v: &Option<Checked<T>>, key: &str, default: T) -> Option<T> {
@@ -186,8 +119,8 @@ impl<'a> Cx<'a> {
         let state = match raw.state {
             None => Some(None),
             Some(s) => {
-                let max_response = vault.as_ref().map_or(crate::vault::DEFAULT_MAX_RESPONSE, |v| v.max_response_size);
-                crate::state::validate(self, s, crate::state::size_limit(secrets.len(), max_response)).map(Some)
+                let max_response = vault.as_ref().map_or(crate::limits::DEFAULT_MAX_RESPONSE, |v| v.max_response_size);
+                super::state::validate(self, s, super::state::size_limit(secrets.len(), max_response)).map(Some)
             }
         };
         Some(Config {
@@ -432,7 +365,7 @@ impl<'a> Cx<'a> {
                         "must be a variable name, or a prefix ending in `*` (e.g. \"LC_*\")",
                     )
                     .is_some();
-            } else if let Some(own) = crate::exec::own_variable(name) {
+            } else if let Some(own) = crate::limits::own_variable(name) {
                 ok = self
                     .err::<()>(
                         list.span(),
@@ -540,7 +473,7 @@ impl<'a> Cx<'a> {
             .value(
                 &v.max_response_size,
                 "vault.max_response_size",
-                types::ResponseSize(crate::vault::DEFAULT_MAX_RESPONSE),
+                types::ResponseSize(crate::limits::DEFAULT_MAX_RESPONSE),
             )
             .map(|s| s.0);
         Some(VaultConfig {

@@ -30,9 +30,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod check;
-pub(crate) use check::Cx;
+mod cx;
+pub(crate) use cx::Cx;
 mod raw;
 pub use raw::{ConfigKey, keys};
+pub mod state;
 pub mod templates;
 pub mod types;
 
@@ -100,7 +102,7 @@ pub struct Config {
     /// Where to serve Prometheus metrics (off by default).
     pub metrics: Option<MetricsListen>,
     /// `[state]`: the sealed state file and its key (off by default).
-    pub state: Option<crate::state::StateConfig>,
+    pub state: Option<state::StateConfig>,
 }
 
 /// `[metrics]`: a TCP address or a Unix socket of its own.
@@ -457,7 +459,7 @@ impl Config {
     }
 
     fn parse(file: &Path, src: &str, uid: u32, credentials: Option<PathBuf>) -> Result<Loaded, ConfigErrors> {
-        let cx = check::Cx::new(file, src, credentials);
+        let cx = Cx::new(file, src, credentials);
         let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));
         cx.finish(config)
     }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::check::Cx;
+use super::cx::Cx;
 use super::types::{Count, FileMode, HumanDuration, ListenAddress, ResponseSize, SignalName, VaultAddresses};
 use super::{EnvFormat, OnChange, RevokeOld};
 
@@ -59,7 +59,7 @@ pub(crate) struct RawConfig {
     pub revoke_on_shutdown: bool,
     pub memory: Option<RawMemory>,
     pub metrics: Option<Spanned<RawMetrics>>,
-    pub state: Option<Spanned<crate::state::RawState>>,
+    pub state: Option<Spanned<super::state::RawState>>,
     /// Dotted keys of the tables that are present but in error.
     pub broken: BTreeSet<String>,
 }
@@ -434,7 +434,7 @@ fn nested(path: &str) -> Option<&'static [&'static str]> {
         "exec" => fields_of::<RawExec>(),
         "memory" => fields_of::<RawMemory>(),
         "metrics" => fields_of::<RawMetrics>(),
-        "state" => fields_of::<crate::state::RawState>(),
+        "state" => fields_of::<super::state::RawState>(),
         _ => return None,
     })
 }

@@ -25,7 +25,7 @@ pub const CLOSE: char = '\u{2}';
 pub enum Shape {
     /// `username` and `password`.
     Database,
-    /// The fields of [`crate::lease::pki::FIELDS`].
+    /// The fields of [`crate::limits::PKI_FIELDS`].
     Pki,
     /// Whatever keys the KV secret holds (known only at run time), or a
     /// secret whose own table is in error: not checked, so one mistake is
@@ -76,11 +76,11 @@ pub fn check_template(template: &str, kinds: &BTreeMap<&str, Shape>) -> Result<B
             }
             Some(Shape::Pki) => {
                 if let Some(f) = field
-                    && !crate::lease::pki::FIELDS.contains(&f)
+                    && !crate::limits::PKI_FIELDS.contains(&f)
                 {
                     return Err(format!(
                         "refers to `{name}.{f}`; pki secrets have {}",
-                        crate::lease::pki::FIELDS.map(|f| format!("`{f}`")).join(", ")
+                        crate::limits::PKI_FIELDS.map(|f| format!("`{f}`")).join(", ")
                     ));
                 }
             }

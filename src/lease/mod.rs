@@ -51,8 +51,7 @@ pub mod pki;
 pub mod retry;
 pub mod schedule;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
@@ -75,73 +74,7 @@ use schedule::{LeaseTimes, Step};
 /// short leases are not slowed.
 pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Every lease vaultlet holds (with the token generation that issued it),
-/// for revocation at shutdown and to know when an old token is unused.
-#[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<LeaseMap>>);
-
-#[derive(Default)]
-struct LeaseMap {
-    live: HashMap<LeaseId, (Instant, u64)>,
-    /// Issues in flight per token generation: their lease is not known yet.
-    pending: HashMap<u64, usize>,
-}
-
-/// An issue in flight under one token generation (see [`Leases::pending`]).
-pub struct Pending(Leases, u64);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let mut m = self.0.lock();
-        if let Some(n) = m.pending.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                m.pending.remove(&self.1);
-            }
-        }
-    }
-}
-
-impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks an issue under `generation` as in flight until dropped.
-    fn pending(&self, generation: u64) -> Pending {
-        *self.lock().pending.entry(generation).or_default() += 1;
-        Pending(self.clone(), generation)
-    }
-
-    fn add(&self, id: &LeaseId, expires_at: Instant, generation: u64) {
-        self.lock().live.insert(id.clone(), (expires_at, generation));
-    }
-
-    fn extend(&self, id: &LeaseId, expires_at: Instant) {
-        if let Some(e) = self.lock().live.get_mut(id) {
-            e.0 = expires_at;
-        }
-    }
-
-    /// Whether a lease issued under token `generation` is still live, or
-    /// an issue under it is in flight.
-    pub fn uses_generation(&self, generation: u64) -> bool {
-        let now = Instant::now();
-        let m = self.lock();
-        m.pending.contains_key(&generation) || m.live.values().any(|(end, g)| *g == generation && *end > now)
-    }
-
-    fn remove(&self, id: &LeaseId) {
-        self.lock().live.remove(id);
-    }
-
-    /// Takes every lease that has not ended yet.
-    pub fn take_live(&self) -> Vec<LeaseId> {
-        let now = Instant::now();
-        let mut m = self.lock();
-        m.live.drain().filter(|(_, (end, _))| *end > now).map(|(id, _)| id).collect()
-    }
-}
+pub use crate::ledger::{Held, Leases, Pending};
 
 /// What every secret task needs.
 #[derive(Clone)]
@@ -161,7 +94,7 @@ pub struct Cx {
     /// Counters this task moves.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the sealed state keeps of each lease.
-    pub tracker: crate::state::Tracker,
+    pub tracker: crate::ledger::Tracker,
     /// The drain tasks of replaced leases and certificates, awaited at
     /// shutdown with the daemon's other tasks.
     pub drains: TaskTracker,
@@ -176,20 +109,6 @@ pub async fn run(cx: Cx, spec: SecretSpec, resumed: Option<(Held, Option<Duratio
         SecretSource::Kv { mount, path, version } => run_kv(cx, spec, &mount, &path, version).await,
         SecretSource::Pki(req) => pki::run(cx, spec, req).await,
     }
-}
-
-/// A held credential's lease and what decides its schedule (also what the
-/// sealed state keeps of it, see [`crate::state`]).
-#[derive(Clone, Debug)]
-pub struct Held {
-    /// The lease.
-    pub lease: Lease,
-    /// Learned cap (from a capped renewal) or predicted one.
-    pub cap: Option<Instant>,
-    /// Token generation that issued the lease.
-    pub token_generation: u64,
-    /// That token's hard end, when known.
-    pub token_end: Option<Instant>,
 }
 
 /// What the task wakes up to do.

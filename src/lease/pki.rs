@@ -31,9 +31,7 @@ use crate::config::{PkiRequest, RevokeOld, SecretSpec};
 use crate::store::LeaseView;
 use crate::vault::VaultError;
 
-/// The fields a PKI secret has on the socket and in templates.
-pub const FIELDS: [&str; 7] =
-    ["certificate", "private_key", "issuing_ca", "ca_chain", "serial_number", "expiration", "not_before"];
+pub use crate::limits::PKI_FIELDS as FIELDS;
 
 /// Certificates vaultlet holds (mount, serial, end), for `revoke_on_shutdown`.
 #[derive(Clone, Default)]
@@ -181,7 +179,7 @@ async fn issue(
     let (now_sys, now) = (SystemTime::now(), Instant::now());
     let (left, not_before) = check_times(&cert.serial, what, now_sys, cert.not_before, cert.expiration)?;
     let end = unix(cert.expiration);
-    let left = left.min(crate::vault::MAX_TTL);
+    let left = left.min(crate::limits::MAX_TTL);
     cert.data.insert("expiration", SecretString::from(crate::api::rfc3339(end)));
     cert.data.insert("not_before", SecretString::from(not_before.map(crate::api::rfc3339).unwrap_or_default()));
     let expires_at = schedule::after(now, left);

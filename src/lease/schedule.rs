@@ -36,7 +36,7 @@ pub const ROTATE_FLOOR: Duration = Duration::from_secs(30);
 /// `t + d` without the panic `Instant + Duration` has on overflow: a time
 /// past what the clock can hold is as good as never.
 pub fn after(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d).or_else(|| t.checked_add(crate::vault::MAX_TTL)).unwrap_or(t)
+    t.checked_add(d).or_else(|| t.checked_add(crate::limits::MAX_TTL)).unwrap_or(t)
 }
 
 /// When to renew a lease ending at `expires_at`. `jitter` is in `[0, 1)`.
