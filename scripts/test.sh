@@ -64,6 +64,9 @@ cargo test --locked --lib --bins
 step "docs against the code (metrics, config keys, CLI flags, test names, links)"
 cargo test --locked --test docs
 
+step "module layers (imports point down, no loop)"
+cargo test --locked --test layers
+
 step "env file formats read back by their real readers (sh, bash, docker CLI, systemd, npm dotenv, python-dotenv)"
 scripts/env-parsers.sh >/dev/null
 cargo test --locked --test env_formats
