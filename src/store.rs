@@ -98,7 +98,7 @@ pub struct Store {
     /// the reason a secret that was never fetched is missing.
     auth: crate::token::AuthRx,
     /// Where reports of a rejected credential go (database secrets).
-    rejections: crate::rejected::Registry,
+    rejections: crate::rejected::registry::Registry,
 }
 
 // === impl Store ===
@@ -116,7 +116,7 @@ impl Store {
     }
 
     /// The lease tasks that take reports of a rejected credential.
-    pub fn rejections(&self) -> &crate::rejected::Registry {
+    pub fn rejections(&self) -> &crate::rejected::registry::Registry {
         &self.rejections
     }
 

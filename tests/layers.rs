@@ -479,14 +479,10 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 /// a loop the rest of the graph does not): remove a line once its loop is
 /// gone. Any other loop fails the test.
 const KNOWN: &[(&str, &str)] = &[
-    // The store still holds the rejection registry that `rejected` serves.
-    ("store", "rejected"),
     // `config/mod.rs` reads and checks through its children, which name
     // its types (`Config`, `EnvFormat`, …) back.
     ("config", "config::raw"),
     ("config", "config::state"),
-    // The lease tasks start `pki::run`; it uses their `Cx`.
-    ("lease", "lease::pki"),
 ];
 
 #[test]

@@ -50,55 +50,25 @@
 pub mod pki;
 pub mod retry;
 pub mod schedule;
+mod task;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::{AuthHandle, AuthRx, current_token};
+use crate::auth::current_token;
 use crate::config::{RevokeOld, SecretSource, SecretSpec};
 use crate::rejected::{CHECK_INTERVAL, Check, Checked};
 use crate::secret::{Lease, LeaseId, SecretData};
 use crate::store::{LeaseView, Store};
-use crate::vault::{Backend, VaultError};
+use crate::vault::VaultError;
 use retry::{Attempt, Backoffs, Class, Retry};
 use schedule::{LeaseTimes, Step};
 
-/// Shortest time between two credentials issued for one secret. A server
-/// that answers with tiny TTLs (or lies) gets at most one issue per second
-/// per secret; the test bed's 3 s leases are replaced every 1.5 s, so real
-/// short leases are not slowed.
-pub const MIN_ISSUE_INTERVAL: Duration = Duration::from_secs(1);
-
 pub use crate::ledger::{Held, Leases, Pending};
-
-/// What every secret task needs.
-#[derive(Clone)]
-pub struct Cx {
-    /// Vault.
-    pub vault: Arc<dyn Backend>,
-    /// Where values go.
-    pub store: Store,
-    /// The token.
-    pub auth: AuthHandle,
-    /// Held leases.
-    pub leases: Leases,
-    /// Stops the task.
-    pub shutdown: CancellationToken,
-    /// Held certificates (PKI secrets).
-    pub certs: pki::Certs,
-    /// Counters this task moves.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// What the sealed state keeps of each lease.
-    pub tracker: crate::ledger::Tracker,
-    /// The drain tasks of replaced leases and certificates, awaited at
-    /// shutdown with the daemon's other tasks.
-    pub drains: TaskTracker,
-}
+pub use task::{Certs, Cx, MIN_ISSUE_INTERVAL};
+use task::{Failure, Watches, failed};
 
 /// Runs the task for one secret until shutdown. `resumed` is the lease (and
 /// learned lifetime) a database secret takes over from the sealed state:
@@ -647,75 +617,6 @@ async fn withdrawn_in_vault(
         }
         _ => None,
     }
-}
-
-/// What wakes a secret task besides its own timers: the auth state.
-struct Watches {
-    /// The auth task's state (token, token ends, dead tokens).
-    auth: AuthRx,
-    /// Whether a token confirmed dead ends a retry's wait (database
-    /// secrets: their leases died with it).
-    deaths: bool,
-}
-
-// === impl Watches ===
-
-impl Watches {
-    /// Resolves once token `generation` is replaced (or, with `deaths`,
-    /// confirmed dead); never if the auth task is gone.
-    async fn replaced(&mut self, generation: u64) {
-        let deaths = self.deaths;
-        let done = |s: &crate::auth::AuthState| {
-            s.token.as_ref().is_some_and(|t| t.generation != generation) || (deaths && s.dead.contains(&generation))
-        };
-        if self.auth.wait_for(done).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// A failed attempt and what [`retry::decide`] made of it.
-struct Failure<'a> {
-    /// The log line's message ("database secret", "kv secret"…).
-    what: &'static str,
-    /// The token generation the attempt used.
-    generation: u64,
-    /// What went wrong (shown in the log and `/v1/ready`, never a secret).
-    error: &'a (dyn std::fmt::Display + Sync),
-    /// What to do next.
-    retry: Retry,
-}
-
-/// The one error-handling point of a secret task's turn: a 403 is reported
-/// to the auth task (which checks the token), the failure is logged once and
-/// recorded as the secret's problem, then the wait `retry` asks for is slept.
-/// After a 403 a new token (or one confirmed dead) ends the wait early and
-/// restarts the slow backoff; `expiry`, the held value's end, ends it too.
-/// False at shutdown.
-async fn failed(
-    cx: &Cx,
-    name: &str,
-    f: Failure<'_>,
-    backoffs: &mut Backoffs,
-    w: &mut Watches,
-    expiry: Option<Instant>,
-) -> bool {
-    let Some(wait) = f.retry.wait() else { return true };
-    let forbidden = matches!(f.retry, Retry::NewToken(_));
-    if forbidden {
-        cx.auth.rejected(f.generation);
-    }
-    tracing::warn!(secret = %name, error = %f.error, retry_in = ?wait, "{}", f.what);
-    cx.store.set_problem(name, f.error.to_string());
-    let until = schedule::after(Instant::now(), wait);
-    tokio::select! {
-        _ = cx.shutdown.cancelled() => return false,
-        _ = sleep_until(until) => {}
-        // A new token (after a dead one) is worth trying at once.
-        _ = w.replaced(f.generation), if forbidden => backoffs.new_token(),
-        _ = sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {}
-    }
-    true
 }
 
 fn publish_kv(store: &Store, name: &str, data: SecretData) {

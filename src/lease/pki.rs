@@ -17,7 +17,6 @@
 //! `revoke_old = true` (each revocation grows the CRL); `revoke_on_shutdown`
 //! revokes the live ones ([`Certs`]).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
@@ -25,7 +24,8 @@ use tokio::time::{Instant, sleep_until};
 
 use super::retry::{self, Attempt, Backoffs, Class};
 use super::schedule::{self, LeaseTimes};
-use super::{Cx, Failure, MIN_ISSUE_INTERVAL, Watches, failed};
+pub use super::task::Certs;
+use super::task::{Cx, Failure, MIN_ISSUE_INTERVAL, Watches, failed};
 use crate::auth::current_token;
 use crate::config::{PkiRequest, RevokeOld, SecretSpec};
 use crate::store::LeaseView;
@@ -33,30 +33,11 @@ use crate::vault::VaultError;
 
 pub use crate::limits::PKI_FIELDS as FIELDS;
 
-/// Certificates vaultlet holds (mount, serial, end), for `revoke_on_shutdown`.
-#[derive(Clone, Default)]
-pub struct Certs(Arc<Mutex<Vec<(String, String, SystemTime)>>>);
-
-// === impl Certs ===
-
-impl Certs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, String, SystemTime)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn add(&self, mount: &str, serial: &str, end: SystemTime) {
-        self.lock().push((mount.to_owned(), serial.to_owned(), end));
-    }
-
-    fn remove(&self, serial: &str) {
-        self.lock().retain(|(_, s, _)| s != serial);
-    }
-
-    /// Takes every certificate that has not expired yet: (mount, serial).
-    pub fn take_live(&self) -> Vec<(String, String)> {
-        let now = SystemTime::now();
-        self.lock().drain(..).filter(|(_, _, end)| *end > now).map(|(m, s, _)| (m, s)).collect()
-    }
+/// A certificate's time as the served `expiration`/`not_before` and the
+/// error messages write it: RFC 3339 UTC, seconds (as the socket writes
+/// lease ends).
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Why an issue did not give a usable certificate.
@@ -180,8 +161,8 @@ async fn issue(
     let (left, not_before) = check_times(&cert.serial, what, now_sys, cert.not_before, cert.expiration)?;
     let end = unix(cert.expiration);
     let left = left.min(crate::limits::MAX_TTL);
-    cert.data.insert("expiration", SecretString::from(crate::api::rfc3339(end)));
-    cert.data.insert("not_before", SecretString::from(not_before.map(crate::api::rfc3339).unwrap_or_default()));
+    cert.data.insert("expiration", SecretString::from(rfc3339(end)));
+    cert.data.insert("not_before", SecretString::from(not_before.map(rfc3339).unwrap_or_default()));
     let expires_at = schedule::after(now, left);
     let view = LeaseView { expires_at, ttl: left, renewable: false };
     cx.certs.add(&req.mount, &cert.serial, end);
@@ -203,11 +184,7 @@ fn check_times(
     let end = unix(expiration);
     let left = end.duration_since(now).unwrap_or_default();
     if left.is_zero() {
-        return Err(IssueError::Expired {
-            serial: serial.to_owned(),
-            what: what.to_owned(),
-            at: crate::api::rfc3339(end),
-        });
+        return Err(IssueError::Expired { serial: serial.to_owned(), what: what.to_owned(), at: rfc3339(end) });
     }
     let not_before = not_before.map(unix);
     if let Some(nb) = not_before
@@ -217,7 +194,7 @@ fn check_times(
         return Err(IssueError::NotYetValid {
             serial: serial.to_owned(),
             what: what.to_owned(),
-            at: crate::api::rfc3339(nb),
+            at: rfc3339(nb),
             ahead: ahead.as_secs().max(1),
         });
     }

@@ -18,85 +18,18 @@
 //! [`crate::api`] before anything here runs; a name that is not configured
 //! is refused there like a secret the caller may not read).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::store::Store;
 
-/// Reports within this long of a lookup are answered from it.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Reports per caller uid per [`CALLER_WINDOW`].
-pub const CALLER_LIMIT: u32 = 20;
-
-/// Window of [`CALLER_LIMIT`].
-pub const CALLER_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) mod registry;
+pub use registry::{CALLER_LIMIT, CALLER_WINDOW, CHECK_INTERVAL, Check, Checked, Registry};
 
 /// Longest a report waits for the replacement to be published.
 pub const REPLACE_WAIT: Duration = Duration::from_secs(15);
-
-/// What the lease task found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Checked {
-    /// Vault still knows the lease: the credential is not replaced.
-    Valid,
-    /// The lease is gone: the credential was withdrawn, a new one is on its way.
-    Gone,
-    /// Vault refused the lookup (403): the token is being checked; if it is
-    /// dead, every credential it issued is replaced.
-    TokenChecked,
-    /// The lookup failed (Vault unreachable…); nothing was changed.
-    Failed(String),
-}
-
-/// One report, sent to the secret's lease task.
-#[derive(Debug)]
-pub struct Check {
-    /// Where the lease task answers.
-    pub reply: oneshot::Sender<Checked>,
-}
-
-/// The lease tasks that take reports, by secret name, and the per-caller
-/// report counts.
-#[derive(Clone, Default)]
-pub struct Registry {
-    tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Check>>>>,
-    callers: Arc<Mutex<HashMap<u32, (Instant, u32)>>>,
-}
-
-// === impl Registry ===
-
-impl Registry {
-    /// Called by a database secret's task: reports for `name` arrive here.
-    pub fn register(&self, name: &str) -> mpsc::Receiver<Check> {
-        let (tx, rx) = mpsc::channel(16);
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), tx);
-        rx
-    }
-
-    fn task(&self, name: &str) -> Option<mpsc::Sender<Check>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
-    }
-
-    /// Counts a report from `uid`; false once it is over its limit.
-    fn admit(&self, uid: u32) -> bool {
-        let mut m = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if m.len() > 10_000 {
-            m.retain(|_, (start, _)| now.duration_since(*start) < CALLER_WINDOW);
-        }
-        let e = m.entry(uid).or_insert((now, 0));
-        if now.duration_since(e.0) >= CALLER_WINDOW {
-            *e = (now, 0);
-        }
-        e.1 = e.1.saturating_add(1);
-        e.1 <= CALLER_LIMIT
-    }
-}
 
 /// The answer: the version to use now, and whether it differs from the one
 /// reported (`replaced`).
