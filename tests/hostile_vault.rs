@@ -502,11 +502,13 @@ async fn huge_login_answer_is_refused_with_bounded_memory() -> Result<()> {
 
 #[tokio::test]
 async fn timed_out_credential_issue_is_not_repeated_on_the_next_address() -> Result<()> {
-    let hang: Handler = Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)));
+    // A's hang outlasts the request timeout; the timeout leaves B (served on
+    // this same runtime) slack to answer on a loaded machine.
+    let hang: Handler = Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(60)));
     let a = Fake::start("127.0.0.1", false, hang).await?;
     let b = Fake::start("127.0.0.2", false, vault_like(3600, 60, true)).await?;
     let mut cfg = vault_config(&[a.url("http"), b.url("http")], None);
-    cfg.request_timeout = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(3);
     let vault = Vault::new(&cfg)?;
 
     // A got the issue and never answered: it may have issued a credential,
@@ -520,9 +522,9 @@ async fn timed_out_credential_issue_is_not_repeated_on_the_next_address() -> Res
     ensure!(second.lease_id.as_str() == "database/creds/api/lease1");
     ensure!(count(&a.seen(), "/database/creds/") == 1, "A: {:?}", a.seen());
     // An idempotent read is retried on the next address at once.
-    let a2 = Fake::start("127.0.0.1", false, Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)))).await?;
+    let a2 = Fake::start("127.0.0.1", false, Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(60)))).await?;
     let mut cfg = vault_config(&[a2.url("http"), b.url("http")], None);
-    cfg.request_timeout = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(3);
     let vault = Vault::new(&cfg)?;
     vault.kv(&s(TOKEN), "secret", "api", 2).await?;
     ensure!(count(&b.seen(), "/secret/data/") == 1, "B: {:?}", b.seen());

@@ -469,7 +469,7 @@ async fn check_rejects_broken_configs_with_exit_64(bed: Arc<Bed>) -> Result<()> 
         std::fs::write(&path, cfg)?;
         for cmd in ["check", "run"] {
             let out = tokio::time::timeout(
-                Duration::from_secs(10),
+                Duration::from_secs(30),
                 tokio::process::Command::new(bin()).args([cmd, "-c"]).arg(&path).output(),
             )
             .await??;
