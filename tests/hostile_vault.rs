@@ -399,7 +399,7 @@ async fn get(socket: &Path, path: &str) -> Result<(u16, serde_json::Value)> {
     let mut s = tokio::net::UnixStream::connect(socket).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8(buf)?;
     let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
     let status = head.split(' ').nth(1).context("no status")?.parse()?;

@@ -186,7 +186,7 @@ pub async fn modes_owner_and_memory_hold_under_permissive_umask(bed: Arc<Bed>) -
         &[],
     )?;
     d.wait_ready(Duration::from_secs(60)).await?;
-    eventually(Duration::from_secs(10), "files", || async { Ok((env.exists() && tmpl.exists()).then_some(())) })
+    eventually(Duration::from_secs(30), "files", || async { Ok((env.exists() && tmpl.exists()).then_some(())) })
         .await?;
     let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
     ensure!(mode(&d.socket)? == 0o600, "socket {:o}", mode(&d.socket)?);
