@@ -71,9 +71,12 @@ class Mode:
     verify_window_s: float  # figure 7: audit window
 
 
+# The smoke run checks that the benchmark works, not its numbers: its
+# deadlines leave a loaded machine room (a 10 s window holds 2-3 renewals of
+# a 6 s lease however late one comes).
 SMOKE = Mode(
     name="smoke", startup_runs=1, steady_s=3, load_window_s=10, socket_s=1, socket_warmup_s=0.2,
-    scale_points=[(100, 10)], scale_ttl="6s", scale_window_s=5, ready_timeout_s=30, scale_ready_timeout_s=30,
+    scale_points=[(100, 10)], scale_ttl="6s", scale_window_s=10, ready_timeout_s=120, scale_ready_timeout_s=120,
     verify_every="1s", verify_window_s=5,
 )
 FULL = Mode(
@@ -683,7 +686,7 @@ def fig_vault_load(mode: Mode, cl: Clients, bao: Bao, rep: Report, res: dict) ->
         t_start = time.monotonic()
         procs = [cl.vaultlet(w), cl.agent(w)]
         for p in procs:
-            wait_rendered(p, w, min(mode.ready_timeout_s, win))
+            wait_rendered(p, w, mode.ready_timeout_s)
         time.sleep(max(0.0, t_start + win - time.monotonic()))
         for p in procs:
             p.check_alive()
@@ -801,7 +804,7 @@ def fig_socket(args, mode: Mode, cl: Clients, rep: Report, res: dict) -> None:
         tdir = cl._dir("trivial")
         tsock = tdir / "trivial.sock"
         triv = start("trivial server", [args.loadgen, "serve", "--socket", str(tsock), "--body-bytes", str(len(body))], tdir)
-        wait_socket_ok(tsock, "/", {}, 10)
+        wait_socket_ok(tsock, "/", {}, mode.ready_timeout_s)
         runs = {}
         for i, conns in enumerate((1, 8)):
             order = [("vaultlet", vsock, vurl, [], v), ("agent", asock, aurl, [ahdr], a)]

@@ -259,7 +259,27 @@ psql="$PG_BIN/psql"
 mkdir -p "$work/bin"
 ln -s "$BAO_BIN" "$work/bin/bao"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port free now, outside the kernel's ephemeral range: no outgoing
+# connection can take it before the server binds it (another program still
+# may; the caller then tries another).
+free_port() {
+    python3 - <<'EOF'
+import random, socket
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+pool = [p for p in range(10000, 65536) if not lo <= p <= hi] or list(range(10000, 65536))
+random.shuffle(pool)
+for p in pool:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+EOF
+}
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     local secs=$1 what=$2 i
@@ -272,12 +292,25 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 step "live: examples/compose/setup.sh against a dev-mode OpenBao"
-dev_port=$(free_port)
-dev_addr="http://127.0.0.1:$dev_port"
-(cd "$work" && exec env -u BAO_TOKEN -u BAO_ADDR "$BAO_BIN" server -dev -dev-root-token-id=root \
-    -dev-listen-address="127.0.0.1:$dev_port" >"$work/bao-dev.log" 2>&1) &
-pids+=($!)
-wait_for 30 "dev-mode OpenBao" env BAO_ADDR="$dev_addr" "$BAO_BIN" status
+dev_up=""
+for _ in 1 2 3 4 5; do
+    dev_port=$(free_port)
+    dev_addr="http://127.0.0.1:$dev_port"
+    (cd "$work" && exec env -u BAO_TOKEN -u BAO_ADDR "$BAO_BIN" server -dev -dev-root-token-id=root \
+        -dev-listen-address="127.0.0.1:$dev_port" >"$work/bao-dev.log" 2>&1) &
+    dev_pid=$!
+    pids+=("$dev_pid")
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$dev_pid" 2>/dev/null || break
+        if env BAO_ADDR="$dev_addr" "$BAO_BIN" status >/dev/null 2>&1; then dev_up=1; break; fi
+        sleep 0.2
+    done
+    [ -n "$dev_up" ] && break
+    kill -0 "$dev_pid" 2>/dev/null && die "dev-mode OpenBao: not answering within 120s"
+    grep -qi "address already in use" "$work/bao-dev.log" || { tail -20 "$work/bao-dev.log" >&2; die "dev-mode OpenBao exited"; }
+    echo "port $dev_port was taken before OpenBao bound it; another"
+done
+[ -n "$dev_up" ] || die "dev-mode OpenBao: no port it could bind in 5 tries"
 for run in 1 2; do
     env PATH="$work/bin:$PATH" BAO_ADDR="$dev_addr" BAO_TOKEN=root \
         PG_HOST=127.0.0.1 PG_PORT="$PGPORT" PG_DATABASE="$PGDATABASE" \
@@ -296,7 +329,7 @@ sed -e "s|http://openbao:8200|$dev_addr|" \
     examples/compose/vaultlet.toml >"$work/compose-vaultlet.toml"
 "$vaultlet" run -c "$work/compose-vaultlet.toml" 2>"$work/compose-vaultlet.log" &
 pids+=($!)
-wait_for 30 "vaultlet (compose config) serving db" "$vaultlet" get db.username --socket "$work/compose.sock"
+wait_for 120 "vaultlet (compose config) serving db" "$vaultlet" get db.username --socket "$work/compose.sock"
 db_user=$("$vaultlet" get db.username --socket "$work/compose.sock")
 db_pass=$("$vaultlet" get db.password --socket "$work/compose.sock")
 [ "$("$vaultlet" get api.stripe_key --socket "$work/compose.sock")" = sk_test_demo123 ] || die "api.stripe_key differs"
@@ -320,7 +353,7 @@ subst_migration examples/vault-agent-migration/vaultlet.toml "$work/migration.to
     { tail -20 "$work/agent.log" >&2; die "bao agent failed"; }
 "$vaultlet" run -c "$work/migration.toml" 2>"$work/migration.log" &
 pids+=($!)
-wait_for 30 "vaultlet env file" test -s "$work/vaultlet.env"
+wait_for 120 "vaultlet env file" test -s "$work/vaultlet.env"
 # shellcheck disable=SC2016
 read_env() { sh -c 'set -a; . "$1"; printf "%s\n%s\n" "$DATABASE_URL" "$STRIPE_KEY"' sh "$1"; }
 for f in agent.env vaultlet.env; do

@@ -93,10 +93,18 @@ say "vaultlet check"
 say "starting vaultlet (log: $work/vaultlet.log)"
 "$vaultlet" run -c "$work/vaultlet.toml" 2>"$work/vaultlet.log" &
 vpid=$!
-for _ in $(seq 1 100); do
-    if "$vaultlet" get api.stripe_key --socket "$sock" >/dev/null 2>&1 && [ -s "$work/app.env" ]; then break; fi
+# Until ready (a loaded machine may take a while; two minutes at most).
+ready=""
+for _ in $(seq 1 600); do
+    if "$vaultlet" ready --socket "$sock" >/dev/null 2>&1 && [ -s "$work/app.env" ]; then ready=1; break; fi
+    kill -0 "$vpid" 2>/dev/null || break
     sleep 0.2
 done
+if [ -z "$ready" ]; then
+    echo "vaultlet did not become ready; its log:" >&2
+    cat "$work/vaultlet.log" >&2
+    exit 1
+fi
 
 say "secrets through the socket: vaultlet get"
 echo "\$ vaultlet get api.stripe_key"
@@ -115,12 +123,22 @@ api=""
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     say "a Node API (examples/node-api) reads its secrets from the socket and queries PostgreSQL through the pool helper"
     [ -d "$repo/examples/node-api/node_modules" ] || npm ci --prefix "$repo/examples/node-api" --no-audit --no-fund --silent
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    VAULTLET_SOCKET="$sock" PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE="$PGDATABASE" HOST=127.0.0.1 PORT="$port" \
+    # PORT=0: the app binds a free port itself and says which (a port
+    # picked here and released could be taken before the app binds it).
+    VAULTLET_SOCKET="$sock" PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE="$PGDATABASE" HOST=127.0.0.1 PORT=0 \
         node "$repo/examples/node-api/server.js" >"$work/node-api.log" 2>&1 &
     apid=$!
-    api="http://127.0.0.1:$port"
-    for _ in $(seq 1 100); do curl -sf "$api/health" >/dev/null 2>&1 && break; sleep 0.2; done
+    for _ in $(seq 1 600); do
+        api=$(sed -nE 's|.*listening on (http://[^ ]+).*|\1|p' "$work/node-api.log" | head -n1)
+        [ -n "$api" ] && curl -sf "$api/health" >/dev/null 2>&1 && break
+        kill -0 "$apid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if [ -z "$api" ] || ! curl -sf "$api/health" >/dev/null 2>&1; then
+        echo "node-api did not come up; its log:" >&2
+        cat "$work/node-api.log" >&2
+        exit 1
+    fi
     echo "\$ curl $api/whoami"
     curl -s "$api/whoami"; echo
 fi

@@ -121,7 +121,7 @@ dockerd --storage-driver overlay2 --data-root "$cache/docker" --exec-root "$run/
     --iptables=false --ip-forward=false --ip-masq=false \
     >"$run/dockerd.log" 2>&1 &
 dockerd_pid=$!
-for _ in $(seq 1 150); do
+for _ in $(seq 1 600); do
     docker version >/dev/null 2>&1 && break
     kill -0 "$dockerd_pid" 2>/dev/null || { tail -20 "$run/dockerd.log" >&2; die "dockerd exited"; }
     sleep 0.2

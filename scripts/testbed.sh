@@ -32,6 +32,12 @@
 # Everything except the env lines (and the path printed by `install`, the
 # address printed by `active`) is logged to stderr.
 #
+# Ports are picked outside the kernel's ephemeral port range and reserved
+# for their bed in $XDG_CACHE_HOME/vaultlet-testbed/ports until `down`, so
+# neither another bed nor an outgoing connection takes one between the pick
+# and the server's bind (nor while `bao-stop` has let go of it); a server
+# that still finds its port taken is started again on new ports.
+#
 # What `up` configures (root token):
 #   PostgreSQL: TCP only on 127.0.0.1 (SCRAM passwords checked for every
 #     login), superuser vaultadmin, database app (CONNECT revoked from PUBLIC)
@@ -154,17 +160,105 @@ close_extra_fds() {
   return 0
 }
 
-free_ports() { # free_ports N: print N distinct free loopback TCP ports
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
+# A port found free and released may be taken before the server binds it:
+# every bind(0) and connect() draws from the kernel's ephemeral range, and
+# other beds pick ports too. Hence the range and the reservations (see the
+# header); a reservation whose bed directory is gone is stale and reused.
+PORTS_DIR="$CACHE_ROOT/ports"
+
+pick_ports() { # pick_ports DIR N ADDR...: print N distinct ports free on every ADDR, reserved for DIR
+  mkdir -p "$PORTS_DIR"
+  python3 - "$PORTS_DIR" "$MARKER" "$@" <<'EOF'
+import fcntl, os, random, socket, sys
+reg, marker, bed, n, addrs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+try:
+    lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+except (OSError, ValueError):
+    lo, hi = 32768, 60999
+pool = [p for p in range(10000, 65536) if not lo <= p <= hi]
+if len(pool) < 1000:  # the ephemeral range covers nearly everything
+    pool = list(range(10000, 65536))
+
+def free(addr, port):
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
+    try:
+        s.bind((addr, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+with open(os.path.join(reg, ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    taken = set()
+    for name in os.listdir(reg):
+        if not name.isdigit():
+            continue
+        path = os.path.join(reg, name)
+        try:
+            owner = open(path).read().strip()
+        except OSError:
+            continue
+        if owner and os.path.exists(os.path.join(owner, marker)):
+            taken.add(int(name))
+        else:
+            os.unlink(path)
+    random.shuffle(pool)
+    chosen = []
+    for p in pool:
+        if p not in taken and all(free(a, p) for a in addrs):
+            chosen.append(p)
+            if len(chosen) == n:
+                break
+    if len(chosen) < n:
+        sys.exit(1)
+    for p in chosen:
+        with open(os.path.join(reg, str(p)), "w") as f:
+            f.write(bed + "\n")
+print(" ".join(map(str, chosen)))
+EOF
+}
+
+release_ports() { # release_ports DIR [PORT...]: drop DIR's reservations (all, or these)
+  local dir="$1" f p
+  shift
+  [ -d "$PORTS_DIR" ] || return 0
+  if [ $# -gt 0 ]; then
+    for p in "$@"; do
+      f="$PORTS_DIR/$p"
+      [ "$(cat "$f" 2>/dev/null)" = "$dir" ] && rm -f "$f"
+    done
+    return 0
+  fi
+  for f in "$PORTS_DIR"/[0-9]*; do
+    [ -e "$f" ] || continue
+    [ "$(cat "$f" 2>/dev/null)" = "$dir" ] && rm -f "$f"
+  done
+  return 0
+}
+
+# pid_listens PID ADDR PORT: 0 if PID holds the TCP listener on ADDR:PORT
+# (so an answer on that port is its own, not another server's).
+pid_listens() {
+  [ -r /proc/net/tcp ] || return 0  # no procfs: trust the answer
+  python3 - "$@" <<'EOF'
+import os, sys
+pid, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+want = "%s:%04X" % ("".join("%02X" % int(o) for o in reversed(addr.split("."))), port)
+inodes = set()
+for line in open("/proc/%s/net/tcp" % pid).readlines()[1:]:
+    f = line.split()
+    if f[1] == want and f[3] == "0A":  # 0A: LISTEN
+        inodes.add(f[9])
+for fd in os.listdir("/proc/%s/fd" % pid):
+    try:
+        link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+    except OSError:
+        continue
+    if link.startswith("socket:[") and link[8:-1] in inodes:
+        sys.exit(0)
+sys.exit(1)
 EOF
 }
 
@@ -316,6 +410,8 @@ env_set() { # env_set DIR KEY VALUE: replace or append, atomically
 bao_start_server() { # bao_start_server DIR BAO_BIN
   local dir="$1" bin="$2" pid
   : >>"$dir/bao.log"
+  # Where this start's lines begin (bao_wait_listening reads only those).
+  stat -c %s "$dir/bao.log" >"$dir/bao.log.start"
   # setsid: detach from the caller's session/process group (Ctrl-C of a test
   # runner must not half-kill the bed); the pid we record is bao's own since
   # a non-leader setsid execs without forking.
@@ -328,13 +424,24 @@ bao_start_server() { # bao_start_server DIR BAO_BIN
   printf '%s\n' "$pid"
 }
 
-# 0 once the listener answers (sealed or not); fails early if bao died.
+# 0 once the listener answers (sealed or not) and is bao's own; 2 if bao
+# exited because its port was taken (the caller may pick another); dies on
+# any other failure.
 bao_wait_listening() { # DIR PID ADDR
-  local dir="$1" pid="$2" addr="$3" i code
+  local dir="$1" pid="$2" addr="$3" offset i code hostport
+  hostport="${addr#*://}"
+  offset="$(cat "$dir/bao.log.start" 2>/dev/null)" || offset=0
   for ((i = 0; i < 300; i++)); do
-    pid_alive "$pid" || { tail -n 30 "$dir/bao.log" >&2 || true; die "bao server exited during startup (log: $dir/bao.log)"; }
+    if ! pid_alive "$pid"; then
+      if tail -c +"$((offset + 1))" "$dir/bao.log" 2>/dev/null | grep -qi "address already in use"; then
+        log "bao server could not bind its port (taken by another process)"
+        return 2
+      fi
+      tail -n 30 "$dir/bao.log" >&2 || true
+      die "bao server exited during startup (log: $dir/bao.log)"
+    fi
     code="$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/sys/seal-status" 2>/dev/null)" || code=000
-    [ "$code" = 200 ] && return 0
+    [ "$code" = 200 ] && pid_listens "$pid" "${hostport%:*}" "${hostport##*:}" && return 0
     sleep 0.1
   done
   tail -n 30 "$dir/bao.log" >&2 || true
@@ -414,34 +521,6 @@ NODE_ADDRS=()   # NODE_ADDRS[N]: node N's API address
 CLUSTER_ACTIVE=""
 
 node_ip() { printf '127.0.0.%s\n' "$(($1 + 1))"; }
-
-free_ports_on() { # free_ports_on N ADDR...: print N distinct TCP ports free on every ADDR
-  python3 - "$@" <<'EOF'
-import socket, sys
-n, addrs = int(sys.argv[1]), sys.argv[2:]
-for _ in range(100):
-    held, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            held.append(s)
-            s.bind((addrs[0], 0))
-            port = s.getsockname()[1]
-            for a in addrs[1:]:
-                t = socket.socket()
-                held.append(t)
-                t.bind((a, port))
-            ports.append(port)
-    except OSError:
-        ports = []
-    for s in held:
-        s.close()
-    if ports:
-        print(" ".join(map(str, ports)))
-        sys.exit(0)
-sys.exit(1)
-EOF
-}
 
 http_code() { # http_code URL [CURL_ARGS...]: HTTP status of a GET (000 if none)
   local url="$1"
@@ -623,6 +702,7 @@ cmd_down() {
     rm -rf -- "$base"
   fi
   rm -rf -- "$dir"
+  release_ports "$dir"
   log "bed $dir is down"
 }
 
@@ -712,38 +792,55 @@ cmd_up() { # cmd_up DIR [CLUSTER=0|1]
   local psql="$pg_bin/psql"
   [ -x "$psql" ] || psql="$(command -v psql)" || die "psql not found"
 
-  local bao_port pg_port cluster_port ports
-  ports="$(free_ports 3)" || die "could not pick free ports"
-  read -r bao_port pg_port cluster_port <<<"$ports"
-  [ -n "$cluster_port" ] || die "could not pick free ports"
-  local addr="http://127.0.0.1:$bao_port" bao_home="$dir" bao_pid
+  local bao_port pg_port cluster_port ports attempt rc
+  local addr bao_home="$dir" bao_pid
 
   # ---- OpenBao --------------------------------------------------------
+  # Up to 5 tries: a port taken between the pick and bao's bind (by a
+  # foreign process) means new ports and a clean start.
   if [ "$cluster" = 1 ]; then
-    local cports n node_pids=()
-    cports="$(free_ports_on 2 "$(node_ip 1)" "$(node_ip 2)" "$(node_ip 3)")" ||
-      die "could not find ports free on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (are those loopback addresses usable here?)"
-    read -r bao_port cluster_port <<<"$cports"
-    for n in "${NODES[@]}"; do
-      NODE_ADDRS[n]="http://$(node_ip "$n"):$bao_port"
-      write_node_hcl "$dir" "$n" "$bao_port" "$cluster_port"
+    local n node_pids=()
+    for ((attempt = 1; ; attempt++)); do
+      ports="$(pick_ports "$dir" 2 "$(node_ip 1)" "$(node_ip 2)" "$(node_ip 3)")" ||
+        die "could not find ports free on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (are those loopback addresses usable here?)"
+      read -r bao_port cluster_port <<<"$ports"
+      for n in "${NODES[@]}"; do
+        rm -rf "$dir/node$n/data"
+        NODE_ADDRS[n]="http://$(node_ip "$n"):$bao_port"
+        write_node_hcl "$dir" "$n" "$bao_port" "$cluster_port"
+      done
+      step "starting OpenBao nodes on ${NODE_ADDRS[*]}"
+      for n in "${NODES[@]}"; do
+        node_pids[n]="$(bao_start_server "$dir/node$n" "$bao_bin")"
+      done
+      rc=0
+      for n in "${NODES[@]}"; do
+        bao_wait_listening "$dir/node$n" "${node_pids[$n]}" "${NODE_ADDRS[$n]}" || { rc=$?; break; }
+      done
+      [ "$rc" = 0 ] && break
+      [ "$rc" = 2 ] && [ "$attempt" -lt 5 ] || die "OpenBao nodes could not bind ports $bao_port/$cluster_port"
+      bao_stop_all "$dir"
+      release_ports "$dir" "$bao_port" "$cluster_port"
     done
     addr="${NODE_ADDRS[1]}" bao_home="$dir/node1"
-    step "starting OpenBao nodes on ${NODE_ADDRS[*]}"
-    for n in "${NODES[@]}"; do
-      node_pids[n]="$(bao_start_server "$dir/node$n" "$bao_bin")"
-    done
-    for n in "${NODES[@]}"; do
-      bao_wait_listening "$dir/node$n" "${node_pids[$n]}" "${NODE_ADDRS[$n]}"
-    done
     bao_pid="${node_pids[1]}"
   else
-    mkdir -p "$dir/bao-data"
-    chmod 0700 "$dir/bao-data"
-    write_single_hcl "$dir" "$bao_port" "$cluster_port" "$addr"
-    step "starting OpenBao on $addr"
-    bao_pid="$(bao_start_server "$dir" "$bao_bin")"
-    bao_wait_listening "$dir" "$bao_pid" "$addr"
+    for ((attempt = 1; ; attempt++)); do
+      ports="$(pick_ports "$dir" 2 127.0.0.1)" || die "could not pick free ports"
+      read -r bao_port cluster_port <<<"$ports"
+      addr="http://127.0.0.1:$bao_port"
+      rm -rf "$dir/bao-data"
+      mkdir -p "$dir/bao-data"
+      chmod 0700 "$dir/bao-data"
+      write_single_hcl "$dir" "$bao_port" "$cluster_port" "$addr"
+      step "starting OpenBao on $addr"
+      bao_pid="$(bao_start_server "$dir" "$bao_bin")"
+      rc=0
+      bao_wait_listening "$dir" "$bao_pid" "$addr" || rc=$?
+      [ "$rc" = 0 ] && break
+      [ "$rc" = 2 ] && [ "$attempt" -lt 5 ] || die "OpenBao could not bind port $bao_port"
+      release_ports "$dir" "$bao_port" "$cluster_port"
+    done
   fi
 
   # Initialise in the background: raft needs about a second to elect itself
@@ -801,7 +898,8 @@ EOF
 
 # ---- vaultlet test bed ----
 listen_addresses = '127.0.0.1'
-port = $pg_port
+# the port is in vaultlet-port.conf, written for each start attempt
+include 'vaultlet-port.conf'
 unix_socket_directories = ''
 password_encryption = 'scram-sha-256'
 max_connections = 200
@@ -813,10 +911,26 @@ log_connections = off
 EOF
   if is_root; then chown postgres: "$pg_data/pg_hba.conf" "$pg_data/postgresql.conf"; fi
 
-  step "starting PostgreSQL on 127.0.0.1:$pg_port"
-  ( close_extra_fds
-    as_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_log" -w -t 60 start </dev/null >&2
-  ) || die "PostgreSQL failed to start (log: $pg_log)"
+  local pg_offset
+  for ((attempt = 1; ; attempt++)); do
+    pg_port="$(pick_ports "$dir" 1 127.0.0.1)" || die "could not pick a free port"
+    printf 'port = %s\n' "$pg_port" >"$pg_data/vaultlet-port.conf"
+    if is_root; then chown postgres: "$pg_data/vaultlet-port.conf"; fi
+    pg_offset="$(stat -c %s "$pg_log")"
+    step "starting PostgreSQL on 127.0.0.1:$pg_port"
+    if ( close_extra_fds
+         as_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_log" -w -t 60 start </dev/null >&2
+       ); then
+      break
+    fi
+    # A foreign process took the port between the pick and the bind.
+    if [ "$attempt" -lt 5 ] && tail -c +"$((pg_offset + 1))" "$pg_log" | grep -qi "address already in use"; then
+      log "PostgreSQL could not bind port $pg_port (taken by another process); picking another"
+      release_ports "$dir" "$pg_port"
+      continue
+    fi
+    die "PostgreSQL failed to start (log: $pg_log)"
+  done
   local pg_pid
   pg_pid="$(head -n1 "$pg_data/postmaster.pid")"
 
@@ -983,7 +1097,7 @@ cmd_bao_start() {
   fi
   log "restarting OpenBao on $addr"
   pid="$(bao_start_server "$dir" "$bin")"
-  bao_wait_listening "$dir" "$pid" "$addr"
+  bao_wait_listening "$dir" "$pid" "$addr" || die "bao server could not bind $addr again"
   bao_unseal "$dir" "$bin" "$addr" || die "unseal failed"
   bao_wait_active "$dir" "$pid" "$addr"
   env_set "$dir" BAO_PID "$pid"
@@ -1004,7 +1118,7 @@ cluster_bao_start() {
   done
   [ "${#started[@]}" -gt 0 ] || die "all OpenBao nodes are already running; run bao-stop first"
   for n in "${started[@]}"; do
-    bao_wait_listening "$dir/node$n" "${pids[$n]}" "${NODE_ADDRS[$n]}"
+    bao_wait_listening "$dir/node$n" "${pids[$n]}" "${NODE_ADDRS[$n]}" || die "node $n could not bind ${NODE_ADDRS[$n]} again"
   done
   for n in "${started[@]}"; do
     bao_unseal "$dir" "$bin" "${NODE_ADDRS[$n]}" || die "unseal of node $n failed"
@@ -1131,7 +1245,7 @@ cmd_node_start() {
   fi
   log "restarting OpenBao node $n on $addr"
   pid="$(bao_start_server "$nd" "$bin")"
-  bao_wait_listening "$nd" "$pid" "$addr"
+  bao_wait_listening "$nd" "$pid" "$addr" || die "node $n could not bind $addr again"
   bao_unseal "$dir" "$bin" "$addr" || die "unseal of node $n failed"
   node_wait_unsealed "$nd" "$pid" "$addr" 30
   cluster_set_pid "$dir" "$n" "$pid"

@@ -45,6 +45,15 @@ pub struct Running {
 pub fn start(config: &Config) -> Result<Running, RunError> {
     let metrics = metrics::Metrics::new();
     let vault: Arc<dyn vault::Backend> = Arc::new(vault::Vault::new(&config.vault)?.with_metrics(metrics.clone()));
+    start_on(config, vault, metrics)
+}
+
+/// [`start`] against the given Vault (the scripted fake, in unit tests).
+pub(crate) fn start_on(
+    config: &Config,
+    vault: Arc<dyn vault::Backend>,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<Running, RunError> {
     // The auth state is read by the store (a login problem is why a secret
     // never fetched is missing), so its channel exists before either.
     let (auth_tx, auth_rx) = auth::channel();

@@ -1,9 +1,11 @@
 //! `vaultlet exec`: run the app as a child with its secrets in the environment.
 //!
 //! For apps that cannot read a socket or a file. vaultlet runs as usual
-//! (socket and files too, if configured), waits until every secret the
-//! `[exec]` environment uses is available, then starts the child with that
-//! environment added to its own. Signals (TERM, INT, HUP, QUIT, USR1, USR2)
+//! (socket and files too, if configured), waits until every configured
+//! secret is held and every file written — the point at which `vaultlet run`
+//! says READY, so an app that also reads the socket or a file at start-up
+//! finds everything there — then starts the child with its environment
+//! added to its own. Signals (TERM, INT, HUP, QUIT, USR1, USR2)
 //! are forwarded; when the child exits, vaultlet stops and exits with the
 //! child's code (128 + signal number if it was killed), like a shell.
 //!
@@ -196,15 +198,25 @@ pub async fn run(config: Config, argv: Vec<String>) -> i32 {
     }
 }
 
-/// The app's life under the supervisor: wait for its environment, start it,
-/// pass signals on, act on changes; its exit code once it exits.
-async fn app(job: Job<'_>, spec: &ExecSpec, argv: &[String], signals: &mut Signals) -> i32 {
+/// The app's life under the supervisor: wait until everything is ready,
+/// start it, pass signals on, act on changes; its exit code once it exits.
+async fn app(mut job: Job<'_>, spec: &ExecSpec, argv: &[String], signals: &mut Signals) -> i32 {
     let mut rx = job.store().subscribe();
     if rustix::process::getpid().is_init() {
         tokio::spawn(reap_orphans());
     }
 
-    // Wait for the first complete environment.
+    // The app may read any secret on the socket or in a file as it starts,
+    // not only those its environment names: it starts when `run` would say
+    // READY (every secret held, every file written), as Vault Agent's exec
+    // waits for every template.
+    tokio::select! {
+        () = job.every_secret_ready() => {}
+        sig = signals.recv() => {
+            tracing::info!(signal = sig, "signal before the app started; stopping");
+            return 128 + sig;
+        }
+    }
     let env = loop {
         if let Some(env) = render(spec, &rx.borrow_and_update()) {
             break env;
@@ -436,6 +448,53 @@ mod tests {
             assert_eq!(spawn(&["/nonexistent/app".into()], &Vec::new(), &spec).err(), Some(127));
             assert_eq!(spawn(&["/etc/hostname".into()], &Vec::new(), &spec).err(), Some(126));
         });
+    }
+
+    /// An app may read, as it starts, a secret its environment does not
+    /// name (over the socket, from a file): it starts only once every
+    /// secret is held, when `run` would say READY. Here the database secret,
+    /// which the environment does not use, arrives five failed attempts
+    /// after the KV secret it does use.
+    #[tokio::test(start_paused = true)]
+    async fn the_app_starts_only_once_every_secret_is_held() {
+        use crate::vault::fake::{Fail, Fake, Op};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("role_id"), "role").unwrap();
+        std::fs::write(dir.path().join("secret_id"), "secret").unwrap();
+        let src = format!(
+            "[vault]\naddress = \"http://127.0.0.1:8200\"\n[auth.approle]\nrole_id_file = \"{d}/role_id\"\n\
+             secret_id_file = \"{d}/secret_id\"\n[secret.api]\nkv = {{ path = \"api\" }}\n\
+             [secret.db]\ndatabase = {{ role = \"app\" }}\n[exec]\nenv = {{ KEY = \"api.key\" }}\n",
+            d = dir.path().display()
+        );
+        let config = Config::from_toml(std::path::Path::new("v.toml"), &src, 1000).expect("config").config;
+        let spec = config.exec.clone().expect("[exec]");
+        let fake = std::sync::Arc::new(Fake::new());
+        fake.fail(Op::DbCreds, Fail::Transient, 5);
+        let mut running =
+            crate::daemon::start_on(&config, fake.clone(), crate::metrics::Metrics::new()).expect("start");
+        let store = running.store().clone();
+        let notify = dir.path().join("notify");
+        let ready = tokio::net::UnixDatagram::bind(&notify).unwrap();
+        let notifier = crate::telemetry::Notifier::to_socket(notify);
+        // A signal nobody sends: the test process keeps its own handlers.
+        let mut signals = Signals(vec![(28, signal(SignalKind::window_change()).unwrap())]);
+        let argv = ["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()];
+
+        let app = app(Job::new(&mut running, &notifier), &spec, &argv, &mut signals);
+        // READY follows the start of the app at once; what the store lacks
+        // then, the app could not have read.
+        let started = async {
+            let mut buf = [0u8; 64];
+            let n = ready.recv(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"READY=1"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+            store.not_ready(Instant::now())
+        };
+        let (code, missing) = tokio::join!(app, started);
+        assert!(missing.is_empty(), "the app started while these were missing: {missing:?}");
+        assert_eq!(code, 3, "the app ran");
+        assert_eq!(fake.count(Op::DbCreds), 6, "the database secret came late");
+        running.stop().await;
     }
 
     fn vars(names: &[&str]) -> Vec<(OsString, OsString)> {

@@ -12,8 +12,8 @@
 //! Only the part between "started" and "stopping" differs, and that is the
 //! job handed to [`supervise`]: `run` waits until every secret is held and
 //! every file written, says so, and waits for `shutdown`; `exec` waits for
-//! the app's environment, starts the app and returns its exit code when it
-//! exits (see [`crate::exec`]). The job says when it is ready
+//! the same, starts the app and returns its exit code when it exits (see
+//! [`crate::exec`]). The job says when it is ready
 //! ([`Job::ready`]); the supervisor does everything else.
 
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,13 @@ pub struct Job<'a> {
     notifier: &'a Notifier,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// A job on a daemon started without [`supervise`] (for tests).
+    #[cfg(test)]
+    pub(crate) fn new(running: &'a mut Running, notifier: &'a Notifier) -> Job<'a> {
+        Job { running, notifier }
+    }
+
     /// The secrets.
     pub fn store(&self) -> &crate::store::Store {
         self.running.store()

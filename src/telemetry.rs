@@ -34,6 +34,12 @@ impl Notifier {
         Notifier { socket, watchdog }
     }
 
+    /// Notifications to `socket`, without a watchdog (for tests).
+    #[cfg(test)]
+    pub(crate) fn to_socket(socket: PathBuf) -> Notifier {
+        Notifier { socket: Some(socket), watchdog: None }
+    }
+
     /// Sends one notification (e.g. `READY=1`); errors are logged, not fatal.
     pub fn notify(&self, state: &str) {
         let Some(path) = &self.socket else { return };

@@ -402,7 +402,7 @@ async fn get(socket: &Path, path: &str) -> Result<(u16, serde_json::Value)> {
     let mut s = tokio::net::UnixStream::connect(socket).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8(buf)?;
     let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
     let status = head.split(' ').nth(1).context("no status")?.parse()?;
@@ -419,7 +419,7 @@ fn count(seen: &[Seen], part: &str) -> usize {
 async fn login_ttl_of_2_pow_64_minus_1_neither_kills_the_process_nor_stops_serving() -> Result<()> {
     let fake = Fake::start("127.0.0.1", false, vault_like(u64::MAX, 60, true)).await?;
     let mut d = Daemon::start(&fake.url("http"), DB)?;
-    let v = d.served("db", Duration::from_secs(20)).await?;
+    let v = d.served("db", Duration::from_secs(60)).await?;
     ensure!(v["data"]["username"] == "v-user-1", "{v}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     d.alive()?;
@@ -433,12 +433,12 @@ async fn login_ttl_of_2_pow_64_minus_1_neither_kills_the_process_nor_stops_servi
 async fn credential_ttl_of_2_pow_64_minus_1_neither_kills_the_process_nor_stops_serving() -> Result<()> {
     let fake = Fake::start("127.0.0.1", false, vault_like(3600, u64::MAX, true)).await?;
     let mut d = Daemon::start(&fake.url("http"), DB)?;
-    let v = d.served("db", Duration::from_secs(20)).await?;
+    let v = d.served("db", Duration::from_secs(60)).await?;
     ensure!(v["data"]["username"] == "v-user-1", "{v}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.alive()?;
     // Still serving, the same credential: a year-long lease is not replaced.
-    let v = d.served("db", Duration::from_secs(5)).await?;
+    let v = d.served("db", Duration::from_secs(60)).await?;
     ensure!(v["data"]["username"] == "v-user-1", "{v}");
     let log = d.log();
     ensure!(log.contains("clamped") && log.contains("db_creds"), "no clamp logged:\n{log}");
@@ -449,19 +449,24 @@ async fn credential_ttl_of_2_pow_64_minus_1_neither_kills_the_process_nor_stops_
 async fn credential_ttl_zero_does_not_start_an_issue_storm() -> Result<()> {
     let fake = Fake::start("127.0.0.1", false, vault_like(3600, 0, false)).await?;
     let mut d = Daemon::start(&fake.url("http"), DB)?;
-    d.served("db", Duration::from_secs(20)).await?;
+    d.served("db", Duration::from_secs(60)).await?;
     let first = fake.seen().len();
     let t = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    d.alive()?;
-    let seen = fake.seen();
-    let issues = count(&seen[first..], "/database/creds/");
-    let secs = t.elapsed().as_secs_f64();
+    // It keeps issuing (the credential is replaced, not dropped): until 3
+    // more issues, and at least 6 s, at most a minute.
+    let (issues, secs) = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.alive()?;
+        let issues = count(&fake.seen()[first..], "/database/creds/");
+        let secs = t.elapsed().as_secs_f64();
+        if issues >= 3 && secs >= 6.0 {
+            break (issues, secs);
+        }
+        ensure!(secs < 60.0, "only {issues} issues in {secs:.1} s");
+    };
     println!("TTL 0: {issues} credentials issued in {secs:.1} s (before the fix: 140 in 6 s)");
     // One issue per MIN_ISSUE_INTERVAL (1 s) at most, plus one in flight.
     ensure!(issues <= secs.ceil() as usize + 1, "{issues} issues in {secs:.1} s");
-    // And it keeps issuing: the credential is replaced, not dropped.
-    ensure!(issues >= 3, "only {issues} issues in {secs:.1} s");
     Ok(())
 }
 
@@ -476,7 +481,7 @@ async fn huge_login_answer_is_refused_with_bounded_memory() -> Result<()> {
         );
     let fake = Fake::start("127.0.0.1", false, handler).await?;
     let mut d = Daemon::start(&fake.url("http"), DB)?;
-    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         d.alive()?;
         let (st, v) = d.get("/v1/ready").await.unwrap_or((0, serde_json::Value::Null));
@@ -486,7 +491,7 @@ async fn huge_login_answer_is_refused_with_bounded_memory() -> Result<()> {
             ensure!(!text.contains("aaaaaaaa"), "error carries the body: {text}");
             break;
         }
-        ensure!(tokio::time::Instant::now() < end, "no size error within 30 s: {st} {text}\n{}", d.log());
+        ensure!(tokio::time::Instant::now() < end, "no size error within 60 s: {st} {text}\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let hwm = d.vm_hwm_kib()?;
@@ -500,11 +505,13 @@ async fn huge_login_answer_is_refused_with_bounded_memory() -> Result<()> {
 
 #[tokio::test]
 async fn timed_out_credential_issue_is_not_repeated_on_the_next_address() -> Result<()> {
-    let hang: Handler = Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)));
+    // A's hang outlasts the request timeout; the timeout leaves B (served on
+    // this same runtime) slack to answer on a loaded machine.
+    let hang: Handler = Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(60)));
     let a = Fake::start("127.0.0.1", false, hang).await?;
     let b = Fake::start("127.0.0.2", false, vault_like(3600, 60, true)).await?;
     let mut cfg = vault_config(&[a.url("http"), b.url("http")], None);
-    cfg.request_timeout = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(3);
     let vault = Vault::new(&cfg)?;
 
     // A got the issue and never answered: it may have issued a credential,
@@ -518,14 +525,17 @@ async fn timed_out_credential_issue_is_not_repeated_on_the_next_address() -> Res
     ensure!(second.lease_id.as_str() == "database/creds/api/lease1");
     ensure!(count(&a.seen(), "/database/creds/") == 1, "A: {:?}", a.seen());
     // An idempotent read is retried on the next address at once.
-    let a2 = Fake::start("127.0.0.1", false, Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(10)))).await?;
+    let a2 = Fake::start("127.0.0.1", false, Arc::new(|_: &Seen| Answer::Hang(Duration::from_secs(60)))).await?;
     let mut cfg = vault_config(&[a2.url("http"), b.url("http")], None);
-    cfg.request_timeout = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(3);
     let vault = Vault::new(&cfg)?;
     vault.kv(&s(TOKEN), "secret", "api", 2).await?;
     ensure!(count(&b.seen(), "/secret/data/") == 1, "B: {:?}", b.seen());
     // Connection refused: surely not sent, so even an issue moves on at once.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // The port stays bound (not listening) so nobody else can take it.
+    let held = tokio::net::TcpSocket::new_v4()?;
+    held.bind("127.0.0.1:0".parse()?)?;
+    let closed = held.local_addr()?;
     let vault = Vault::new(&vault_config(&[format!("http://{closed}"), b.url("http")], None))?;
     vault.db_creds(&s(TOKEN), "database", "api").await?;
     ensure!(count(&b.seen(), "/database/creds/") == 2, "B: {:?}", b.seen());
@@ -546,12 +556,12 @@ async fn shutdown_revocation_against_a_hanging_vault_ends_within_the_deadline() 
     let secrets = (1..=3).map(|i| format!("[secret.db{i}]\ndatabase = {{ role = \"api\" }}\n")).collect::<String>();
     let mut d = Daemon::start_with(&fake.url("http"), "revoke_on_shutdown = true", &secrets, &[])?;
     for i in 1..=3 {
-        d.served(&format!("db{i}"), Duration::from_secs(20)).await?;
+        d.served(&format!("db{i}"), Duration::from_secs(60)).await?;
     }
     let pid = rustix::process::Pid::from_raw(d.child.id().context("exited")? as i32).context("pid")?;
     let t = tokio::time::Instant::now();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-    let st = tokio::time::timeout(Duration::from_secs(30), d.child.wait()).await??;
+    let st = tokio::time::timeout(Duration::from_secs(60), d.child.wait()).await??;
     let took = t.elapsed();
     let seen = fake.seen();
     println!(
@@ -561,8 +571,9 @@ async fn shutdown_revocation_against_a_hanging_vault_ends_within_the_deadline() 
     ensure!(st.success(), "exit {st}:\n{}", d.log());
     ensure!(count(&seen, "/sys/leases/revoke/") == 3, "every lease revocation was sent: {seen:?}");
     ensure!(count(&seen, "/auth/token/revoke-self") >= 1, "the token revocation was sent: {seen:?}");
-    // 5 s deadline for everything; before the fix 10 s per lease, one at a time.
-    ensure!(took < Duration::from_secs(8), "stopping took {took:?}");
+    // 5 s deadline for everything; before the fix 10 s per lease, one at a
+    // time (30 s and more). The bound leaves a loaded machine its slack.
+    ensure!(took < Duration::from_secs(20), "stopping took {took:?}");
     Ok(())
 }
 
@@ -578,7 +589,7 @@ async fn ssl_cert_file_in_the_environment_adds_no_trusted_root() -> Result<()> {
     let fixtures_dir = fixtures().display().to_string();
     let env = [("SSL_CERT_FILE", ca_s.as_str()), ("SSL_CERT_DIR", fixtures_dir.as_str())];
     let mut d = Daemon::start_with(&fake.url("https"), "", kv, &env)?;
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
     let reason = loop {
         d.alive()?;
         if let Ok((503, v)) = d.get("/v1/ready").await {
@@ -587,7 +598,7 @@ async fn ssl_cert_file_in_the_environment_adds_no_trusted_root() -> Result<()> {
                 break r;
             }
         }
-        ensure!(tokio::time::Instant::now() < end, "no login failure within 20 s:\n{}", d.log());
+        ensure!(tokio::time::Instant::now() < end, "no login failure within 60 s:\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     ensure!(reason.to_lowercase().contains("cert"), "not a certificate error: {reason}");
@@ -596,7 +607,7 @@ async fn ssl_cert_file_in_the_environment_adds_no_trusted_root() -> Result<()> {
     // Control: the same CA given as vault.ca_cert is trusted.
     let with_ca = format!("{}\"\nca_cert = \"{ca_s}", fake.url("https"));
     let mut d = Daemon::start_with(&with_ca, "", kv, &[])?;
-    let v = d.served("app", Duration::from_secs(20)).await?;
+    let v = d.served("app", Duration::from_secs(60)).await?;
     ensure!(v["data"]["v"] == "kv-value", "{v}");
     Ok(())
 }
@@ -626,20 +637,26 @@ async fn failing_lease_lookups_neither_withdraw_nor_replace_the_credential() -> 
     let fake = Fake::start("127.0.0.1", false, handler).await?;
     let mut d =
         Daemon::start(&fake.url("http"), "[secret.db]\ndatabase = { role = \"api\" }\nverify_every = \"1s\"\n")?;
-    d.served("db", Duration::from_secs(20)).await?;
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < until {
+    d.served("db", Duration::from_secs(60)).await?;
+    // Served throughout at least 10 s and 3 failed lookups (a 500, a 500,
+    // a hang), at most a minute.
+    let t = tokio::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(10) || *lookups.lock().unwrap() < 3 {
         let (st, v) = d.get("/v1/secrets/db").await?;
         ensure!(st == 200 && v["data"]["username"] == "v-user-1", "served throughout: {st} {v}\n{}", d.log());
+        let n = *lookups.lock().unwrap();
+        ensure!(t.elapsed() < Duration::from_secs(60), "only {n} lookups in 60 s with verify_every 1s:\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     d.alive()?;
     let seen = fake.seen();
     let n = *lookups.lock().unwrap();
-    ensure!(n >= 3, "only {n} lookups in 10 s with verify_every 1s:\n{}", d.log());
     ensure!(count(&seen, "/database/creds/") == 1, "a failed lookup must not replace: {seen:?}");
     ensure!(d.log().contains("lease lookup failed; the credential stays served"), "{}", d.log());
-    println!("{n} failing lookups in 10 s: the credential stayed served and was not replaced");
+    println!(
+        "{n} failing lookups in {:.0} s: the credential stayed served and was not replaced",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -18,10 +18,11 @@ sd_fail() {
 }
 prop() { sx systemctl show -p "$2" --value "$1"; }
 # The MainPID of the vaultlet systemd started after process $1 went away
-# (within 30 s, once active); fails otherwise.
+# (within 120 s, once active); fails otherwise. Deadlines here are
+# generous: a loaded machine is slow, not wrong.
 replaced_by() {
     local pid
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 400); do
         pid=$(prop vaultlet MainPID)
         if [ "$pid" != "$1" ] && [ "$pid" != 0 ] && [ "$(prop vaultlet ActiveState)" = active ]; then
             echo "$pid"
@@ -59,10 +60,11 @@ docker run -d --name "$sd_pg" --network "$sd_net" --network-alias db.internal \
     "$postgres_tag" >/dev/null
 docker run -d --name "$sd_bao" --network "$sd_net" --network-alias vault.internal --cap-add IPC_LOCK \
     "$openbao_tag" server -dev -dev-root-token-id=root -dev-listen-address=0.0.0.0:8200 >/dev/null
-for _ in $(seq 1 100); do
+for _ in $(seq 1 400); do
     docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null && break
     sleep 0.3
 done
+docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null || die "PostgreSQL did not come up"
 mkdir -p "$work/sd-approle"
 # TTL 6 s, max 18 s: renewals and replacements within seconds.
 docker run --rm --network "$sd_net" --entrypoint /bin/sh \
@@ -82,7 +84,7 @@ docker run -d --name "$sd" --hostname vaultlet-host --network "$sd_net" \
     -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock -e container=docker \
     "$systemd_tag" /sbin/init >/dev/null
 state=""
-for _ in $(seq 1 100); do
+for _ in $(seq 1 400); do
     state=$(sx systemctl is-system-running 2>/dev/null || true)
     case "$state" in running | degraded) break ;; esac
     sleep 0.3
@@ -182,7 +184,7 @@ lease() {
 first=$(lease) || sd_fail "the app's uid cannot read db on the socket"
 say "db as nodeapi reads it: $first (status version user expires_at)"
 renewed="" rotated=""
-for _ in $(seq 1 100); do
+for _ in $(seq 1 400); do
     now=$(lease) || sd_fail "socket read failed"
     read -r _ v0 u0 e0 <<<"$first"
     read -r _ v1 u1 e1 <<<"$now"
@@ -191,7 +193,7 @@ for _ in $(seq 1 100); do
     sleep 0.3
 done
 [ -n "$renewed" ] || sd_fail "no renewal seen (same version, later expiry) before the rotation"
-[ -n "$rotated" ] || sd_fail "no rotation within 30 s"
+[ -n "$rotated" ] || sd_fail "no rotation within 120 s"
 say "renewed: $renewed"
 say "rotated: $rotated"
 pass systemd_sandbox_keeps_renewal_and_rotation "renewed, then replaced"
@@ -199,7 +201,7 @@ pass systemd_sandbox_keeps_renewal_and_rotation "renewed, then replaced"
 step "systemd: node-api.service (app.service) reads its secrets"
 sx systemctl start node-api || sd_fail "systemctl start node-api failed"
 who=""
-for _ in $(seq 1 60); do
+for _ in $(seq 1 240); do
     who=$(sx /usr/bin/node -e '
     require("http").get("http://127.0.0.1:3000/whoami", (r) => { let b = ""; r.on("data", (d) => (b += d)); r.on("end", () => console.log(b)); })
       .on("error", () => process.exit(1));' 2>/dev/null) && break
@@ -259,7 +261,7 @@ pass systemd_config_error_exits_64_without_restart_loop "exit 64, failed, NResta
 step "systemd: OpenBao unreachable at boot, then reachable"
 docker network disconnect "$sd_net" "$sd_bao"
 sx systemctl start --no-block vaultlet
-for _ in $(seq 1 50); do
+for _ in $(seq 1 300); do
     [ "$(prop vaultlet MainPID)" != 0 ] && break
     sleep 0.2
 done
@@ -267,7 +269,7 @@ sleep 3
 [ "$(prop vaultlet ActiveState)" = activating ] || sd_fail "expected activating while OpenBao is unreachable, got $(prop vaultlet ActiveState)"
 say "while unreachable: ActiveState=$(prop vaultlet ActiveState) (not ready)"
 docker network connect --alias vault.internal "$sd_net" "$sd_bao"
-for _ in $(seq 1 150); do
+for _ in $(seq 1 600); do
     [ "$(prop vaultlet ActiveState)" = active ] && break
     sleep 0.2
 done
@@ -301,7 +303,7 @@ printf "\n[state]\npath = \"/var/lib/vaultlet/state\"\nkey_file = \"\$CREDENTIAL
 systemctl daemon-reload
 ' || sd_fail "could not set up the state key"
 sx systemctl restart vaultlet || sd_fail "restart with [state] failed"
-for _ in $(seq 1 50); do
+for _ in $(seq 1 300); do
     sx test -s /var/lib/vaultlet/state && break
     sleep 0.2
 done

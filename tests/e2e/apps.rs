@@ -26,18 +26,18 @@ pub async fn exec_runs_the_app_with_secrets_and_restarts_on_change(bed: Arc<Bed>
     let script = format!("echo \"$APP_TOKEN\" >> {}; trap 'exit 42' TERM; while :; do sleep 0.05; done", out.display());
     let mut d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
     let lines = || std::fs::read_to_string(&out).unwrap_or_default();
-    eventually(Duration::from_secs(30), "app started with the secret", || async {
+    eventually(Duration::from_secs(60), "app started with the secret", || async {
         Ok((lines() == "exec-tok-1st-7f3a\n").then_some(()))
     })
     .await?;
     bed.write("secret/data/t_exec", json!({ "data": { "token": "exec-tok-2nd-9c1e" } })).await?;
-    eventually(Duration::from_secs(15), "app restarted with the new secret", || async {
+    eventually(Duration::from_secs(60), "app restarted with the new secret", || async {
         Ok((lines() == "exec-tok-1st-7f3a\nexec-tok-2nd-9c1e\n").then_some(()))
     })
     .await?;
     // Unchanged re-reads do not restart it.
     let reads = d.log_text().matches("read kv secret").count();
-    eventually(Duration::from_secs(10), "more reads", || async {
+    eventually(Duration::from_secs(60), "more reads", || async {
         Ok((d.log_text().matches("read kv secret").count() >= reads + 3).then_some(()))
     })
     .await?;
@@ -79,8 +79,8 @@ command = ["sh", "-c", "echo ran >> {}"]
         ),
     );
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "hook ran", || async { Ok(hook.exists().then_some(())) }).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "hook ran", || async { Ok(hook.exists().then_some(())) }).await?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
     ensure!(v["stripe"] == "sk_test_demo123", "{v}");
     let mode = std::fs::metadata(&file)?.permissions().mode() & 0o777;
@@ -106,16 +106,18 @@ pub async fn systemd_notify_ready_and_stopping(bed: Arc<Bed>) -> Result<()> {
             env_file.display()
         ),
     );
-    let d = Daemon::start_with(&dir, &cfg, &["run"], &[], &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default())])?;
+    let mut d = Daemon::start_with(&dir, &cfg, &["run"], &[], &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default())])?;
     let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(30), rx.recv(&mut buf)).await??;
+    let n = tokio::time::timeout(Duration::from_secs(60), rx.recv(&mut buf)).await??;
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     ensure!(msg.starts_with("READY=1"), "{msg}");
     ensure!(env_file.exists(), "READY only after the env file is written");
     d.signal(rustix::process::Signal::TERM)?;
-    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf)).await??;
+    let n = tokio::time::timeout(Duration::from_secs(30), rx.recv(&mut buf)).await??;
     ensure!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
-    drop(d);
+    // The next daemon uses the same socket path: only once this one is gone.
+    let st = d.wait().await?;
+    ensure!(st.success(), "run stops cleanly: {st}\n{}", d.log_text());
 
     // `vaultlet exec` under `WatchdogSec=` (here 400 ms): ready, then
     // pinging the watchdog while the app runs (it used to ping nothing, so
@@ -130,7 +132,7 @@ pub async fn systemd_notify_ready_and_stopping(bed: Arc<Bed>) -> Result<()> {
         &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default()), ("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "")],
     )?;
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.iter().filter(|m: &&String| m.starts_with("WATCHDOG=1")).count() < 3 {
         let n = tokio::time::timeout_at(deadline, rx.recv(&mut buf))
             .await

@@ -27,6 +27,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         t!(exec_child_and_template_command_never_see_vaultlets_own_variables),
         t!(exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket),
         t!(exec_child_and_template_command_start_without_vaultlets_capabilities),
+        t!(exec_app_gets_a_secret_its_environment_does_not_name_on_its_first_read),
         t!(stop_signal_reaches_the_apps_grandchildren),
         t!(orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1),
         t!(kv_value_cannot_inject_a_variable_into_a_docker_env_file_nor_a_key_into_json),
@@ -110,10 +111,10 @@ inherit_env = ["HOOK_ONLY"]
     let script = format!("env -0 > {0}.tmp && mv {0}.tmp {0}; while :; do sleep 0.1; done", child_env.display());
     let d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &envs)?;
     let child =
-        eventually(Duration::from_secs(30), "the child wrote its environment", || async { read_env(&child_env) })
+        eventually(Duration::from_secs(60), "the child wrote its environment", || async { read_env(&child_env) })
             .await
             .with_context(|| d.log_text())?;
-    let hook = eventually(Duration::from_secs(15), "the template command wrote its environment", || async {
+    let hook = eventually(Duration::from_secs(60), "the template command wrote its environment", || async {
         read_env(&hook_env)
     })
     .await
@@ -146,7 +147,10 @@ inherit_env = ["HOOK_ONLY"]
 
 /// Attack 5: Running as vaultlet's uid, the child read the AppRole secret_id file
 /// and a secret over the socket. With exec.user it can do neither; the
-/// same child without exec.user shows the attack the setting stops.
+/// same child without exec.user shows the attack the setting stops. (The
+/// child reads `app`, which its environment does not name, once, as it
+/// starts: exec starts it only once every secret is held, see
+/// `exec_app_gets_a_secret_its_environment_does_not_name_on_its_first_read`.)
 async fn exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("x-user")?;
     bed.approle("t_xuser", "vaultlet-test", "1h", "4h", &dir, false).await?;
@@ -178,7 +182,7 @@ async fn exec_user_cannot_read_the_secret_id_file_nor_a_secret_on_the_socket(bed
         async move {
             let d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
             let rc_file = out.join(format!("{tag}.rc"));
-            eventually(Duration::from_secs(30), "the child tried both", || async {
+            eventually(Duration::from_secs(60), "the child tried both", || async {
                 Ok(std::fs::read_to_string(&rc_file).ok().filter(|s| s.ends_with('\n')).map(drop))
             })
             .await
@@ -293,6 +297,49 @@ async fn exec_child_and_template_command_start_without_vaultlets_capabilities(be
     Ok(())
 }
 
+/// An app that reads, as it starts, a secret its environment does not name
+/// got 503 "not fetched yet" when that secret came after the ones its
+/// environment uses. Here it comes late for sure: its KV path is written
+/// only once vaultlet has been told it does not exist and serves the other
+/// one. The app must not have started by then, and its one read gets it.
+async fn exec_app_gets_a_secret_its_environment_does_not_name_on_its_first_read(bed: Arc<Bed>) -> Result<()> {
+    let dir = test_dir("x-late")?;
+    bed.approle("t_xlate", "vaultlet-test", "1h", "4h", &dir, false).await?;
+    let cfg = config(
+        &bed,
+        &dir,
+        "[secret.api]\nkv = { path = \"api\" }\n[secret.late]\nkv = { path = \"t_xlate_late\" }\n\
+         [exec]\nenv = { K = \"api.stripe_key\" }\n",
+    );
+    let (got, rc) = (dir.join("app.get"), dir.join("app.rc"));
+    let script = format!(
+        "{bin} get late.token --socket {sock} > {got} 2>&1; echo $? > {rc}.tmp && mv {rc}.tmp {rc}; \
+         while :; do sleep 0.1; done",
+        bin = bin(),
+        sock = dir.join("vaultlet.sock").display(),
+        got = got.display(),
+        rc = rc.display(),
+    );
+    let d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
+    eventually(Duration::from_secs(60), "`late` refused (404) while `api` is served", || async {
+        let refused = d.counter("vaultlet_kv_reads_total{secret=\"late\",result=\"error\"}").await? >= 1.0;
+        Ok((refused && d.get("/v1/secrets/api").await?.0 == 200).then_some(()))
+    })
+    .await
+    .with_context(|| d.log_text())?;
+    ensure!(!rc.exists(), "the app started before `late` was held\n{}", d.log_text());
+    bed.write("secret/data/t_xlate_late", json!({ "data": { "token": "came-late" } })).await?;
+    let code = eventually(Duration::from_secs(120), "the app read `late`", || async {
+        Ok(std::fs::read_to_string(&rc).ok().filter(|s| s.ends_with('\n')))
+    })
+    .await
+    .with_context(|| d.log_text())?;
+    let answer = std::fs::read_to_string(&got)?;
+    ensure!(code.trim() == "0" && answer == "came-late\n", "the app's first read failed: exit {code}");
+    d.stop().await?;
+    Ok(())
+}
+
 /// Attack 5: Signals went to the child only: a shell wrapper died and the app it
 /// started kept running. Now the stop signal reaches the whole group.
 async fn stop_signal_reaches_the_apps_grandchildren(bed: Arc<Bed>) -> Result<()> {
@@ -309,14 +356,14 @@ async fn stop_signal_reaches_the_apps_grandchildren(bed: Arc<Bed>) -> Result<()>
     // entrypoint scripts do.
     let script = format!("sh -c \"{}\" & wait", inner.replace('"', "\\\"").replace('$', "\\$"));
     let mut d = Daemon::start_with(&dir, &cfg, &["exec"], &["sh", "-c", &script], &[])?;
-    let pid: i32 = eventually(Duration::from_secs(30), "the grandchild started", || async {
+    let pid: i32 = eventually(Duration::from_secs(60), "the grandchild started", || async {
         Ok(std::fs::read_to_string(&up).ok().and_then(|s| s.trim().parse().ok()))
     })
     .await
     .with_context(|| d.log_text())?;
     d.signal(rustix::process::Signal::TERM)?;
     d.wait().await?;
-    let reached = eventually(Duration::from_secs(5), "the grandchild got SIGTERM", || async {
+    let reached = eventually(Duration::from_secs(30), "the grandchild got SIGTERM", || async {
         Ok(std::fs::read_to_string(&got).ok().filter(|s| s.trim() == "got-term").map(drop))
     })
     .await;
@@ -358,7 +405,7 @@ async fn orphans_of_the_app_are_reaped_when_vaultlet_is_pid_1(bed: Arc<Bed>) -> 
         &["sh", "-c", &script],
         &[],
     )?;
-    let n: u32 = eventually(Duration::from_secs(30), "the app counted zombies", || async {
+    let n: u32 = eventually(Duration::from_secs(60), "the app counted zombies", || async {
         Ok(std::fs::read_to_string(&report).ok().and_then(|s| s.trim().parse().ok()))
     })
     .await
@@ -404,14 +451,14 @@ template = '{{"name": "{{{{ app.json }}}}", "role": "user"}}'
         ),
     );
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "files written", || async {
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "files written", || async {
         Ok((std::fs::read_to_string(&envf).ok().as_deref() == Some("LINE=benign\n") && jsonf.exists()).then_some(()))
     })
     .await?;
     let evil_json = "x\", \"admin\": true, \"y\": \"";
     bed.write("secret/data/t_xinject", json!({ "data": { "line": "a\nINJECTED=1", "json": evil_json } })).await?;
-    let v: serde_json::Value = eventually(Duration::from_secs(15), "the JSON template re-rendered", || async {
+    let v: serde_json::Value = eventually(Duration::from_secs(60), "the JSON template re-rendered", || async {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jsonf)?)?;
         Ok((v["name"] != "benign").then_some(v))
     })
@@ -419,7 +466,7 @@ template = '{{"name": "{{{{ app.json }}}}", "role": "user"}}'
     .with_context(|| d.log_text())?;
     ensure!(v.get("admin").is_none(), "a value added a key: {v}");
     ensure!(v["name"] == evil_json && v["role"] == "user", "the value is the name, exactly: {v}");
-    eventually(Duration::from_secs(10), "the refusal is logged with file and key", || async {
+    eventually(Duration::from_secs(30), "the refusal is logged with file and key", || async {
         let log = d.log_text();
         Ok(log
             .lines()

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 
 use crate::TestFn;
+use crate::bed::free_port;
 use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
 use crate::fail2ban::{fail2ban_hosts, uid_as_host};
-use crate::security::free_port;
 use crate::tests::config;
 
 macro_rules! t {
@@ -136,13 +136,18 @@ async fn flood_by_a_refused_uid_does_not_starve_allowed_callers(bed: Arc<Bed>) -
         config(&bed, &dir, API_SECRET).replace("[socket]\n", "[socket]\nmode = \"0660\"\nmax_waits_per_uid = 2\n");
     let d =
         Daemon::start_via(&["prlimit", "--nofile=512:512", bin(), "--log", "info"], &dir, &cfg, &["run"], &[], &[])?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let script = write_script(&dir, "flood.py", FLOOD)?;
     let before = d.log_text().lines().count();
 
     let flood = as_nobody(PYTHON).arg(&script).arg(&d.socket).arg("12").output();
     let reads = async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Once the flood is on (its connections hit the per-uid cap).
+        eventually(Duration::from_secs(30), "the flood reaches the per-uid cap", || async {
+            let n = d.counter("vaultlet_socket_denied_total{reason=\"connection_limit_uid\"}").await?;
+            Ok((n >= 1.0).then_some(()))
+        })
+        .await?;
         let mut failures = Vec::new();
         for i in 0..20 {
             let out = get_value(&d.socket, "api.stripe_key", &[]).await?;
@@ -181,7 +186,7 @@ async fn flood_by_a_refused_uid_does_not_starve_allowed_callers(bed: Arc<Bed>) -
 
     // Long-polls per uid are capped too: of three at once from one uid with
     // max_waits_per_uid = 2, exactly one is told 429 and two wait it out.
-    let poll = "GET /v1/secrets/api?wait=3s&after=1 HTTP/1.0\r\n\r\n";
+    let poll = "GET /v1/secrets/api?wait=10s&after=1 HTTP/1.0\r\n\r\n";
     let (a, b, c) = tokio::join!(d.request(poll), d.request(poll), d.request(poll));
     let mut codes = vec![a?.0, b?.0, c?.0];
     codes.sort();
@@ -240,7 +245,7 @@ async fn socket_dir_made_under_umask_000_cannot_be_hijacked_by_another_user(bed:
     ensure!(cfg.contains(&sock.display().to_string()), "socket path moved into a missing directory");
     let d = Daemon::start_via(&[wrapper.to_str().context("path")?, bin()], &dir, &cfg, &["run"], &[], &[])?;
     let d = Daemon { socket: sock.clone(), ..d };
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     for created in [dir.join("run"), dir.join("run").join("vaultlet")] {
         let mode = std::fs::metadata(&created)?.permissions().mode() & 0o7777;
         println!("{}: {mode:o}", created.display());
@@ -300,8 +305,8 @@ async fn dirs_writable_by_others_are_refused_for_sockets_and_files(bed: Arc<Bed>
     let env = open.join("app.env");
     let cfg = format!("{base}[[env_file]]\npath = \"{}\"\ntemplate = \"K={{{{ api.stripe_key }}}}\"\n", env.display());
     let d = Daemon::start_via(&[bin()], &dir, &cfg, &["run"], &[], &[])?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "refusal logged", || async {
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "refusal logged", || async {
         Ok(d.log_text().contains("writable by other users without the sticky bit").then_some(()))
     })
     .await?;
@@ -374,8 +379,8 @@ async fn files_planted_at_guessable_names_by_another_user_do_not_block(bed: Arc<
         ensure!(std::fs::metadata(shared.join(n))?.uid() == 65534, "{n} is nobody's");
     }
     std::fs::write(dir.join("go"), "")?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "env file", || async { Ok(env.exists().then_some(())) }).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "env file", || async { Ok(env.exists().then_some(())) }).await?;
     let meta = std::fs::metadata(&env)?;
     ensure!(meta.uid() == 4242 && meta.permissions().mode() & 0o777 == 0o600, "env file is vaultlet's, 0600");
     ensure!(std::fs::read_to_string(&env)?.contains("sk_test_demo123"), "env file written");
@@ -422,8 +427,8 @@ async fn symlinks_at_the_env_file_and_temp_names_do_not_redirect_writes(bed: Arc
     ensure!(link.success(), "nobody planted its symlinks");
     ensure!(std::fs::symlink_metadata(&env)?.file_type().is_symlink(), "the env file path starts as a symlink");
     std::fs::write(dir.join("go"), "")?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "env file replaced", || async {
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "env file replaced", || async {
         Ok(std::fs::symlink_metadata(&env)?.file_type().is_file().then_some(()))
     })
     .await?;
@@ -452,7 +457,7 @@ async fn permission_denied_on_connect_does_not_delete_a_live_socket(bed: Arc<Bed
         .replace(&format!("path = \"{}/vaultlet.sock\"", dir.display()), &format!("path = \"{}\"", sock.display()));
     let d = Daemon::start(&dir, &cfg)?;
     let d = Daemon { socket: sock.clone(), ..d };
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let ino = std::fs::symlink_metadata(&sock)?.ino();
 
     let second_dir = test_dir("eacces2")?;
@@ -461,7 +466,7 @@ async fn permission_denied_on_connect_does_not_delete_a_live_socket(bed: Arc<Bed
     chmod(&second_cfg, 0o644)?;
     let second = as_nobody(bin()).arg("run").arg("-c").arg(&second_cfg).kill_on_drop(true).output();
     // A second vaultlet that took the socket over would run on: give up on it.
-    let out = tokio::time::timeout(Duration::from_secs(20), second)
+    let out = tokio::time::timeout(Duration::from_secs(60), second)
         .await
         .context("the second vaultlet must stop at once, not take the socket over")??;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -483,7 +488,7 @@ async fn exit_leaves_a_socket_that_replaced_ours(bed: Arc<Bed>) -> Result<()> {
     bed.approle("t_replaced", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let cfg = config(&bed, &dir, API_SECRET);
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let other = dir.join("other.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&other)?;
     std::fs::rename(&other, &d.socket)?;
@@ -497,7 +502,7 @@ async fn exit_leaves_a_socket_that_replaced_ours(bed: Arc<Bed>) -> Result<()> {
 
     // Its own socket is removed.
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     d.stop().await?;
     ensure!(std::fs::symlink_metadata(&sock).is_err(), "vaultlet removes its own socket");
     Ok(())
@@ -543,7 +548,7 @@ async fn expect_uid_refuses_a_socket_served_by_another_uid(bed: Arc<Bed>) -> Res
     let dir = test_dir("expectuid")?;
     bed.approle("t_expectuid", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let d = Daemon::start(&dir, &config(&bed, &dir, API_SECRET))?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let theirs = dir.join("theirs");
     std::fs::create_dir(&theirs)?;
     chown(&theirs, 65534, 65534)?;
@@ -644,7 +649,7 @@ async fn caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban(bed: Arc<Bed>) 
 
     // Text log.
     let d = Daemon::start_via(&[bin(), "--log", "info"], &dir, &cfg, &["run"], &[], &[])?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     deny_from_hostile_paths(&bins, &d.socket).await?;
     let log_path = d.log.clone();
     d.stop().await?;
@@ -671,7 +676,7 @@ async fn caller_paths_cannot_forge_audit_lines_or_dodge_fail2ban(bed: Arc<Bed>) 
     }
     let cfg = config(&bed, &json_dir, API_SECRET).replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
     let d = Daemon::start_via(&[bin(), "--log", "info", "--log-format", "json"], &json_dir, &cfg, &["run"], &[], &[])?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     deny_from_hostile_paths(&bins, &d.socket).await?;
     let log_path = d.log.clone();
     d.stop().await?;
@@ -696,7 +701,7 @@ async fn accept_errors_under_descriptor_exhaustion_are_logged_once(bed: Arc<Bed>
     bed.approle("t_emfile", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let cfg = config(&bed, &dir, API_SECRET).replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
     let d = Daemon::start_via(&["prlimit", "--nofile=48:48", bin(), "--log", "info"], &dir, &cfg, &["run"], &[], &[])?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let script = write_script(&dir, "flood.py", FLOOD)?;
     let flood = as_nobody(PYTHON).arg(&script).arg(&d.socket).arg("6").output().await?;
     ensure!(flood.status.success(), "flood: {flood:?}");
@@ -705,7 +710,7 @@ async fn accept_errors_under_descriptor_exhaustion_are_logged_once(bed: Arc<Bed>
     println!("accept-failure lines after a 6 s flood at 48 descriptors: {failures}");
     ensure!(failures >= 1, "descriptors must have run out for this test to mean anything:\n{log}");
     ensure!(failures == 1, "accept errors logged once, not per attempt: {failures}\n{log}");
-    let ok = eventually(Duration::from_secs(15), "root reads again after the flood", || async {
+    let ok = eventually(Duration::from_secs(60), "root reads again after the flood", || async {
         let out = get_value(&d.socket, "api.stripe_key", &[]).await?;
         Ok((out.status.success() && out.stdout == b"sk_test_demo123\n").then_some(()))
     })
@@ -725,8 +730,8 @@ async fn metrics_socket_never_deletes_a_file_at_its_path(bed: Arc<Bed>) -> Resul
     std::fs::write(&path, "not a socket\n")?;
     let cfg = format!("{}\n[metrics]\nsocket = \"{}\"\n", config(&bed, &dir, API_SECRET), path.display());
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "metrics refusal logged", || async {
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "metrics refusal logged", || async {
         Ok(d.log_text().contains("exists and is not a socket").then_some(()))
     })
     .await?;
@@ -735,8 +740,8 @@ async fn metrics_socket_never_deletes_a_file_at_its_path(bed: Arc<Bed>) -> Resul
 
     std::fs::remove_file(&path)?;
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "metrics socket", || async {
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "metrics socket", || async {
         Ok(std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()).then_some(()))
     })
     .await?;
@@ -855,13 +860,13 @@ async fn credential_files_writable_by_others_are_warned_about(bed: Arc<Bed>) -> 
     let dir = test_dir("loosecred")?;
     bed.approle("t_loosecred", "vaultlet-test", "1h", "4h", &dir, false).await?;
     let d = Daemon::start(&dir, &config(&bed, &dir, API_SECRET))?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     d.stop().await?;
     let before = std::fs::read_to_string(dir.join("vaultlet.log"))?;
     ensure!(!before.contains("can be rewritten by other users"), "no warning for 0644 files:\n{before}");
     chmod(&dir.join("secret_id"), 0o666)?;
     let d = Daemon::start(&dir, &config(&bed, &dir, API_SECRET))?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
     let log = d.log_text();
     let line = log.lines().find(|l| l.contains("can be rewritten by other users")).map(str::to_owned);
     let line = line.with_context(|| format!("warning for a 0666 secret_id file:\n{log}"))?;

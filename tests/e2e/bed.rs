@@ -290,16 +290,22 @@ impl Daemon {
         Ok(Daemon { child, socket: dir.join("vaultlet.sock"), log, metrics })
     }
 
-    /// The value of one series (`name{labels}` exactly as exposed) from the
-    /// daemon's metrics socket; 0 when the series does not exist yet.
-    pub async fn counter(&self, series: &str) -> Result<f64> {
+    /// Everything the daemon's metrics socket exposes.
+    pub async fn metrics_text(&self) -> Result<String> {
         let path = self.metrics.as_ref().context("this daemon's config has its own [metrics]")?;
         let mut s = tokio::net::UnixStream::connect(path).await.context("metrics socket")?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
         let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
         let text = String::from_utf8(buf)?;
         ensure!(text.lines().next().is_some_and(|l| l.ends_with(" 200 OK")), "metrics: {text}");
+        Ok(text)
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed) from the
+    /// daemon's metrics socket; 0 when the series does not exist yet.
+    pub async fn counter(&self, series: &str) -> Result<f64> {
+        let text = self.metrics_text().await?;
         let mut total = None;
         for l in text.lines() {
             if let Some(v) = l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
@@ -318,7 +324,7 @@ impl Daemon {
         let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
         s.write_all(raw.as_bytes()).await?;
         let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
         let text = String::from_utf8(buf)?;
         let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
         let status = head.split(' ').nth(1).context("no status")?.parse()?;
@@ -363,33 +369,46 @@ impl Daemon {
         Ok(())
     }
 
-    /// Waits (up to 20 s) for the process to exit.
+    /// Waits (up to 60 s) for the process to exit.
     pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
-        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
+        Ok(tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??)
     }
 }
 
 /// Reads a database secret from the socket every 100 ms and logs in with it,
 /// like an app that reconnects all the time.
+///
+/// A refused login counts against vaultlet only if it ended within
+/// [`PROBE_WINDOW`] of the read: vaultlet serves a credential that works
+/// now, and keeps the one it replaced working for a while, not forever. On
+/// a loaded machine the probe itself may stall between the read and the
+/// login; such a login proves nothing and is only counted.
 pub struct Prober {
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Probe>,
 }
 
+/// How soon after its read a login must end for a refusal to count.
+pub const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 pub struct Probe {
     pub logins: u32,
     pub failures: Vec<String>,
+    /// Logins that ended more than [`PROBE_WINDOW`] after their read.
+    pub late: u32,
     /// (version, username, password), in the order first seen.
     pub versions: Vec<(u64, String, String)>,
 }
 
 impl Probe {
-    /// Fails with every failed login (and the daemon's log) if there was one.
+    /// Fails with every failed login (and the daemon's log) if there was
+    /// one, or if no login was timely enough to count.
     pub fn ensure_clean(&self, log: &str) -> Result<()> {
         if !self.failures.is_empty() {
             bail!("{} of {} logins failed: {:#?}\n{log}", self.failures.len(), self.logins, self.failures);
         }
+        ensure!(self.logins > self.late, "none of {} logins ended within {PROBE_WINDOW:?} of its read", self.logins);
         Ok(())
     }
 }
@@ -408,7 +427,10 @@ impl Prober {
                             p.versions.push((v, u.clone(), pw.clone()));
                         }
                         p.logins += 1;
-                        if let Err(e) = pg.login(&u, &pw).await {
+                        let login = pg.login(&u, &pw).await;
+                        if t.elapsed() > PROBE_WINDOW {
+                            p.late += 1;
+                        } else if let Err(e) = login {
                             p.failures.push(format!("{:?} v{v} {u}: {e:#}", std::time::SystemTime::now()));
                         }
                     }
@@ -432,7 +454,7 @@ async fn get_creds(socket: &Path, name: &str) -> Result<(String, String, u64)> {
     let mut s = tokio::net::UnixStream::connect(socket).await?;
     s.write_all(format!("GET /v1/secrets/{name} HTTP/1.0\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8(buf)?;
     let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
@@ -444,6 +466,43 @@ async fn get_creds(socket: &Path, name: &str) -> Result<(String, String, u64)> {
         v["data"]["password"].as_str().context("password")?.to_owned(),
         v["version"].as_u64().context("version")?,
     ))
+}
+
+/// A loopback TCP port that is free now, for a server the test starts
+/// (vaultlet's metrics listener, a TLS OpenBao). It is picked outside the
+/// kernel's ephemeral range, so no outgoing connection takes it before the
+/// server binds it, and reserved in the test bed's port registry
+/// (`scripts/testbed.sh` keeps it, under its lock, for the beds it starts)
+/// in the name of the shared bed, so no bed started meanwhile picks it
+/// either; `down` of the shared bed releases it. Another program may still
+/// bind it first, so a caller whose server fails to bind picks again.
+pub fn free_port() -> Result<u16> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/.cache"));
+    let reg = cache.join("vaultlet-testbed/ports");
+    std::fs::create_dir_all(&reg)?;
+    let lock = std::fs::File::create(reg.join(".lock"))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+    let owner = std::env::temp_dir().join(format!("vaultlet-e2e-{}-shared", std::process::id()));
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut r = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    let (lo, hi) = (r.next().unwrap_or(32768), r.next().unwrap_or(60999));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for i in 0..20_000u32 {
+        // Every port from 10000 up, in a scrambled order.
+        let port = 10_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 55_536) as u16;
+        let entry = reg.join(port.to_string());
+        if (lo..=hi).contains(&port) || entry.exists() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            std::fs::write(&entry, format!("{}\n", owner.display()))?;
+            return Ok(port);
+        }
+    }
+    bail!("no free port outside the ephemeral range {lo}-{hi}")
 }
 
 /// Polls `f` until it returns `Ok(Some(_))`.

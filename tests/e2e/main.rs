@@ -29,13 +29,11 @@ use bed::Bed;
 type TestFn = fn(Arc<Bed>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Tests that must not share the machine with the others: the floods load
-/// it on purpose; the restart test measures milliseconds from spawn to
-/// ready (28 ms alone, 52 ms beside the other restart tests on 2 cores).
+/// it on purpose.
 const ALONE: &[&str] = &[
     "flood_by_a_refused_uid_does_not_starve_allowed_callers",
     "accept_errors_under_descriptor_exhaustion_are_logged_once",
     "idle_metrics_connections_cannot_take_the_api_sockets_descriptors",
-    "kill_9_restart_serves_the_same_credential_with_no_login_or_issue",
 ];
 
 /// Runs `tests` side by side; each result with its name and seconds.
@@ -45,9 +43,10 @@ async fn run_all(bed: &Arc<Bed>, tests: Vec<(&'static str, TestFn)>) -> Vec<(Str
         let bed = bed.clone();
         set.spawn(async move {
             let t = Instant::now();
-            let r = tokio::time::timeout(std::time::Duration::from_secs(300), f(bed))
+            // Far above any test's own deadlines: only a hang gets here.
+            let r = tokio::time::timeout(std::time::Duration::from_secs(600), f(bed))
                 .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 300 s")));
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 600 s")));
             let secs = t.elapsed().as_secs_f64();
             match &r {
                 Ok(()) => println!("test {name} ... ok ({secs:.1}s)"),

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bed::{Bed, Daemon, bin, eventually, test_dir};
+use crate::bed::{Bed, Daemon, bin, eventually, free_port, test_dir};
 use crate::tests::config;
 
 /// Runs `vaultlet get` as uid `nobody` (gid root, so the 0660 socket admits it).
@@ -34,7 +34,7 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
     )
     .replace("[socket]\n", "[socket]\nmode = \"0660\"\n");
     let d = Daemon::start(&dir, &cfg)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
 
     let out = get_as_nobody(&d.socket, "open.stripe_key").await?;
     ensure!(out.status.success() && out.stdout == b"sk_test_demo123\n", "nobody reads `open`: {out:?}");
@@ -63,8 +63,8 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
     let (_, v) = d.get("/v1/secrets").await?;
     ensure!(v["secrets"].as_object().map(|m| m.len()) == Some(2), "{v}");
 
-    let log = d.log_text();
-    let line = |secret: &str, outcome: &str| {
+    // Audit lines are written by a thread of their own, after the answer.
+    let line = |log: &str, secret: &str, outcome: &str| {
         log.lines()
             .find(|l| {
                 l.contains("vaultlet::audit")
@@ -74,20 +74,25 @@ pub async fn per_secret_acl_audit_and_rate_limit(bed: Arc<Bed>) -> Result<()> {
             })
             .map(str::to_owned)
     };
-    let allowed = line("open", "allowed").context(format!("audit line for the allowed read:\n{log}"))?;
+    let (allowed, _) = eventually(Duration::from_secs(30), "audit lines of the read and the refusal", || async {
+        let log = d.log_text();
+        Ok(line(&log, "open", "allowed").zip(line(&log, "closed", "denied")))
+    })
+    .await
+    .with_context(|| d.log_text())?;
     ensure!(allowed.contains(&format!("exe={}", bin())), "executable in the audit line: {allowed}");
     ensure!(allowed.contains("version=1") && allowed.contains("pid="), "{allowed}");
-    line("closed", "denied").context("audit line for the refusal")?;
-    ensure!(!log.contains("sk_test_demo123"), "no value in any log line");
+    ensure!(!d.log_text().contains("sk_test_demo123"), "no value in any log line");
 
-    // Refusals are rate-limited.
-    let mut last = String::new();
-    for _ in 0..12 {
-        let out = get_as_nobody(&d.socket, "closed").await?;
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Refusals are rate-limited: past 10 in 10 s, 429. Twelve at once, so
+    // a slow machine cannot spread them over two windows.
+    let refusals = futures_util::future::join_all((0..12).map(|_| get_as_nobody(&d.socket, "closed"))).await;
+    let mut answers = Vec::new();
+    for out in refusals {
+        answers.push(String::from_utf8_lossy(&out?.stderr).into_owned());
     }
-    ensure!(last.contains("429"), "after many refusals: {last}");
-    eventually(Duration::from_secs(5), "rate-limit audit line", || async {
+    ensure!(answers.iter().any(|a| a.contains("429")), "after many refusals: {answers:?}");
+    eventually(Duration::from_secs(30), "rate-limit audit line", || async {
         Ok(d.log_text().contains("outcome=rate_limited").then_some(()))
     })
     .await?;
@@ -209,29 +214,36 @@ pub async fn hidden_secrets_and_made_up_names_get_one_answer(bed: Arc<Bed>) -> R
     Ok(())
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// `[metrics]`: Prometheus text with login and request counters, latency
 /// histogram, and seconds until each lease ends.
 pub async fn metrics_report_leases_and_requests(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("metrics")?;
     bed.db_role("t_metrics", "1h", "2h").await?;
     bed.approle("t_metrics", "vaultlet-test", "1h", "4h", &dir, false).await?;
-    let port = free_port()?;
-    let d = Daemon::start(
-        &dir,
-        &format!(
-            "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            config(
-                &bed,
-                &dir,
-                "[secret.db]\ndatabase = { role = \"t_metrics\" }\n[secret.api]\nkv = { path = \"api\" }\n"
-            )
-        ),
-    )?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    let body = "[secret.db]\ndatabase = { role = \"t_metrics\" }\n[secret.api]\nkv = { path = \"api\" }\n";
+    // Another program may bind the port between the pick and vaultlet's
+    // bind: then pick another.
+    let mut attempt = 0;
+    let (d, port) = loop {
+        attempt += 1;
+        let port = free_port()?;
+        let d =
+            Daemon::start(&dir, &format!("{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n", config(&bed, &dir, body)))?;
+        d.wait_ready(Duration::from_secs(60)).await?;
+        let listening = eventually(Duration::from_secs(30), "the metrics listener", || async {
+            if d.log_text().contains("cannot listen for metrics") {
+                return Ok(Some(false));
+            }
+            let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return Ok(None) };
+            Ok(r.text().await.is_ok_and(|t| t.contains("vaultlet_ready")).then_some(true))
+        })
+        .await?;
+        if listening {
+            break (d, port);
+        }
+        ensure!(attempt < 5, "no port for the metrics listener:\n{}", d.log_text());
+        d.stop().await?;
+    };
     let (_, _, _) = d.creds("db").await?;
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
     for want in [
@@ -287,8 +299,8 @@ pub async fn modes_owner_and_memory_hold_under_permissive_umask(bed: Arc<Bed>) -
         &[],
         &[],
     )?;
-    d.wait_ready(Duration::from_secs(30)).await?;
-    eventually(Duration::from_secs(10), "files", || async { Ok((env.exists() && tmpl.exists()).then_some(())) })
+    d.wait_ready(Duration::from_secs(60)).await?;
+    eventually(Duration::from_secs(30), "files", || async { Ok((env.exists() && tmpl.exists()).then_some(())) })
         .await?;
     let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
     ensure!(mode(&d.socket)? == 0o600, "socket {:o}", mode(&d.socket)?);
@@ -371,15 +383,19 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
         ),
     );
     let d = Daemon::start_via(&trace, &dir, &cfg, &["run"], &[], &[])?;
-    eventually(Duration::from_secs(15), "refused login", || async {
+    eventually(Duration::from_secs(60), "refused login", || async {
         Ok((d.counter("vaultlet_logins_total{result=\"error\"}").await.unwrap_or(0.0) >= 1.0).then_some(()))
     })
     .await?;
     std::fs::write(dir.join("secret_id"), &secret_id)?;
-    d.wait_ready(Duration::from_secs(30)).await?;
+    d.wait_ready(Duration::from_secs(60)).await?;
+    // Until a rotation (max TTL 8 s) and a renewal (TTL 3 s) happened.
     let mut passwords = Vec::new();
-    let t = tokio::time::Instant::now();
-    while t.elapsed() < Duration::from_secs(14) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while passwords.len() < 2
+        || d.counter("vaultlet_lease_renewals_total{secret=\"db\",result=\"ok\"}").await.unwrap_or(0.0) < 1.0
+    {
+        ensure!(tokio::time::Instant::now() < deadline, "no rotation and renewal in 120 s\n{}", d.log_text());
         if let Ok((_, p, _)) = d.creds("db").await
             && !passwords.contains(&p)
         {
@@ -387,7 +403,6 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ensure!(passwords.len() >= 2, "rotations happened");
     // A token of the same shape as vaultlet's, to know what one looks like.
     let login =
         bed.write("auth/approle/login", json!({ "role_id": role_id.trim(), "secret_id": secret_id.trim() })).await?;
@@ -430,7 +445,7 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
     for format in ["text", "json"] {
         let d =
             Daemon::start_via(&[trace[0], trace[1], trace[2], "--log-format", format], &dir, &cfg, &["run"], &[], &[])?;
-        eventually(Duration::from_secs(20), "malformed answers seen", || async {
+        eventually(Duration::from_secs(60), "malformed answers seen", || async {
             let log = d.log_text();
             Ok((log.contains("cannot read") && log.contains("500")).then_some(()))
         })
@@ -456,31 +471,58 @@ pub async fn no_secret_in_logs_at_trace_level(bed: Arc<Bed>) -> Result<()> {
 pub async fn tls_verifies_against_the_configured_ca_only(bed: Arc<Bed>) -> Result<()> {
     let dir = test_dir("tls")?;
     let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs)?;
-    let port = free_port()?;
-    let mut server = tokio::process::Command::new(bed.get("BAO_BIN"))
-        .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=tlsroot", "-dev-no-store-token"])
-        .arg(format!("-dev-tls-cert-dir={}", certs.display()))
-        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-        .env_clear()
-        .env("HOME", &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("bao.log"))?)
-        .kill_on_drop(true)
-        .spawn()?;
     let ca = certs.join("vault-ca.pem");
-    let addr = format!("https://127.0.0.1:{port}");
+    // Another program may bind the port between the pick and the server's
+    // bind: the server then exits, and another port is picked.
+    let mut attempt = 0;
+    let (mut server, addr, http) = loop {
+        attempt += 1;
+        let _ = std::fs::remove_dir_all(&certs);
+        std::fs::create_dir_all(&certs)?;
+        let port = free_port()?;
+        let mut server = tokio::process::Command::new(bed.get("BAO_BIN"))
+            .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=tlsroot", "-dev-no-store-token"])
+            .arg(format!("-dev-tls-cert-dir={}", certs.display()))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .env_clear()
+            .env("HOME", &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("bao.log"))?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let addr = format!("https://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let up = loop {
+            if let Some(st) = server.try_wait()? {
+                break Err(st);
+            }
+            // The CA file may still be half written.
+            let client = std::fs::read(&ca)
+                .ok()
+                .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+                .and_then(|roots| reqwest::Client::builder().tls_certs_only(roots).build().ok());
+            if let Some(http) = client {
+                let health = http.get(format!("{addr}/v1/sys/health")).send().await;
+                if health.is_ok_and(|r| r.status().is_success()) {
+                    break Ok(http);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = server.kill().await;
+                bail!("TLS dev server: no answer within 60 s:\n{}", std::fs::read_to_string(dir.join("bao.log"))?);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match up {
+            Ok(http) => break (server, addr, http),
+            Err(st) if attempt < 5 => println!("  TLS dev server on port {port} exited ({st}); another port"),
+            Err(st) => bail!("TLS dev server exited ({st}):\n{}", std::fs::read_to_string(dir.join("bao.log"))?),
+        }
+    };
     let result = async {
-        eventually(Duration::from_secs(20), "TLS dev server", || async { Ok(ca.exists().then_some(())) }).await?;
-        let pem = std::fs::read(&ca)?;
-        let http = reqwest::Client::builder().tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?).build()?;
         let call = |method: reqwest::Method, path: &str, body: serde_json::Value| {
             http.request(method, format!("{addr}/v1/{path}")).header("X-Vault-Token", "tlsroot").json(&body).send()
         };
-        eventually(Duration::from_secs(20), "TLS dev server answers", || async {
-            Ok(call(reqwest::Method::GET, "sys/health", json!({})).await.ok().filter(|r| r.status().is_success()))
-        })
-        .await?;
         call(reqwest::Method::POST, "sys/auth/approle", json!({ "type": "approle" })).await?.error_for_status()?;
         call(reqwest::Method::POST, "sys/policies/acl/kv", json!({ "policy": "path \"secret/data/*\" { capabilities = [\"read\"] }" })).await?.error_for_status()?;
         call(reqwest::Method::POST, "auth/approle/role/tls", json!({ "token_policies": "kv" })).await?.error_for_status()?;
@@ -496,14 +538,14 @@ pub async fn tls_verifies_against_the_configured_ca_only(bed: Arc<Bed>) -> Resul
         );
         // With the CA: verified and served.
         let d = Daemon::start(&dir, &base.replace("request_timeout", &format!("ca_cert = \"{}\"\nrequest_timeout", ca.display())))?;
-        d.wait_ready(Duration::from_secs(30)).await?;
+        d.wait_ready(Duration::from_secs(60)).await?;
         let (_, v) = d.get("/v1/secrets/app").await?;
         ensure!(v["data"]["v"] == "over-tls", "{v}");
         d.stop().await?;
         // Without it, even with VAULT_SKIP_VERIFY / VAULT_CACERT set: refused.
         let ca_str = ca.display().to_string();
         let d = Daemon::start_with(&dir, &base, &["run"], &[], &[("VAULT_SKIP_VERIFY", "true"), ("VAULT_CACERT", &ca_str), ("VAULT_ADDR", "http://127.0.0.1:1")])?;
-        let reason = eventually(Duration::from_secs(20), "login refused over unverified TLS", || async {
+        let reason = eventually(Duration::from_secs(60), "login refused over unverified TLS", || async {
             let (st, v) = d.get("/v1/ready").await?;
             let r = v["reasons"][0]["reason"].as_str().unwrap_or_default().to_owned();
             Ok((st == 503 && r.contains("login failed")).then_some(r))

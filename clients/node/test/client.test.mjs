@@ -36,7 +36,7 @@ database = { role = "api" }
 `,
     { approle },
   );
-  await waitUntilReady({ socket: main.socket, timeoutMs: 30000 });
+  await waitUntilReady({ socket: main.socket, timeoutMs: 60000 });
 });
 
 after(async () => {
@@ -73,7 +73,7 @@ test('getSecret and loadSecrets return what OpenBao holds', async () => {
 });
 
 test('a missing socket fails fast with ENOSOCKET', async () => {
-  const t0 = Date.now();
+  // ENOSOCKET, not TIMEOUT: it did not wait for an answer.
   await assert.rejects(getSecret('api', { socket: join(stack.parent, 'nothing-here.sock') }), (err) => {
     assert.ok(err instanceof VaultletError);
     assert.equal(err.code, 'ENOSOCKET');
@@ -81,7 +81,6 @@ test('a missing socket fails fast with ENOSOCKET', async () => {
     return true;
   });
   await assert.rejects(loadSecrets({ socket: join(stack.parent, 'nothing-here.sock') }), { code: 'ENOSOCKET' });
-  assert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
 });
 
 test('an unknown secret is FORBIDDEN, like a secret this process may not read', async () => {
@@ -105,7 +104,7 @@ kv = { path = "t_node_does_not_exist" }
 `,
     { approle },
   );
-  await getSecret('api', { socket: broken.socket, waitUntilReady: true, timeoutMs: 20000 });
+  await getSecret('api', { socket: broken.socket, waitUntilReady: true, timeoutMs: 60000 });
   const err = await eventually('NOT_READY with a reason', async () => {
     try {
       await getSecret('missing', { socket: broken.socket });
@@ -118,14 +117,16 @@ kv = { path = "t_node_does_not_exist" }
   assert.equal(err.status, 503);
   assert.ok(err.message.includes(err.reason), err.message);
 
+  // The given timeout, not the 30 s default.
   const t0 = Date.now();
   await assert.rejects(waitUntilReady({ socket: broken.socket, timeoutMs: 1500 }), (e) => {
     assert.equal(e.code, 'TIMEOUT');
     assert.equal(e.reasons[0].secret, 'missing');
+    assert.match(e.message, /within 1500 ms/);
     assert.match(e.message, /missing: /);
     return true;
   });
-  assert.ok(Date.now() - t0 < 4000);
+  assert.ok(Date.now() - t0 < 25000, `took ${Date.now() - t0} ms`);
   await assert.rejects(getSecret('missing', { socket: broken.socket, waitUntilReady: true, timeoutMs: 1000 }), {
     code: 'TIMEOUT',
   });
@@ -157,10 +158,10 @@ test('a caller not on socket.allow gets FORBIDDEN naming its uid', async () => {
   assert.match(err.message, new RegExp(`uid ${uid}\\b`));
   assert.match(err.message, new RegExp(`\\{ uid = ${uid} \\}`));
   assert.ok(!err.message.includes('sk_test'));
-  // Waiting cannot fix a 403: waitUntilReady fails at once.
+  // Waiting cannot fix a 403: waitUntilReady fails at once, not when its minute is up.
   const t0 = Date.now();
-  await assert.rejects(waitUntilReady({ socket: denied.socket, timeoutMs: 10000 }), { code: 'FORBIDDEN' });
-  assert.ok(Date.now() - t0 < 2000);
+  await assert.rejects(waitUntilReady({ socket: denied.socket, timeoutMs: 60000 }), { code: 'FORBIDDEN' });
+  assert.ok(Date.now() - t0 < 30000, `took ${Date.now() - t0} ms`);
   await denied.stop();
 });
 
@@ -176,7 +177,7 @@ allow = [{ uid = 12345 }]
 `,
     { approle },
   );
-  await waitUntilReady({ socket: d.socket, timeoutMs: 20000 });
+  await waitUntilReady({ socket: d.socket, timeoutMs: 60000 });
   const uid = process.getuid();
   await assert.rejects(getSecret('restricted', { socket: d.socket }), (e) => {
     assert.equal(e.code, 'FORBIDDEN');
@@ -197,7 +198,7 @@ test('watch delivers the current value, then each KV change', async () => {
     const v1 = seen[0].version;
 
     await stack.bao('kv', 'put', '-mount=secret', 't_node_watch', 'token=two');
-    await eventually('second value', () => seen.length >= 2, { timeoutMs: 10000 });
+    await eventually('second value', () => seen.length >= 2);
     assert.equal(seen[1].data.token, 'two');
     assert.equal(seen[1].version, v1 + 1);
     assert.equal(w.current.data.token, 'two');
@@ -212,7 +213,7 @@ test('getSecret waits for a vaultlet that is still starting; watch survives a re
   const body = `[secret.r]\nkv = { path = "t_node_restart" }\nrefresh = "1s"\n`;
   // Ask before vaultlet has even created its socket.
   const socket = join(stack.workDir('vaultlet-restart'), 'vaultlet.sock');
-  const pending = getSecret('r', { socket, waitUntilReady: true, timeoutMs: 20000 });
+  const pending = getSecret('r', { socket, waitUntilReady: true, timeoutMs: 60000 });
   const d = await stack.vaultlet('restart', body, { approle, socket });
   assert.equal((await pending).data.token, 'before');
 
@@ -225,9 +226,9 @@ test('getSecret waits for a vaultlet that is still starting; watch survives a re
     // While vaultlet is down the value changes; the restarted vaultlet starts
     // again at version 1, which the watcher must still deliver.
     await stack.bao('kv', 'put', '-mount=secret', 't_node_restart', 'token=after');
-    await eventually('watcher notices vaultlet is gone', () => errors.length >= 1, { timeoutMs: 5000 });
+    await eventually('watcher notices vaultlet is gone', () => errors.length >= 1);
     d.start();
-    await eventually('value after restart', () => seen.at(-1).data.token === 'after', { timeoutMs: 20000 });
+    await eventually('value after restart', () => seen.at(-1).data.token === 'after');
     assert.equal(seen.at(-1).version, 1);
     assert.ok(errors.every((e) => ['ENOSOCKET', 'ECONNRESET'].includes(e.code)), errors.map((e) => e.code).join());
   } finally {

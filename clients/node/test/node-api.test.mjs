@@ -39,7 +39,7 @@ after(async () => {
 
 function get(port, path) {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path, timeout: 5000 }, (res) => {
+    const req = http.get({ host: '127.0.0.1', port, path, timeout: 30000 }, (res) => {
       let body = '';
       res.on('data', (c) => (body += c));
       res.on('end', () => resolve({ status: res.statusCode, body: JSON.parse(body) }));
@@ -70,7 +70,7 @@ test('examples/node-api serves /health and /whoami with the leased credential', 
   const exited = new Promise((r) => app.on('exit', (code, signal) => r({ code, signal })));
   try {
     const port = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`node-api did not start within 30 s:\n${out}`)), 30000);
+      const timer = setTimeout(() => reject(new Error(`node-api did not start within 60 s:\n${out}`)), 60000);
       const check = () => {
         const m = out.match(/listening on http:\/\/[^:]+:(\d+)/);
         if (m) {

@@ -15,7 +15,7 @@ path "sys/leases/*" { capabilities = ["update"] }
 `;
 const ROTATIONS = 5;
 const INTERVAL_MS = 50;
-const DEADLINE_MS = 75000;
+const DEADLINE_MS = 180000;
 
 let stack;
 let daemon;
@@ -25,7 +25,7 @@ before(async () => {
   await stack.dbRole('t_node', '3s', '10s');
   const approle = await stack.approle('t_node_pg', POLICY);
   daemon = await stack.vaultlet('pg', `[secret.db]\ndatabase = { role = "t_node" }\n`, { approle });
-  await waitUntilReady({ socket: daemon.socket, timeoutMs: 30000 });
+  await waitUntilReady({ socket: daemon.socket, timeoutMs: 60000 });
 });
 
 after(async () => {
@@ -38,7 +38,7 @@ test(`createPgPool keeps queries succeeding through ${ROTATIONS} credential rota
   const db = await createPgPool('db', {
     pg,
     socket: daemon.socket,
-    poolOptions: { ...stack.pg, max: 4, connectionTimeoutMillis: 5000 },
+    poolOptions: { ...stack.pg, max: 4, connectionTimeoutMillis: 30000 },
     onRotate: (r) => rotations.push({ ...r, at: Date.now() }),
     onError: (e) => poolErrors.push(e),
   });

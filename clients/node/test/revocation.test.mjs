@@ -31,7 +31,7 @@ before(async () => {
   await stack.dbRole('t_node_rev', '60s', '10m');
   const approle = await stack.approle('t_node_rev', POLICY);
   daemon = await stack.vaultlet('revoke', `[secret.db]\ndatabase = { role = "t_node_rev" }\nverify_every = "1h"\n`, { approle });
-  await waitUntilReady({ socket: daemon.socket, timeoutMs: 30000 });
+  await waitUntilReady({ socket: daemon.socket, timeoutMs: 60000 });
 });
 
 after(async () => {
@@ -42,7 +42,7 @@ test('createPgPool sees no failed query across a token revocation', async (t) =>
   const db = await createPgPool('db', {
     pg,
     socket: daemon.socket,
-    poolOptions: { ...stack.pg, max: 4, connectionTimeoutMillis: 5000, idleTimeoutMillis: 200 },
+    poolOptions: { ...stack.pg, max: 4, connectionTimeoutMillis: 30000, idleTimeoutMillis: 200 },
     onError: () => {},
   });
   const before = await getSecret('db', { socket: daemon.socket });
@@ -67,13 +67,16 @@ test('createPgPool sees no failed query across a token revocation', async (t) =>
     }
   })();
   try {
-    await sleep(1000);
+    // Queries run on the first credential, then the revocation.
+    await eventually('queries on the first credential', () => queries >= 5);
     const revokedAt = Date.now();
     await stack.bao('lease', 'revoke', '-prefix', 'auth/approle/login');
     // The old credential is dead once Vault dropped its role.
-    await eventually('a new database user after the revocation', async () => users.length >= 2, { timeoutMs: 20000 });
+    await eventually('a new database user after the revocation', async () => users.length >= 2);
     const switchedMs = Date.now() - revokedAt;
-    await sleep(1000);
+    // And on the new one for a while.
+    const switched = queries;
+    await eventually('queries on the new credential', () => queries >= switched + 5);
     stop = true;
     await loop;
     const after = await getSecret('db', { socket: daemon.socket });

@@ -224,13 +224,13 @@ export class Daemon {
     }
   }
 
-  /** SIGTERM, wait up to 10 s, then SIGKILL. */
+  /** SIGTERM, wait up to 30 s, then SIGKILL. */
   async stop() {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return this.exited;
     child.kill('SIGTERM');
     let timer;
-    const done = await Promise.race([this.exited, new Promise((r) => (timer = setTimeout(r, 10000, null)))]);
+    const done = await Promise.race([this.exited, new Promise((r) => (timer = setTimeout(r, 30000, null)))]);
     clearTimeout(timer);
     if (done) return done;
     child.kill('SIGKILL');
@@ -243,8 +243,8 @@ export class Daemon {
   }
 }
 
-/** Polls `fn` until it returns a truthy value. */
-export async function eventually(what, fn, { timeoutMs = 15000, intervalMs = 100 } = {}) {
+/** Polls `fn` until it returns a truthy value (the deadline is generous: a loaded machine is slow, not wrong). */
+export async function eventually(what, fn, { timeoutMs = 60000, intervalMs = 100 } = {}) {
   const deadline = Date.now() + timeoutMs;
   let last;
   while (Date.now() < deadline) {
