@@ -403,12 +403,11 @@ pub struct Probe {
 
 impl Probe {
     /// Fails with every failed login (and the daemon's log) if there was
-    /// one, or if no login was timely enough to count.
+    /// one. (How many were too late to count, the tests print.)
     pub fn ensure_clean(&self, log: &str) -> Result<()> {
         if !self.failures.is_empty() {
             bail!("{} of {} logins failed: {:#?}\n{log}", self.failures.len(), self.logins, self.failures);
         }
-        ensure!(self.logins > self.late, "none of {} logins ended within {PROBE_WINDOW:?} of its read", self.logins);
         Ok(())
     }
 }
