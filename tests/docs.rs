@@ -94,20 +94,17 @@ fn code_spans(text: &str) -> Vec<String> {
 
 /// The lines outside fenced code blocks.
 fn prose_lines(text: &str) -> Vec<&str> {
-    let mut fenced = false;
-    text.lines()
-        .filter(|l| {
-            if l.trim_start().starts_with("```") {
-                fenced = !fenced;
-                return false;
-            }
-            !fenced
-        })
-        .collect()
+    lines_by_fence(text, false)
 }
 
 /// The lines inside fenced code blocks.
 fn fenced_lines(text: &str) -> Vec<&str> {
+    lines_by_fence(text, true)
+}
+
+/// The lines inside (`inside`) or outside fenced code blocks; the fences
+/// themselves are neither.
+fn lines_by_fence(text: &str, inside: bool) -> Vec<&str> {
     let mut fenced = false;
     text.lines()
         .filter(|l| {
@@ -115,7 +112,7 @@ fn fenced_lines(text: &str) -> Vec<&str> {
                 fenced = !fenced;
                 return false;
             }
-            fenced
+            fenced == inside
         })
         .collect()
 }
