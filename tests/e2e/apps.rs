@@ -36,9 +36,10 @@ pub async fn exec_runs_the_app_with_secrets_and_restarts_on_change(bed: Arc<Bed>
     })
     .await?;
     // Unchanged re-reads do not restart it.
-    let reads = d.log_text().matches("read kv secret").count();
+    let read = "vaultlet_kv_reads_total{secret=\"app\",result=\"ok\"}";
+    let reads = d.counter(read).await?;
     eventually(Duration::from_secs(60), "more reads", || async {
-        Ok((d.log_text().matches("read kv secret").count() >= reads + 3).then_some(()))
+        Ok((d.counter(read).await? >= reads + 3.0).then_some(()))
     })
     .await?;
     ensure!(lines() == "exec-tok-1st-7f3a\nexec-tok-2nd-9c1e\n", "restarted without a change: {}", lines());

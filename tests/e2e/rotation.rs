@@ -155,13 +155,14 @@ pub async fn token_death_and_relogin_lose_no_login(bed: Arc<Bed>) -> Result<()> 
     let prober = Prober::start(d.socket.clone(), "db", bed.pg());
     // Three token lifetimes.
     eventually(Duration::from_secs(120), "three logins", || async {
-        Ok((d.log_text().matches("logged in").count() >= 4).then_some(()))
+        Ok((d.counter("vaultlet_logins_total{result=\"ok\"}").await? >= 4.0).then_some(()))
     })
     .await?;
     let probe = prober.finish().await?;
     probe.ensure_clean(&d.log_text())?;
     let log = d.log_text();
-    ensure!(log.matches("read kv secret").count() == 1, "a re-login must not re-read KV:\n{log}");
+    let kv_reads = d.counter("vaultlet_kv_reads_total{secret=\"api\",result=\"ok\"}").await?;
+    ensure!(kv_reads == 1.0, "a re-login must not re-read KV: {kv_reads} reads\n{log}");
     ensure!(probe.versions.len() >= 2, "credentials under a dying token must be replaced:\n{log}");
     println!(
         "  token death: {} logins ({} too slow to count), {} credentials, 0 failures",

@@ -256,8 +256,9 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
     )?;
     d.wait_ready(Duration::from_secs(60)).await?;
     // Several re-reads of unchanged content keep version 1.
+    let reads = "vaultlet_kv_reads_total{secret=\"app\",result=\"ok\"}";
     eventually(Duration::from_secs(60), "three kv reads", || async {
-        Ok((d.log_text().matches("read kv secret").count() >= 3).then_some(()))
+        Ok((d.counter(reads).await? >= 3.0).then_some(()))
     })
     .await?;
     let (_, v) = d.get("/v1/secrets/app").await?;
@@ -280,19 +281,19 @@ async fn kv_change_bumps_version_and_rewrites_env_file(bed: Arc<Bed>) -> Result<
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&env_path)?) != written,
         "the env file was replaced, not edited in place"
     );
-    // "wrote file" is logged once the file is in place: wait for it, then
+    // The write is counted once the file is in place: wait for it, then
     // for two more reads of the unchanged value, which must not write again.
-    eventually(Duration::from_secs(30), "the rewrite logged", || async {
-        Ok((d.log_text().matches("wrote file").count() >= 2).then_some(()))
+    let writes = format!("vaultlet_file_writes_total{{file=\"{}\"}}", env_path.display());
+    eventually(Duration::from_secs(30), "the rewrite counted", || async {
+        Ok((d.counter(&writes).await? >= 2.0).then_some(()))
     })
     .await?;
-    let reads = "vaultlet_kv_reads_total{secret=\"app\",result=\"ok\"}";
     let seen = d.counter(reads).await?;
     eventually(Duration::from_secs(60), "two more reads", || async {
         Ok((d.counter(reads).await? >= seen + 2.0).then_some(()))
     })
     .await?;
-    ensure!(d.log_text().matches("wrote file").count() == 2, "env file written once per change");
+    ensure!(d.counter(&writes).await? == 2.0, "env file written once per change");
     d.stop().await?;
     Ok(())
 }
