@@ -304,3 +304,6 @@ async fn revoke_all(
     });
     futures_util::future::join_all(revokes).await;
 }
+
+#[cfg(test)]
+mod tests;
