@@ -52,7 +52,8 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
 
 /// [`start`] against the given Vault: any [`vault::Backend`] (the scripted
 /// fake, in the unit tests). Every task, the files, the socket and the
-/// sealed state are those of [`start`]; only what answers for Vault differs.
+/// sealed state are those of [`start`]; only what answers for Vault differs
+/// (and the per-request Vault metrics, which [`start`]'s client records).
 pub fn start_with(config: &Config, vault: Arc<dyn vault::Backend>) -> Result<Running, RunError> {
     start_on(config, vault, metrics::Metrics::new())
 }

@@ -195,9 +195,9 @@ async fn stop_without_revoke_on_shutdown_revokes_nothing() {
 
 /// A restart from the sealed state goes on with the token and the lease
 /// the first run held: no login, no new credential, the same value served.
-/// The second run is watched until it uses the old token on the lease (its
-/// verification, `verify_every` after the start): a login it had made would
-/// have come before.
+/// The second run is watched until it first looks up or renews the lease
+/// (`verify_every` after the start): a login it made would have come
+/// before, and that call would carry the new token.
 #[tokio::test(start_paused = true)]
 async fn a_restart_from_the_sealed_state_makes_no_login_and_issues_no_credential() {
     use std::os::unix::fs::OpenOptionsExt;
@@ -213,7 +213,7 @@ async fn a_restart_from_the_sealed_state_makes_no_login_and_issues_no_credential
         key.display(),
         env_file(&dir.path().join("app.env"), "PGUSER={{ db.username }}\nKEY={{ api.key }}")
     );
-    let config = config(dir.path(), "", &tables);
+    let config = config(dir.path(), "revoke_on_shutdown = false", &tables);
     let fake = Arc::new(Fake::new());
 
     let mut first = start_with(&config, fake.clone()).expect("first start");
@@ -231,16 +231,19 @@ async fn a_restart_from_the_sealed_state_makes_no_login_and_issues_no_credential
     let mut second = start_with(&config, fake.clone()).expect("second start");
     timeout(s(60), second.ready()).await.expect("second ready");
     let deadline = Instant::now() + s(600);
-    let uses_old_token = |c: &crate::vault::fake::Called| {
-        matches!(c.op, Op::LookupLease | Op::RenewLease) && c.at >= restarted && c.token == Some(1)
-    };
-    while !fake.calls().iter().any(uses_old_token) {
-        assert!(Instant::now() < deadline, "the second run never used the lease with the old token");
+    let on_the_lease =
+        |c: &crate::vault::fake::Called| matches!(c.op, Op::LookupLease | Op::RenewLease) && c.at >= restarted;
+    let first_use = loop {
+        if let Some(c) = fake.calls().into_iter().find(on_the_lease) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the second run never looked up or renewed its lease");
         sleep(Duration::from_millis(250)).await;
-    }
+    };
 
     assert_eq!(fake.count(Op::Login), 1, "the second run logged in");
     assert_eq!(fake.count(Op::DbCreds), 1, "the second run issued a credential");
+    assert_eq!(first_use.token, Some(1), "the second run used another token than the first");
     let after = served(second.store(), "db");
     assert!(after.as_ref() == Some(&before), "the second run serves another credential than the first");
     second.stop().await;
