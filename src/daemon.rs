@@ -1,7 +1,9 @@
 //! The running daemon: [`start`] wires the tasks together (auth, one per
 //! secret, files, socket, metrics, the state writer); [`Running::stop`]
 //! stops them and revokes what is held, if configured. `supervise` drives
-//! this for `vaultlet run` and `vaultlet exec`.
+//! this for `vaultlet run` and `vaultlet exec`. [`start_with`] does the same
+//! against any [`vault::Backend`]: the tests run the whole lifecycle on the
+//! scripted fake and tokio's paused clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +50,17 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     start_on(config, vault, metrics)
 }
 
-/// [`start`] against the given Vault (the scripted fake, in unit tests).
-pub(crate) fn start_on(
+/// [`start`] against the given Vault: any [`vault::Backend`] (the scripted
+/// fake, in the unit tests). Every task, the files, the socket and the
+/// sealed state are those of [`start`]; only what answers for Vault differs
+/// (and the per-request Vault metrics, which [`start`]'s client records).
+pub fn start_with(config: &Config, vault: Arc<dyn vault::Backend>) -> Result<Running, RunError> {
+    start_on(config, vault, metrics::Metrics::new())
+}
+
+/// [`start_with`], counting into `metrics` (which [`start`]'s Vault client
+/// counts into too).
+fn start_on(
     config: &Config,
     vault: Arc<dyn vault::Backend>,
     metrics: Arc<metrics::Metrics>,
@@ -294,3 +305,6 @@ async fn revoke_all(
     });
     futures_util::future::join_all(revokes).await;
 }
+
+#[cfg(test)]
+mod tests;

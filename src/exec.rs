@@ -471,8 +471,7 @@ mod tests {
         let spec = config.exec.clone().expect("[exec]");
         let fake = std::sync::Arc::new(Fake::new());
         fake.fail(Op::DbCreds, Fail::Transient, 5);
-        let mut running =
-            crate::daemon::start_on(&config, fake.clone(), crate::metrics::Metrics::new()).expect("start");
+        let mut running = crate::daemon::start_with(&config, fake.clone()).expect("start");
         let store = running.store().clone();
         let notify = dir.path().join("notify");
         let ready = tokio::net::UnixDatagram::bind(&notify).unwrap();

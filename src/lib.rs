@@ -27,7 +27,8 @@
 //!   exec`: start, readiness, sd_notify (watchdog included), shutdown and
 //!   revocation; [`exec`] adds only the app.
 //!
-//! [`daemon`] wires these together ([`start`]); [`run`] supervises them until `shutdown`
+//! [`daemon`] wires these together ([`start`], or [`start_with`] on any
+//! [`vault::Backend`]); [`run`] supervises them until `shutdown`
 //! is cancelled and everything has stopped (leases revoked first, if
 //! configured).
 
@@ -57,5 +58,5 @@ pub mod vault;
 pub mod write;
 
 pub use config::Config;
-pub use daemon::{REVOKE_DEADLINE, RunError, Running, start};
+pub use daemon::{REVOKE_DEADLINE, RunError, Running, start, start_with};
 pub use supervise::run;

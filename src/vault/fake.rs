@@ -12,14 +12,15 @@
 //!   call), for a span of time ([`Fake::outage`]: connection refused on
 //!   everything), or for good ([`Fake::deny`]: a policy without the
 //!   capability, 403 with a live token); an operator can revoke a token or a
-//!   lease behind the tasks' back ([`Fake::revoke_token`]).
+//!   lease behind the tasks' back ([`Fake::revoke_token`]);
+//! * a revocation can hang, never answering ([`Fake::hang`]).
 //!
 //! Every call is recorded with `tokio::time::Instant::now()` (the paused
 //! clock in the tests), the token number and the lease it named, so tests
 //! assert what was called when. Tokens are `fake-token-N`, leases
 //! `database/creds/app/N`: nothing here is secret.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -175,6 +176,8 @@ struct Inner {
     script: BTreeMap<String, VecDeque<Fail>>,
     outages: Vec<(Instant, Instant)>,
     denied: HashSet<Op>,
+    /// Calls of each op still to hang.
+    hangs: HashMap<Op, usize>,
     calls: Vec<Called>,
 }
 
@@ -211,6 +214,7 @@ impl Fake {
             script: BTreeMap::new(),
             outages: Vec::new(),
             denied: HashSet::new(),
+            hangs: HashMap::new(),
             calls: Vec::new(),
         }))
     }
@@ -261,6 +265,13 @@ impl Fake {
     /// The policy lacks the capability for `op`: 403 with a live token.
     pub fn deny(&self, op: Op) -> &Self {
         self.lock().denied.insert(op);
+        self
+    }
+
+    /// The next `n` calls of `op` never answer, and change nothing. Only
+    /// the revocations (`RevokeLease`, `RevokeSelf`, `PkiRevoke`) hang.
+    pub fn hang(&self, op: Op, n: usize) -> &Self {
+        *self.lock().hangs.entry(op).or_default() += n;
         self
     }
 
@@ -337,6 +348,20 @@ impl Fake {
         Ok(())
     }
 
+    /// Whether this call is one [`Fake::hang`] scripted; if so, it is
+    /// recorded (as [`Fake::enter`] records) and taken off the script.
+    fn hung(&self, op: Op, token: &SecretString, lease: Option<&LeaseId>) -> bool {
+        let mut g = self.lock();
+        match g.hangs.get_mut(&op) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => return false,
+        }
+        let call =
+            Called { op, at: Instant::now(), token: token_number(token), lease: lease.map(|l| l.as_str().to_owned()) };
+        g.calls.push(call);
+        true
+    }
+
     /// The lease a call names, if it is still alive.
     fn live_lease(&self, op: Op, lease: &LeaseId) -> Result<usize, VaultError> {
         let now = Instant::now();
@@ -357,6 +382,11 @@ impl Inner {
 
 fn ready<'a, T: Send + 'a>(r: Result<T, VaultError>) -> Call<'a, T> {
     Box::pin(std::future::ready(r))
+}
+
+/// A call that never answers.
+fn never<'a, T: Send + 'a>() -> Call<'a, T> {
+    Box::pin(std::future::pending())
 }
 
 // === impl Backend for Fake ===
@@ -395,6 +425,9 @@ impl Backend for Fake {
     }
 
     fn revoke_self<'a>(&'a self, token: &'a SecretString) -> Call<'a, ()> {
+        if self.hung(Op::RevokeSelf, token, None) {
+            return never();
+        }
         ready(self.enter(Op::RevokeSelf, Some(token), None).map(|()| {
             if let Some(n) = token_number(token) {
                 self.revoke_token(n);
@@ -467,6 +500,9 @@ impl Backend for Fake {
     }
 
     fn revoke_lease<'a>(&'a self, token: &'a SecretString, lease: &'a LeaseId) -> Call<'a, ()> {
+        if self.hung(Op::RevokeLease, token, Some(lease)) {
+            return never();
+        }
         ready(self.enter(Op::RevokeLease, Some(token), Some(lease)).map(|()| {
             if let Some(n) = lease_number(lease.as_str())
                 && let Some(l) = self.lock().leases.get_mut(n - 1)
@@ -511,6 +547,9 @@ impl Backend for Fake {
     }
 
     fn pki_revoke<'a>(&'a self, token: &'a SecretString, _mount: &'a str, _serial: &'a str) -> Call<'a, ()> {
+        if self.hung(Op::PkiRevoke, token, None) {
+            return never();
+        }
         ready(self.enter(Op::PkiRevoke, Some(token), None))
     }
 }
