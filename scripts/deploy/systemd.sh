@@ -64,7 +64,11 @@ for _ in $(seq 1 400); do
     docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null && break
     sleep 0.3
 done
-docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null || die "PostgreSQL did not come up"
+if ! docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null; then
+    docker ps -a --filter "name=$sd_pg" --format '{{.Names}} {{.Status}}' >&2 || true
+    docker logs "$sd_pg" 2>&1 | tail -n 30 >&2 || true
+    die "PostgreSQL did not come up"
+fi
 mkdir -p "$work/sd-approle"
 # TTL 6 s, max 18 s: renewals and replacements within seconds.
 docker run --rm --network "$sd_net" --entrypoint /bin/sh \
