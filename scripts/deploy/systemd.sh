@@ -60,11 +60,13 @@ docker run -d --name "$sd_pg" --network "$sd_net" --network-alias db.internal \
     "$postgres_tag" >/dev/null
 docker run -d --name "$sd_bao" --network "$sd_net" --network-alias vault.internal --cap-add IPC_LOCK \
     "$openbao_tag" server -dev -dev-root-token-id=root -dev-listen-address=0.0.0.0:8200 >/dev/null
+# Over TCP: while it initialises, the entrypoint runs a server on the Unix
+# socket only, which a socket check would take for the real one.
 for _ in $(seq 1 400); do
-    docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null && break
+    docker exec "$sd_pg" pg_isready -q -h 127.0.0.1 -U vaultadmin -d app 2>/dev/null && break
     sleep 0.3
 done
-if ! docker exec "$sd_pg" pg_isready -q -U vaultadmin -d app 2>/dev/null; then
+if ! docker exec "$sd_pg" pg_isready -q -h 127.0.0.1 -U vaultadmin -d app 2>/dev/null; then
     docker ps -a --filter "name=$sd_pg" --format '{{.Names}} {{.Status}}' >&2 || true
     docker logs "$sd_pg" 2>&1 | tail -n 30 >&2 || true
     die "PostgreSQL did not come up"
