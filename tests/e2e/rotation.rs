@@ -104,14 +104,17 @@ pub async fn prober_sees_no_failed_login_across_ten_rotations(bed: Arc<Bed>) -> 
     // Revoked, not merely left to expire: the server confirmed a revocation
     // for every replaced lease but possibly the first (its cap was learned
     // late, so it may have run out during its drain).
+    // The last replaced leases are revoked only once their drain (4 s) has
+    // passed: wait for the count instead of reading it once.
+    let series = "vaultlet_vault_requests_total{operation=\"lease_revoke\",result=\"ok\"}";
+    let revoked = eventually(Duration::from_secs(60), "a revocation for every replaced credential", || async {
+        let revoked = d.counter(series).await? as u64;
+        Ok((revoked + 1 >= old_still_good).then_some(revoked))
+    })
+    .await
+    .with_context(|| format!("{old_still_good} replaced credentials"))?;
+    println!("  prober: {revoked} revocations for {old_still_good} replaced credentials");
     let metrics = d.metrics_text().await?;
-    let revoked: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("vaultlet_vault_requests_total{operation=\"lease_revoke\",result=\"ok\"} "))
-        .context(format!("no successful lease revocation in the metrics:\n{metrics}"))?
-        .trim()
-        .parse()?;
-    ensure!(revoked + 1 >= old_still_good, "{revoked} revocations for {old_still_good} replaced credentials");
     let renewed: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("vaultlet_lease_renewals_total{secret=\"db\",result=\"ok\"} "))
