@@ -12,7 +12,8 @@
 //!
 //! 1. `limits`, `secret`, `write`, `harden`, `telemetry`
 //! 2. `config` (`cx`, `types`, `state`, `raw`, `templates`, `check`), `client`
-//! 3. `metrics` counters, `vault`
+//! 3. `metrics` counters, `vault` (`ops`, `transport`, `error`, `guard`, `tls`,
+//!    `endpoints`, `backend`, `client`, then `mod.rs`)
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
 //! 5. `auth`
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
