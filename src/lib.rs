@@ -46,6 +46,7 @@ pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod rejected;
 pub mod render;
 pub mod secret;

@@ -20,7 +20,8 @@
 //! 7. `lease` (`pki` included)
 //! 8. `state`
 //! 9. `render`, `api`
-//! 10. `daemon`, then `supervise`, then `exec`; `lib` only declares
+//! 10. `daemon`, then `supervise`, then `exec`; `policy` (above `config`
+//!     and `vault`, for the `policy` command); `lib` only declares
 //!
 //! A path through a re-export counts as a path to the re-exporting file:
 //! `exec` naming `crate::render::keyed_hasher` (defined in `render/file.rs`,

@@ -29,6 +29,13 @@ pub(super) struct DbRoleRequest {
     pub(super) role: String,
 }
 
+/// What the request's token may do on each path (`vaultlet policy --check`).
+#[derive(Endpoint)]
+#[endpoint(path = "sys/capabilities-self", method = "POST", response = "serde_json::Value")]
+pub(super) struct CapabilitiesSelfRequest {
+    pub(super) paths: Vec<String>,
+}
+
 #[derive(Deserialize)]
 pub(super) struct DbRoleData {
     #[serde(default)]

@@ -106,14 +106,15 @@ pub use backend::{Auth, Backend, Call, DbCreds, PkiCert, Renewed};
 pub use client::Vault;
 pub use error::VaultError;
 pub use guard::{ISSUE_BURST, ISSUE_RATE, MIN_TTL};
+pub use ops::{Grant, grants};
 pub use tls::SYSTEM_CA_FILES;
 pub use transport::{MAX_REDIRECTS, RedirectRefused, redirect_target};
 
 use client::{auth_from, parse, raw};
 use endpoints::{
-    DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data, LookupLeaseRequest, PkiIssueData,
-    PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest, RenewLeaseRequest, RevokeLeaseBodyRequest,
-    RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
+    CapabilitiesSelfRequest, DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data,
+    LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest, RenewLeaseRequest,
+    RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
 };
 use error::malformed;
 use error::truncate;
@@ -328,6 +329,25 @@ impl Vault {
             .await?;
         let env: Envelope<DbRoleData> = parse(&op, &body)?;
         Ok(env.data.map(|d| d.max_ttl).filter(|t| *t > 0).map(|t| server_ttl(op.kind, t)))
+    }
+
+    /// `POST sys/capabilities-self`: the capabilities `token` has on each of
+    /// `paths` (for `vaultlet policy --check`; the tasks never need it).
+    pub async fn capabilities_self(
+        &self,
+        token: &SecretString,
+        paths: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>, VaultError> {
+        let op = Op::capabilities_self();
+        let body = self
+            .call(&op, Some(token), |c| async move { raw(&c, CapabilitiesSelfRequest { paths: paths.to_vec() }).await })
+            .await?;
+        let env: Envelope<BTreeMap<String, serde_json::Value>> = parse(&op, &body)?;
+        let Some(data) = env.data else { return Err(malformed(&op, "no data")) };
+        let caps = |v: &serde_json::Value| {
+            v.as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect::<Vec<_>>())
+        };
+        Ok(paths.iter().map(|p| (p.clone(), data.get(p).and_then(caps).unwrap_or_default())).collect())
     }
 
     /// `PUT sys/leases/renew/<lease_id>`.

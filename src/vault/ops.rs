@@ -27,6 +27,7 @@ pub(super) enum Kind {
     LeaseLookup,
     LeaseRevoke,
     KvRead,
+    CapabilitiesSelf,
 }
 
 /// A login needs no policy: a 403 there means bad credentials.
@@ -53,7 +54,7 @@ pub(super) struct Spec {
 impl Kind {
     /// Every kind, for the table's own tests.
     #[cfg(test)]
-    pub(super) const ALL: [Kind; 14] = [
+    pub(super) const ALL: [Kind; 15] = [
         Kind::Login,
         Kind::WrapLookup,
         Kind::Unwrap,
@@ -68,6 +69,7 @@ impl Kind {
         Kind::LeaseLookup,
         Kind::LeaseRevoke,
         Kind::KvRead,
+        Kind::CapabilitiesSelf,
     ];
 
     pub(super) const fn spec(self) -> Spec {
@@ -97,6 +99,7 @@ impl Kind {
             Kind::LeaseLookup => s("lease_lookup", "PUT", "lease lookup of", "update", true, false),
             Kind::LeaseRevoke => s("lease_revoke", "PUT", "lease revocation of", "update", true, false),
             Kind::KvRead => s("kv_read", "GET", "kv secret", "read", true, false),
+            Kind::CapabilitiesSelf => s("capabilities_self", "POST", "capability check", "update", true, false),
         }
     }
 }
@@ -186,6 +189,11 @@ impl Op {
         Op::new(Kind::KvRead, api_path, Some(&format!("{mount}/{path}")))
     }
 
+    /// `vaultlet policy --check` only.
+    pub(super) fn capabilities_self() -> Op {
+        Op::new(Kind::CapabilitiesSelf, "sys/capabilities-self".into(), None)
+    }
+
     /// The metric label.
     pub(super) fn name(&self) -> &'static str {
         self.kind.spec().name
@@ -198,4 +206,123 @@ impl Op {
     pub(super) fn idempotent(&self) -> bool {
         self.kind.spec().idempotent
     }
+}
+
+/// One thing a token's policy must allow for vaultlet to do its work: the
+/// path and capability of one [`Kind`] of request, for one secret or for the
+/// token itself. [`grants`] lists them for a configuration; `vaultlet
+/// policy` prints them as HCL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The request as sent, for the comment (`PUT sys/leases/renew/<lease_id>`).
+    pub request: String,
+    /// The policy path (a glob ending in `*` for lease paths).
+    pub path: String,
+    /// The capability needed on it.
+    pub capability: &'static str,
+    /// For a call whose lease id travels in the body (the lookup): the
+    /// `lease_id` values to allow (`allowed_parameters`).
+    pub lease_ids: Option<String>,
+    /// Why and when vaultlet sends it.
+    pub purpose: &'static str,
+    /// The secret that needs it; `None` for the token's own calls.
+    pub secret: Option<String>,
+}
+
+impl Grant {
+    fn new(kind: Kind, path: String, shown: String, secret: Option<&str>, purpose: &'static str) -> Grant {
+        let spec = kind.spec();
+        Grant {
+            request: format!("{} {shown}", spec.method),
+            path,
+            capability: spec.capability,
+            lease_ids: None,
+            purpose,
+            secret: secret.map(str::to_owned),
+        }
+    }
+
+    fn of(op: Op, secret: Option<&str>, purpose: &'static str) -> Grant {
+        Grant::new(op.kind, op.path.clone(), op.path, secret, purpose)
+    }
+}
+
+/// Every grant `config` needs, and no other: the token's own calls, then
+/// each secret's, in the order of the configuration. Calls made with
+/// another token (a login, the unwrap of a wrapped secret_id) need none.
+///
+/// This is the one place that says which operations a secret kind performs;
+/// a new kind adds its rows here, so `vaultlet policy` and the test that
+/// runs vaultlet under exactly this policy follow.
+pub fn grants(config: &crate::config::Config) -> Vec<Grant> {
+    use crate::config::{RevokeOld, SecretSource};
+
+    let mut out = vec![
+        Grant::of(Op::renew_self(), None, "keeps the token alive"),
+        Grant::of(Op::lookup_self(), None, "checks whether the token is still alive after a 403"),
+        Grant::of(
+            Op::revoke_self(),
+            None,
+            "gives up a token replaced by a new login once its leases are gone, and the token at shutdown",
+        ),
+    ];
+    // A replaced lease or certificate is revoked after its drain, the live
+    // ones at shutdown, and leases in a state file that cannot be resumed at
+    // start.
+    let revokes = |s: &crate::config::SecretSpec, state: bool| {
+        s.revoke_old == RevokeOld::Drain || config.revoke_on_shutdown || state
+    };
+    for s in &config.secrets {
+        let name = Some(s.name.as_str());
+        match &s.source {
+            SecretSource::Database { mount, role } => {
+                let creds = format!("{mount}/creds/{role}");
+                out.push(Grant::of(Op::db_creds(mount, role), name, "issues the credentials"));
+                out.push(Grant::of(
+                    Op::db_role(mount, role),
+                    name,
+                    "reads the role's max_ttl once at start, so the first credential is replaced before it",
+                ));
+                out.push(Grant::new(
+                    Kind::LeaseRenew,
+                    format!("sys/leases/renew/{creds}/*"),
+                    "sys/leases/renew/<lease_id>".into(),
+                    name,
+                    "renews the credentials' leases",
+                ));
+                let mut lookup = Grant::new(
+                    Kind::LeaseLookup,
+                    "sys/leases/lookup".into(),
+                    "sys/leases/lookup {\"lease_id\": …}".into(),
+                    name,
+                    "checks that the held lease still exists (every verify_every, when the app reports a refused login, after a restart)",
+                );
+                lookup.lease_ids = Some(format!("{creds}/*"));
+                out.push(lookup);
+                if revokes(s, config.state.is_some()) {
+                    out.push(Grant::new(
+                        Kind::LeaseRevoke,
+                        format!("sys/leases/revoke/{creds}/*"),
+                        "sys/leases/revoke/<lease_id>".into(),
+                        name,
+                        "revokes replaced leases after their drain, live ones at shutdown (revoke_on_shutdown) and those of a state file it cannot resume",
+                    ));
+                }
+            }
+            SecretSource::Pki(req) => {
+                out.push(Grant::of(Op::pki_issue(&req.mount, &req.role), name, "issues the certificate and its key"));
+                if revokes(s, false) {
+                    out.push(Grant::of(
+                        Op::pki_revoke(&req.mount),
+                        name,
+                        "revokes replaced certificates after their drain (revoke_old) and live ones at shutdown (revoke_on_shutdown)",
+                    ));
+                }
+            }
+            SecretSource::Kv { mount, path, version } => {
+                out.push(Grant::of(Op::kv_read(mount, path, *version), name, "reads the secret every refresh"));
+            }
+        }
+    }
+    out
 }

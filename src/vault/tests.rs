@@ -235,6 +235,7 @@ fn operation_names_are_the_published_metric_labels() {
             "lease_lookup",
             "lease_revoke",
             "kv_read",
+            "capabilities_self",
         ]
     );
 }
