@@ -216,11 +216,10 @@ where
 {
     let Some(config) = load(path) else { return ExitCode::from(EX_CONFIG) };
     init_logging(cli.log_format, &cli.log);
-    vaultlet::harden::warn_loose_files(&[
-        ("the config file", path),
-        ("auth.approle.role_id_file", &config.auth.role_id_file),
-        ("auth.approle.secret_id_file", &config.auth.secret_id_file),
-    ]);
+    let method = vaultlet::auth::method_for(&config.auth);
+    let mut files = vec![("the config file", path)];
+    files.extend(method.credential_files());
+    vaultlet::harden::warn_loose_files(&files);
     // Before any secret is in memory.
     if let Err(e) = vaultlet::harden::harden(config.require_memory_lock) {
         eprintln!("vaultlet: {e}");

@@ -130,29 +130,41 @@ impl LoadError {
 }
 
 /// Who the state belongs to: a file written for other servers, another
-/// auth mount or another role is not ours to resume (its token and leases
-/// would be someone else's).
+/// auth method or mount, or another role is not ours to resume (its token
+/// and leases would be someone else's).
 #[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Debug)]
 pub struct Identity {
     addresses: Vec<String>,
     namespace: Option<String>,
+    /// The auth method (`approle`). Files written before there was a choice
+    /// lack it, and were AppRole's.
+    #[serde(default = "Identity::approle")]
+    method: String,
     auth_mount: String,
-    /// SHA-256 of the role_id (inside the sealed file; never logged).
-    role_id_sha256: String,
+    /// SHA-256 of whom the method logs in as (AppRole: the role_id), inside
+    /// the sealed file, never logged. Stored under AppRole's name, so files
+    /// written before still match.
+    #[serde(rename = "role_id_sha256")]
+    login_sha256: String,
 }
 
 impl Identity {
-    /// The identity of `config`, reading its role_id file.
+    /// The identity of `config`, reading what its auth method identifies
+    /// with (AppRole: the role_id file).
     pub fn of(config: &crate::config::Config) -> std::io::Result<Identity> {
-        let raw = crate::write::read_input_file(&config.auth.role_id_file, crate::write::MAX_CREDENTIAL_FILE)
-            .map_err(std::io::Error::other)?;
-        let role_id = raw.trim_ascii();
+        let method = crate::auth::method_for(&config.auth);
+        let who = method.identity().map_err(std::io::Error::other)?;
         Ok(Identity {
             addresses: config.vault.addresses.iter().map(|u| u.to_string()).collect(),
             namespace: config.vault.namespace.clone(),
-            auth_mount: config.auth.mount.clone(),
-            role_id_sha256: hex(&sha2::Sha256::digest(role_id)),
+            method: method.name().to_owned(),
+            auth_mount: method.mount().to_owned(),
+            login_sha256: hex(&who),
         })
+    }
+
+    fn approle() -> String {
+        "approle".into()
     }
 }
 
@@ -805,8 +817,9 @@ mod tests {
         Identity {
             addresses: vec!["http://127.0.0.1:8200/".into()],
             namespace: None,
+            method: "approle".into(),
             auth_mount: "approle".into(),
-            role_id_sha256: hex(&sha2::Sha256::digest(b"role")),
+            login_sha256: hex(&sha2::Sha256::digest(b"role")),
         }
     }
 
@@ -895,7 +908,7 @@ mod tests {
         l[9..HEADER].copy_from_slice(&shorter.to_be_bytes());
         assert_eq!(reason(&l, &key(7)), Some("wrong_key_or_tampered"));
         let mut other = identity();
-        other.role_id_sha256 = hex(&sha2::Sha256::digest(b"another role"));
+        other.login_sha256 = hex(&sha2::Sha256::digest(b"another role"));
         assert_eq!(decode(&file, &key(7), &other).err().map(|e| e.reason()), Some("other_config"));
         assert_eq!(reason(b"not a state file at all", &key(7)), Some("wrong_key_or_tampered"));
     }

@@ -15,7 +15,7 @@
 //! 3. `metrics` counters, `vault` (`ops`, `transport`, `error`, `guard`, `tls`,
 //!    `endpoints`, `backend`, `client`, then `mod.rs`)
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
-//! 5. `auth`
+//! 5. `auth` (`method`, `approle`, then `mod.rs`)
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
 //! 7. `lease` (`pki` included)
 //! 8. `state`

@@ -9,9 +9,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use super::error::VaultError;
+use super::ops::LoginWords;
 use crate::config::PkiRequest;
 use crate::secret::{LeaseId, SecretData};
 
@@ -63,26 +65,64 @@ pub struct Renewed {
     pub capped: bool,
 }
 
+/// The body of `POST auth/<mount>/login` as an auth method builds it: named
+/// fields of secret text, turned into one JSON object only when sent, in a
+/// buffer wiped after use. No `Debug`: it holds credentials.
+///
+/// Its fields are private so a method may add what it needs without
+/// changing the others: a method that logs in with the TLS client
+/// certificate (`cert`) will hand the certificate over here, for the client
+/// to present on this one request.
+pub struct LoginRequest {
+    words: LoginWords,
+    fields: Vec<(&'static str, SecretString)>,
+}
+
+impl LoginRequest {
+    /// An empty body for the method that `words` describe.
+    pub fn new(words: LoginWords) -> LoginRequest {
+        LoginRequest { words, fields: Vec::new() }
+    }
+
+    /// Adds the field `name` (`role_id`, `secret_id`, `jwt`…).
+    pub fn field(mut self, name: &'static str, value: SecretString) -> LoginRequest {
+        self.fields.push((name, value));
+        self
+    }
+
+    /// How errors about this login speak of its method.
+    pub fn words(&self) -> LoginWords {
+        self.words
+    }
+
+    /// The JSON object, written once into a buffer of its exact size.
+    pub(crate) fn body(&self) -> Zeroizing<Vec<u8>> {
+        struct Fields<'a>(&'a [(&'static str, SecretString)]);
+        impl serde::Serialize for Fields<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(k, v)| (k, v.expose_secret())))
+            }
+        }
+        crate::secret::written_once(|w| serde_json::to_writer(w, &Fields(&self.fields)))
+            .expect("serializing strings to memory cannot fail")
+    }
+}
+
 /// A request to Vault in flight, boxed so [`Backend`] can be used as
 /// `dyn Backend`.
 pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, VaultError>> + Send + 'a>>;
 
 /// What the auth and secret tasks ask of Vault, and nothing else.
 ///
-/// The tasks hold an `Arc<dyn Backend>`: [`Vault`] in the daemon, a scripted
+/// The tasks hold an `Arc<dyn Backend>`: [`Vault`](super::Vault) in the daemon, a scripted
 /// fake in the unit tests, so the rules about re-login, capped renewals,
 /// outages and drains can be driven on tokio's paused clock. Every answer is
 /// one of our own types and every failure a [`VaultError`], whose class
 /// ([`VaultError::is_transient`], [`VaultError::is_forbidden`],
 /// [`VaultError::is_lease_gone`]) decides what the caller does next.
 pub trait Backend: Send + Sync {
-    /// `POST auth/<mount>/login` with a role_id and secret_id.
-    fn login_approle<'a>(
-        &'a self,
-        mount: &'a str,
-        role_id: &'a SecretString,
-        secret_id: &'a SecretString,
-    ) -> Call<'a, Auth>;
+    /// `POST auth/<mount>/login` with the body an auth method built.
+    fn login<'a>(&'a self, mount: &'a str, request: &'a LoginRequest) -> Call<'a, Auth>;
     /// Unwraps a response-wrapped secret_id (after checking where it came from).
     fn unwrap_secret_id<'a>(&'a self, wrapping_token: &'a SecretString) -> Call<'a, SecretString>;
     /// `POST auth/token/renew-self`.

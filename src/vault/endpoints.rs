@@ -11,6 +11,23 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::error::VaultError;
 
+/// `POST auth/<mount>/login` with the JSON body an auth method built
+/// ([`super::backend::LoginRequest`]), sent as it is.
+#[derive(Endpoint)]
+#[endpoint(path = "auth/{self.mount}/login", method = "POST", response = "serde_json::Value")]
+pub(super) struct LoginEndpoint {
+    #[endpoint(skip)]
+    pub(super) mount: String,
+    #[endpoint(raw)]
+    pub(super) body: Vec<u8>,
+}
+
+impl Drop for LoginEndpoint {
+    fn drop(&mut self) {
+        self.body.zeroize();
+    }
+}
+
 #[derive(Endpoint)]
 #[endpoint(path = "{self.mount}/creds/{self.role}", response = "serde_json::Value")]
 pub(super) struct DbCredsRequest {
@@ -70,7 +87,7 @@ pub(super) struct LookupLeaseRequest {
 }
 
 /// The unscoped forms, lease id in the body: only for policies written
-/// before vaultlet used the path forms (see [`Vault::renew_lease`]).
+/// before vaultlet used the path forms (see [`Vault::renew_lease`](super::Vault::renew_lease)).
 #[derive(Endpoint)]
 #[endpoint(path = "sys/leases/renew", method = "PUT", response = "serde_json::Value")]
 pub(super) struct RenewLeaseBodyRequest {

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use vaultrs::error::ClientError;
 
-use super::ops::{CREDENTIALS, Op};
+use super::ops::Op;
 use super::transport::BodyTooLarge;
 
 /// A problem talking to Vault. Never carries a response body.
@@ -125,14 +125,13 @@ pub(super) fn classify(op: &Op, addr: &reqwest::Url, e: ClientError) -> VaultErr
         let mut message = errors.join("; ");
         message.retain(|c| !c.is_control());
         truncate(&mut message, 300);
-        let hint = match status {
-            403 if op.capability() != CREDENTIALS => {
+        let hint = match (status, op.login) {
+            // A refused login: the method says what to check.
+            (400 | 403, Some(words)) => format!(" — {}", words.fix),
+            (403, None) => {
                 format!(" — the token's policy needs `{}` on `{}` (or the token has expired)", op.capability(), op.path)
             }
-            400 | 403 if op.path.starts_with("auth/") && op.path.ends_with("/login") => {
-                " — check the role_id and secret_id files and that the secret_id has not expired or been used up".into()
-            }
-            503 => " — the server is sealed or unavailable".into(),
+            (503, _) => " — the server is sealed or unavailable".into(),
             _ => String::new(),
         };
         VaultError::Refused { op: op.what.clone(), status, message, hint }

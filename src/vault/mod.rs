@@ -1,7 +1,7 @@
 //! The wall around vaultrs: the only module that touches it (vaultrs types
 //! appear in no file outside `src/vault/`).
 //!
-//! vaultrs gives us typed requests for AppRole, response unwrapping, token
+//! vaultrs gives us typed requests for response unwrapping, token
 //! self-management and KV. It has hazards we keep on this side of the wall:
 //!
 //! * its settings builder reads `VAULT_ADDR`, `VAULT_TOKEN`,
@@ -23,7 +23,9 @@
 //!   audit line fail2ban acts on, say);
 //! * its database `creds` call drops the lease (id, duration, renewable) and
 //!   it has no `sys/leases/renew` or `revoke`, so those are our own rustify
-//!   endpoints below, parsed with the response envelope intact.
+//!   endpoints below, parsed with the response envelope intact; so is the
+//!   login, whose body is whatever the auth method built
+//!   ([`LoginRequest`], see [`crate::auth`]).
 //!
 //! Every operation is described once, in [`Kind`](ops::Kind)'s table: its metric
 //! label, the words its errors use, the capability a 403 hint names, whether
@@ -102,19 +104,19 @@ pub mod fake;
 mod tests;
 
 pub use crate::limits::{DEFAULT_MAX_RESPONSE, MAX_TTL};
-pub use backend::{Auth, Backend, Call, DbCreds, PkiCert, Renewed};
+pub use backend::{Auth, Backend, Call, DbCreds, LoginRequest, PkiCert, Renewed};
 pub use client::Vault;
 pub use error::VaultError;
 pub use guard::{ISSUE_BURST, ISSUE_RATE, MIN_TTL};
-pub use ops::{Grant, grants};
+pub use ops::{Grant, LoginWords, grants};
 pub use tls::SYSTEM_CA_FILES;
 pub use transport::{MAX_REDIRECTS, RedirectRefused, redirect_target};
 
 use client::{auth_from, parse, raw};
 use endpoints::{
     CapabilitiesSelfRequest, DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data,
-    LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest, RenewLeaseRequest,
-    RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
+    LoginEndpoint, LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest,
+    RenewLeaseRequest, RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
 };
 use error::malformed;
 use error::truncate;
@@ -124,22 +126,14 @@ use ops::Op;
 // === impl Vault: the operations ===
 
 impl Vault {
-    /// `POST auth/<mount>/login`.
-    pub async fn login_approle(
-        &self,
-        mount: &str,
-        role_id: &SecretString,
-        secret_id: &SecretString,
-    ) -> Result<Auth, VaultError> {
-        let op = Op::login(mount);
+    /// `POST auth/<mount>/login` with the body an auth method built.
+    pub async fn login(&self, mount: &str, request: &LoginRequest) -> Result<Auth, VaultError> {
+        let op = Op::login(mount, request.words());
+        let json = request.body();
+        let json = &json;
         let body = self
             .call(&op, None, |c| async move {
-                let req = vaultrs::api::auth::approle::requests::LoginWithApproleRequest {
-                    mount: mount.to_owned(),
-                    role_id: role_id.expose_secret().to_owned(),
-                    secret_id: secret_id.expose_secret().to_owned(),
-                };
-                raw(&c, req).await
+                raw(&c, LoginEndpoint { mount: mount.to_owned(), body: json.to_vec() }).await
             })
             .await?;
         auth_from(&op, &body)
@@ -480,13 +474,8 @@ impl Vault {
 // === impl Backend for Vault ===
 
 impl Backend for Vault {
-    fn login_approle<'a>(
-        &'a self,
-        mount: &'a str,
-        role_id: &'a SecretString,
-        secret_id: &'a SecretString,
-    ) -> Call<'a, Auth> {
-        Box::pin(Vault::login_approle(self, mount, role_id, secret_id))
+    fn login<'a>(&'a self, mount: &'a str, request: &'a LoginRequest) -> Call<'a, Auth> {
+        Box::pin(Vault::login(self, mount, request))
     }
     fn unwrap_secret_id<'a>(&'a self, wrapping_token: &'a SecretString) -> Call<'a, SecretString> {
         Box::pin(Vault::unwrap_secret_id(self, wrapping_token))

@@ -3,7 +3,8 @@
 //! A [`Kind`] row gives the metric label, the words errors use, the
 //! capability a 403 hint names, whether a lost answer allows sending it
 //! again and whether it issues something; an [`Op`] is one such request on
-//! one path, built by its constructor.
+//! one path, built by its constructor. A login's words come from its auth
+//! method ([`LoginWords`]), which the table's row only frames.
 
 use crate::secret::LeaseId;
 
@@ -30,8 +31,23 @@ pub(super) enum Kind {
     CapabilitiesSelf,
 }
 
-/// A login needs no policy: a 403 there means bad credentials.
-pub(super) const CREDENTIALS: &str = "none (check role_id and secret_id)";
+/// A login needs no policy: a 403 there means bad credentials, which the
+/// method names ([`LoginWords::credentials`]).
+const NO_POLICY: &str = "none";
+
+/// How errors about a login speak of its auth method: our words, given by
+/// each method in [`crate::auth`], never a server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginWords {
+    /// The method's name: errors about a login say "`method` login"
+    /// ("AppRole login").
+    pub method: &'static str,
+    /// What a refused login needs checked, where other operations name a
+    /// policy capability ("role_id and secret_id").
+    pub credentials: &'static str,
+    /// How to fix a refused login (a 400 or 403), for the error's hint.
+    pub fix: &'static str,
+}
 
 /// One row of the operation table.
 pub(super) struct Spec {
@@ -85,7 +101,7 @@ impl Kind {
         }
         // Label, method, error words, capability, idempotent, issues.
         match self {
-            Kind::Login => s("login", "POST", "AppRole login", CREDENTIALS, false, true),
+            Kind::Login => s("login", "POST", "login", NO_POLICY, false, true),
             Kind::WrapLookup => s("wrap_lookup", "POST", "wrapping token lookup", "update", true, false),
             Kind::Unwrap => s("unwrap", "POST", "secret_id unwrap", "update", false, false),
             Kind::RenewSelf => s("renew_self", "POST", "token renewal", "update", true, false),
@@ -112,6 +128,8 @@ pub(super) struct Op {
     pub(super) what: String,
     /// The policy path (a lease's path without its unique id).
     pub(super) path: String,
+    /// A login's method words; `None` for every other operation.
+    pub(super) login: Option<LoginWords>,
 }
 
 impl Op {
@@ -122,11 +140,13 @@ impl Op {
             Some(s) => format!("{} {s}", spec.what),
             None => spec.what.to_owned(),
         };
-        Op { kind, what, path }
+        Op { kind, what, path, login: None }
     }
 
-    pub(super) fn login(mount: &str) -> Op {
-        Op::new(Kind::Login, format!("auth/{mount}/login"), None)
+    /// The method's name comes before the row's words ("AppRole login").
+    pub(super) fn login(mount: &str, words: LoginWords) -> Op {
+        let what = format!("{} {}", words.method, Kind::Login.spec().what);
+        Op { kind: Kind::Login, what, path: format!("auth/{mount}/login"), login: Some(words) }
     }
 
     pub(super) fn wrap_lookup() -> Op {
@@ -175,7 +195,7 @@ impl Op {
         Op::new(Kind::LeaseRenew, format!("sys/leases/renew/{}", lease.path()), Some(lease.path()))
     }
 
-    /// The lookup has no path form (see [`LookupLeaseRequest`]).
+    /// The lookup has no path form (see [`LookupLeaseRequest`](super::endpoints::LookupLeaseRequest)).
     pub(super) fn lease_lookup(lease: &LeaseId) -> Op {
         Op::new(Kind::LeaseLookup, "sys/leases/lookup".into(), Some(lease.path()))
     }
@@ -199,8 +219,14 @@ impl Op {
         self.kind.spec().name
     }
 
-    pub(super) fn capability(&self) -> &'static str {
-        self.kind.spec().capability
+    /// What the token's policy needs; for a login, what to check instead
+    /// ("none (check role_id and secret_id)").
+    pub(super) fn capability(&self) -> String {
+        let cap = self.kind.spec().capability;
+        match self.login {
+            Some(w) => format!("{cap} (check {})", w.credentials),
+            None => cap.to_owned(),
+        }
     }
 
     pub(super) fn idempotent(&self) -> bool {

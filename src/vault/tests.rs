@@ -8,9 +8,10 @@ use zeroize::Zeroizing;
 
 use super::error::{classify, transport_reason};
 use super::guard::{IssueBucket, server_ttl, valid_lease_id};
-use super::ops::{Kind, Op};
+use super::ops::{Kind, LoginWords, Op};
 use super::transport::{push_capped, redirect_target};
-use super::{DEFAULT_MAX_RESPONSE, MAX_TTL, MIN_TTL, Vault};
+use super::{DEFAULT_MAX_RESPONSE, LoginRequest, MAX_TTL, MIN_TTL, Vault};
+use crate::auth::approle::WORDS as APPROLE;
 use crate::config::VaultConfig;
 use crate::secret::LeaseId;
 
@@ -263,7 +264,49 @@ fn error_words_name_what_was_acted_on() {
     assert_eq!(Op::kv_read("kv", "app", 1).path, "kv/app");
     assert_eq!(Op::kv_read("secret", "app", 2).what, "kv secret secret/app");
     assert_eq!(Op::pki_issue("pki", "web").what, "certificate pki/issue/web");
-    assert_eq!(Op::login("approle").what, "AppRole login");
+    assert_eq!(Op::login("approle", APPROLE).what, "AppRole login");
+    assert_eq!(Op::login("approle", APPROLE).path, "auth/approle/login");
+}
+
+/// The method's words reach the login's errors; AppRole's are the ones
+/// vaultlet always wrote.
+#[test]
+fn a_refused_login_names_the_method_and_what_to_check() {
+    let op = Op::login("approle", APPROLE);
+    assert_eq!(op.capability(), "none (check role_id and secret_id)");
+    for code in [400, 403] {
+        let e = classify(
+            &op,
+            &"http://127.0.0.1:1".parse().unwrap(),
+            ClientError::APIError { code, errors: vec!["invalid role or secret ID".into()] },
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "vault refused AppRole login ({code}): \"invalid role or secret ID\" — check the role_id and \
+                 secret_id files and that the secret_id has not expired or been used up"
+            )
+        );
+    }
+    // Another method speaks of its own credentials.
+    let jwt = LoginWords { method: "JWT", credentials: "the role and the token", fix: "check the token file" };
+    let e = classify(
+        &Op::login("jwt", jwt),
+        &"http://127.0.0.1:1".parse().unwrap(),
+        ClientError::APIError { code: 403, errors: vec![] },
+    );
+    assert_eq!(e.to_string(), "vault refused JWT login (403): no reason given — check the token file");
+}
+
+/// A login body holds exactly the method's fields, as one JSON object.
+#[test]
+fn a_login_body_is_the_methods_fields_in_json() {
+    let req = LoginRequest::new(APPROLE)
+        .field("role_id", "r-1".to_owned().into())
+        .field("secret_id", "s\"2".to_owned().into());
+    let body: serde_json::Value = serde_json::from_slice(&req.body()).unwrap();
+    assert_eq!(body, serde_json::json!({"role_id": "r-1", "secret_id": "s\"2"}));
+    assert_eq!(req.body().capacity(), req.body().len(), "written once, at its size");
 }
 
 #[test]
