@@ -114,9 +114,9 @@ pub use transport::{MAX_REDIRECTS, RedirectRefused, redirect_target};
 
 use client::{auth_from, parse, raw};
 use endpoints::{
-    CapabilitiesSelfRequest, DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data,
-    LoginEndpoint, LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest,
-    RenewLeaseRequest, RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
+    CapabilitiesSelfRequest, DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data, LoginEndpoint,
+    LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest, RenewLeaseRequest,
+    RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
 };
 use error::malformed;
 use error::truncate;

@@ -132,15 +132,23 @@ pub async fn systemd_notify_ready_and_stopping(bed: Arc<Bed>) -> Result<()> {
         &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"],
         &[("NOTIFY_SOCKET", sock.to_str().unwrap_or_default()), ("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "")],
     )?;
-    let mut seen = Vec::new();
+    // Pings may come before READY=1 too (systemd takes them at any time):
+    // wait for READY=1, then for three pings after it.
+    let mut seen: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.iter().filter(|m: &&String| m.starts_with("WATCHDOG=1")).count() < 3 {
-        let n = tokio::time::timeout_at(deadline, rx.recv(&mut buf))
-            .await
-            .with_context(|| format!("vaultlet exec stopped pinging the watchdog; got {seen:?}\n{}", d.log_text()))??;
+    let pings_after_ready = |seen: &[String]| match seen.iter().position(|m| m.starts_with("READY=1")) {
+        Some(i) => seen[i + 1..].iter().filter(|m| m.starts_with("WATCHDOG=1")).count(),
+        None => 0,
+    };
+    while pings_after_ready(&seen) < 3 {
+        let n = tokio::time::timeout_at(deadline, rx.recv(&mut buf)).await.with_context(|| {
+            format!(
+                "vaultlet exec did not say READY=1 and ping the watchdog 3 times after; got {seen:?}\n{}",
+                d.log_text()
+            )
+        })??;
         seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
-    ensure!(seen.iter().any(|m| m.starts_with("READY=1")), "exec tells systemd it is ready: {seen:?}");
     d.signal(rustix::process::Signal::TERM)?;
     let st = d.wait().await?;
     ensure!(st.code() == Some(0), "app's exit code: {st}");
