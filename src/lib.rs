@@ -42,6 +42,7 @@ pub mod config;
 pub mod daemon;
 pub mod exec;
 pub mod harden;
+pub mod import;
 pub mod lease;
 pub mod ledger;
 pub mod limits;

@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Bring an existing set-up over to vaultlet: `vaultlet import env FILE
+    /// --kv MOUNT/PATH` for an app's .env file.
+    Import {
+        #[command(subcommand)]
+        what: Import,
+    },
     /// Exit 0 if a running vaultlet holds every secret, 1 otherwise (with
     /// the reasons on stderr). Prints no value: fit for health checks.
     Ready {
@@ -105,6 +111,58 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum Import {
+    /// Move the values of an app's .env file into Vault and let vaultlet
+    /// write the file instead.
+    ///
+    /// The file is read the way the app's reader (--format) reads it; a
+    /// line whose meaning is not certain is refused, naming the line and
+    /// key, and nothing is written (exit 64). The values go to one KV v2
+    /// secret (written with the operator's token from VAULT_TOKEN or
+    /// BAO_TOKEN); --out gets vaultlet.toml, whose [[env_file]] writes the
+    /// same variables back to the same path for the same reader (mode
+    /// 0600), and vaultlet.hcl, its least-privilege policy. The AppRole
+    /// set-up is printed as commands, or done with --apply (role_id and
+    /// secret_id land in --out, mode 0600). Values are never printed.
+    Env {
+        /// The .env file the app reads today.
+        file: PathBuf,
+        /// Where the values go in Vault: a KV v2 mount and path.
+        #[arg(long, value_name = "MOUNT/PATH")]
+        kv: String,
+        /// The app's reader: sh, docker, systemd, dotenv-node or dotenv-python.
+        #[arg(long, default_value = "dotenv-node")]
+        format: String,
+        /// The secret's name in vaultlet's configuration.
+        #[arg(long, default_value = "app")]
+        name: String,
+        /// Directory for vaultlet.toml and vaultlet.hcl (created, mode 0700).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The Vault address; default VAULT_ADDR or BAO_ADDR.
+        #[arg(long, value_name = "URL")]
+        vault: Option<String>,
+        /// The AppRole role and policy to create.
+        #[arg(long, default_value = "vaultlet")]
+        role: String,
+        /// The AppRole auth mount.
+        #[arg(long, default_value = "approle")]
+        approle_mount: String,
+        /// Bind the secret_id and the token to this CIDR (repeatable).
+        #[arg(long = "cidr", value_name = "CIDR")]
+        cidrs: Vec<String>,
+        /// Also write the policy and the AppRole role, and fetch role_id and
+        /// secret_id into --out.
+        #[arg(long)]
+        apply: bool,
+        /// Show what would be done (keys, files, commands; never values) and
+        /// write nothing, in Vault or on disk.
+        #[arg(long, conflicts_with = "apply")]
+        dry_run: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -122,7 +180,7 @@ fn main() -> ExitCode {
             None => ExitCode::from(EX_CONFIG),
         },
         Command::Policy { config: path, check } => {
-            let Some(config) = load(path) else { return ExitCode::from(EX_CONFIG) };
+            let Some(config) = load_with(path, Config::load_unprovisioned) else { return ExitCode::from(EX_CONFIG) };
             if *check {
                 check_policy(&config)
             } else {
@@ -130,6 +188,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Import { what } => import(what),
         Command::Ready { socket, expect_uid } => match vaultlet::client::ready(socket, *expect_uid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -162,6 +221,116 @@ fn main() -> ExitCode {
                 }
             }
         }),
+    }
+}
+
+/// `vaultlet import`: plan everything, refuse before any write, then write.
+fn import(what: &Import) -> ExitCode {
+    let Import::Env { file, kv, format, name, out, vault, role, approle_mount, cidrs, apply, dry_run } = what;
+    let usage = |msg: String| {
+        eprintln!("vaultlet: {msg}");
+        ExitCode::from(EX_CONFIG)
+    };
+    let Some(format) = vaultlet::config::EnvFormat::ALL.iter().find(|(n, _)| n == format).map(|(_, f)| *f) else {
+        return usage(format!("--format: unknown reader {format:?} (sh, docker, systemd, dotenv-node, dotenv-python)"));
+    };
+    let Some((kv_mount, kv_path)) = vaultlet::import::EnvImport::split_kv(kv) else {
+        return usage(format!("--kv: {kv:?} is not MOUNT/PATH"));
+    };
+    let address = vault.clone().or_else(|| ["VAULT_ADDR", "BAO_ADDR"].iter().find_map(|k| std::env::var(k).ok()));
+    let Some(address) = address.filter(|a| !a.is_empty()) else {
+        return usage("no Vault address: give --vault or set VAULT_ADDR".into());
+    };
+    let file_abs = match std::path::absolute(file) {
+        Ok(p) => p,
+        Err(e) => return usage(format!("{}: {e}", file.display())),
+    };
+    let out = match std::path::absolute(out) {
+        Ok(p) => p,
+        Err(e) => return usage(format!("{}: {e}", out.display())),
+    };
+    let text = match vaultlet::import::read_env_file(file) {
+        Ok(t) => t,
+        Err(e) => return usage(format!("{}: {e}", file.display())),
+    };
+    let parsed = vaultlet::import::env::parse(&text, format);
+    drop(text);
+    if !parsed.refused.is_empty() {
+        for r in &parsed.refused {
+            eprintln!("vaultlet: {}:{r}", file.display());
+        }
+        return usage(format!(
+            "{} lines of {} cannot be imported; nothing was written",
+            parsed.refused.len(),
+            file.display()
+        ));
+    }
+    if parsed.vars.is_empty() {
+        return usage(format!("{}: no variables in it", file.display()));
+    }
+    let job = vaultlet::import::EnvImport {
+        file: file_abs,
+        format,
+        kv_mount,
+        kv_path,
+        name: name.clone(),
+        address,
+        out: out.clone(),
+        role: role.clone(),
+        approle_mount: approle_mount.clone(),
+        cidrs: cidrs.clone(),
+    };
+    let keys: Vec<String> = parsed.vars.iter().map(|(k, _)| k.clone()).collect();
+    let mut plan = job.plan(keys);
+    // The configuration must be one vaultlet runs, and its policy comes from it.
+    let config = match Config::from_toml_unprovisioned(&out.join("vaultlet.toml"), &plan.config, 0) {
+        Ok(loaded) => loaded.config,
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("vaultlet: {e}");
+            }
+            return usage("the configuration written for these arguments does not check".into());
+        }
+    };
+    plan.policy = vaultlet::policy::Policy::of(&config).hcl(&out.join("vaultlet.toml").display().to_string());
+    let targets = ["vaultlet.toml", "vaultlet.hcl"].map(|f| out.join(f));
+    if let Some(t) = targets.iter().find(|t| t.exists()) {
+        return usage(format!("{} exists; give another --out", t.display()));
+    }
+    println!("{} variables from {}: {}", plan.keys.len(), file.display(), plan.keys.join(", "));
+    println!("KV v2 secret: {}/{} ({} keys)", job.kv_mount, job.kv_path, plan.keys.len());
+    if *dry_run {
+        println!("\n--- {} ---\n{}", targets[0].display(), plan.config);
+        println!("--- {} ---\n{}", targets[1].display(), plan.policy);
+        println!("--- AppRole set-up ---\n{}", plan.commands);
+        println!("dry run: nothing was written");
+        return ExitCode::SUCCESS;
+    }
+    let token = ["VAULT_TOKEN", "BAO_TOKEN"].iter().find_map(|k| std::env::var(k).ok().filter(|t| !t.is_empty()));
+    let Some(token) = token.map(secrecy::SecretString::from) else {
+        return usage("import env writes to Vault with the token in VAULT_TOKEN or BAO_TOKEN; none is set".into());
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaultlet: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(vaultlet::import::apply_env(&config, &job, &plan, &parsed.vars, &token, *apply)) {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            if !*apply {
+                println!("\nNext, set up the AppRole (or run again with --apply):\n{}", plan.commands);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vaultlet: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -238,7 +407,16 @@ where
 /// warnings to stderr. Logging is not set up yet: a bad config must be
 /// reported the same way by every subcommand, before anything else runs.
 fn load(path: &std::path::Path) -> Option<Config> {
-    match Config::load(path) {
+    load_with(path, Config::load)
+}
+
+/// [`load`] with another loader (`policy` and `import` need no
+/// provisioned credential files).
+fn load_with(
+    path: &std::path::Path,
+    loader: fn(&std::path::Path) -> Result<vaultlet::config::Loaded, vaultlet::config::ConfigErrors>,
+) -> Option<Config> {
+    match loader(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("vaultlet: WARNING: {w}");

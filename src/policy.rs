@@ -262,16 +262,11 @@ pki = { mount = "pki", role = "internal", common_name = "a" }
     }
 
     /// `policies/vaultlet.hcl` is what `vaultlet policy -c
-    /// policies/testbed.toml` prints (its role_id file pointed at one that
-    /// exists here).
+    /// policies/testbed.toml` prints.
     #[test]
     fn shipped_policy_is_the_generated_one_for_the_test_bed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let role_id = dir.path().join("role_id");
-        std::fs::write(&role_id, "x").expect("role_id");
-        let src =
-            include_str!("../policies/testbed.toml").replace("/run/vaultlet/role_id", &role_id.display().to_string());
-        let config = match Config::from_toml(std::path::Path::new("policies/testbed.toml"), &src, 1000) {
+        let src = include_str!("../policies/testbed.toml");
+        let config = match Config::from_toml_unprovisioned(std::path::Path::new("policies/testbed.toml"), src, 1000) {
             Ok(loaded) => loaded.config,
             Err(e) => panic!("policies/testbed.toml does not load: {e}"),
         };

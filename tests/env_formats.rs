@@ -158,41 +158,45 @@ fn docker_env_file_round_trips_through_the_docker_cli_and_cannot_inject_a_variab
     assert!(out.contains("INJECTED=1"), "the probe shows the injection it guards against: {out}");
 }
 
+/// Whether systemd's env-file parser reads `k` as `v` from `file` (see
+/// the systemd test below for how).
+fn systemd_reads(file: &Path, k: &str, v: &str) -> bool {
+    // The condition is itself unquoted by systemd: `\` and `"` escaped
+    // inside "…", `%` doubled (specifiers).
+    let mut cond = String::from("ConditionOSRelease=\"");
+    cond.push_str(k);
+    cond.push('=');
+    for c in v.chars() {
+        match c {
+            '"' | '\\' => {
+                cond.push('\\');
+                cond.push(c);
+            }
+            '%' => cond.push_str("%%"),
+            c => cond.push(c),
+        }
+    }
+    cond.push('"');
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", "mount --bind \"$1\" /etc/os-release && systemd-analyze condition \"$2\""])
+        .arg("sh")
+        .arg(file)
+        .arg(&cond)
+        .output()
+        .expect("unshare (util-linux) and systemd-analyze (systemd)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || text.contains("Conditions failed"),
+        "cannot run systemd's parser (needs root for a private mount namespace): {text}"
+    );
+    out.status.success()
+}
+
 #[test]
 fn systemd_env_file_round_trips_through_systemds_parser() {
     let dir = tempfile::tempdir().unwrap();
     let (file, accepted) = render(EnvFormat::Systemd, dir.path());
-    let check = |file: &Path, k: &str, v: &str| {
-        // The condition is itself unquoted by systemd: `\` and `"` escaped
-        // inside "…", `%` doubled (specifiers).
-        let mut cond = String::from("ConditionOSRelease=\"");
-        cond.push_str(k);
-        cond.push('=');
-        for c in v.chars() {
-            match c {
-                '"' | '\\' => {
-                    cond.push('\\');
-                    cond.push(c);
-                }
-                '%' => cond.push_str("%%"),
-                c => cond.push(c),
-            }
-        }
-        cond.push('"');
-        let out = Command::new("unshare")
-            .args(["--mount", "sh", "-c", "mount --bind \"$1\" /etc/os-release && systemd-analyze condition \"$2\""])
-            .arg("sh")
-            .arg(file)
-            .arg(&cond)
-            .output()
-            .expect("unshare (util-linux) and systemd-analyze (systemd)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || text.contains("Conditions failed"),
-            "cannot run systemd's parser (needs root for a private mount namespace): {text}"
-        );
-        out.status.success()
-    };
+    let check = systemd_reads;
     // The check can fail: a value that is not the one written does not match.
     assert!(!check(&file, &key("dollar"), "$HOME and $2"), "systemd's comparison must be able to fail");
     // `ConditionOSRelease=` cannot express an empty value or one that
@@ -312,5 +316,93 @@ fn yaml_template_values_cannot_add_keys_and_round_trip_through_pyyaml() {
         ("a: |\n  {{ t.v }}\n", "l1\nadmin: true"),
     ] {
         assert!(matches!(one(tpl, v), Err(RenderError::Template(_))), "{tpl:?} with {v:?} must be refused");
+    }
+}
+
+/// Lines `vaultlet import env` must read exactly as each real reader does.
+const IMPORT_LINES: &[(&str, &str)] = &[
+    ("I_URL", "postgres://u:p@db:5432/app?sslmode=require"),
+    ("I_PLAIN", "abc-DEF_1.2/3:4@5%6+7,8=9^"),
+    ("I_SINGLE", "'two words # not a comment'"),
+    ("I_DOUBLE", "\"a#b and 'single'\""),
+    ("I_EMPTY", ""),
+];
+
+/// Lines it must refuse for every reader but docker (which takes any line
+/// as it is): each one reads differently in at least two readers.
+const IMPORT_REFUSED: &[&str] =
+    &["I_SPACE=two words", "I_DOLLAR=$HOME", "I_HASH=a #b", "I_BSLASH=a\\b", "I_TILDE=~/x", "I_INNER='it'\\''s'"];
+
+/// What the real reader of `format` reads from `file`, for `keys`.
+fn reader_reads(format: EnvFormat, file: &Path, keys: &[&str]) -> BTreeMap<String, String> {
+    let p = || parsers();
+    match format {
+        EnvFormat::Sh => {
+            let script: String = keys.iter().map(|k| format!("printf '%s\\0' \"${k}\";")).collect();
+            let out = run(Command::new("sh").arg("-c").arg(format!("set -a; . \"$1\"; {script}")).arg("sh").arg(file));
+            keys.iter().map(|k| k.to_string()).zip(out.split('\0').map(str::to_owned)).collect()
+        }
+        EnvFormat::Docker => {
+            let out = run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/docker-env-file.py")).arg(file));
+            let list: Vec<String> = serde_json::from_str(&out).unwrap();
+            list.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+        }
+        EnvFormat::DotenvNode => serde_json::from_str(&run(Command::new("node")
+            .arg("-e")
+            .arg("const d = require(process.argv[1]); const fs = require('fs'); process.stdout.write(JSON.stringify(d.parse(fs.readFileSync(process.argv[2]))))")
+            .arg(&p()["NODE_DOTENV"])
+            .arg(file)))
+        .unwrap(),
+        EnvFormat::DotenvPython => {
+            let out = run(Command::new("python3")
+                .arg("-c")
+                .arg("import sys, json; sys.path.insert(0, sys.argv[1]); from dotenv import dotenv_values; sys.stdout.write(json.dumps(dotenv_values(sys.argv[2])))")
+                .arg(&p()["PYTHON_DOTENV"])
+                .arg(file));
+            let got: BTreeMap<String, Option<String>> = serde_json::from_str(&out).unwrap();
+            got.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect()
+        }
+        EnvFormat::Systemd => unreachable!("systemd is asked value by value"),
+    }
+}
+
+/// `vaultlet import env` reads an existing `.env` as its real reader does:
+/// for every format, each sample line gives the value the reader gives
+/// (docker: the line as it is, quotes included), and the lines readers
+/// disagree about are refused (by line and key) instead of guessed.
+#[test]
+fn import_reads_each_line_as_the_real_reader_does_or_refuses_it() {
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    for (_, format) in EnvFormat::ALL {
+        let text: String = IMPORT_LINES.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let file = dir.path().join(format!("import-{}.env", format.name()));
+        std::fs::write(&file, &text).unwrap();
+        let parsed = vaultlet::import::env::parse(&text, format);
+        assert!(parsed.refused.is_empty(), "{}: {:?}", format.name(), parsed.refused);
+        let ours: BTreeMap<String, String> =
+            parsed.vars.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_owned())).collect();
+        let keys: Vec<&str> = IMPORT_LINES.iter().map(|(k, _)| *k).collect();
+        if format == EnvFormat::Systemd {
+            for (k, v) in &ours {
+                // An empty value cannot be written as a condition (see above).
+                if !v.is_empty() {
+                    assert!(systemd_reads(&file, k, v), "systemd: {k} is not read as import reads it");
+                }
+            }
+            assert!(!systemd_reads(&file, "I_URL", "postgres"), "systemd's comparison must be able to fail");
+        } else {
+            let theirs = reader_reads(format, &file, &keys);
+            for k in &keys {
+                assert_eq!(ours.get(*k), theirs.get(*k), "{}: {k}: import vs the real reader", format.name());
+            }
+        }
+        if format != EnvFormat::Docker {
+            for line in IMPORT_REFUSED {
+                let p = vaultlet::import::env::parse(&format!("A=1\n{line}\n"), format);
+                assert_eq!(p.refused.len(), 1, "{}: {line} was not refused", format.name());
+                assert_eq!(p.refused[0].line, 2);
+            }
+        }
     }
 }

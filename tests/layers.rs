@@ -21,7 +21,7 @@
 //! 8. `state`
 //! 9. `render`, `api`
 //! 10. `daemon`, then `supervise`, then `exec`; `policy` (above `config`
-//!     and `vault`, for the `policy` command); `lib` only declares
+//!     and `vault`, for the `policy` command), then `import`; `lib` only declares
 //!
 //! A path through a re-export counts as a path to the re-exporting file,
 //! so a loop through a re-export would go unseen: `exec` names

@@ -444,7 +444,9 @@ impl Cx<'_> {
         });
         let ca_cert = match v.ca_cert {
             None => Some(None),
-            Some(p) if !p.get_ref().is_file() => self.err(p.span(), "vault.ca_cert", "file not found"),
+            Some(p) if self.provisioned && !p.get_ref().is_file() => {
+                self.err(p.span(), "vault.ca_cert", "file not found")
+            }
             Some(p) => Some(Some(p.into_inner())),
         };
         let namespace = match v.namespace {
@@ -458,7 +460,7 @@ impl Cx<'_> {
             (Some(c), Some(k)) => {
                 let mut ok = true;
                 for (key, p) in [("vault.client_cert", &c), ("vault.client_key", &k)] {
-                    if !p.get_ref().is_file() {
+                    if self.provisioned && !p.get_ref().is_file() {
                         ok = self.err::<()>(p.span(), key, "file not found").is_some();
                     }
                 }
@@ -535,7 +537,7 @@ impl Cx<'_> {
         // delivered later (and it is removed after use with
         // remove_secret_id_file); the role_id file must be there.
         let role_id_file = self.credential_path(&a.role_id_file, "auth.approle.role_id_file").and_then(|p| {
-            if p.is_file() {
+            if p.is_file() || !self.provisioned {
                 Some(p)
             } else {
                 self.err(a.role_id_file.span(), "auth.approle.role_id_file", "file not found")

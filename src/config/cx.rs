@@ -15,11 +15,15 @@ pub(crate) struct Cx<'a> {
     pub(super) credentials: Option<PathBuf>,
     pub(super) errors: RefCell<Vec<ConfigError>>,
     pub(super) warnings: RefCell<Vec<Warning>>,
+    /// Whether the files a run reads (role_id, CA, client certificate)
+    /// must exist now; not for `vaultlet policy` and `vaultlet import`,
+    /// which come before they are provisioned.
+    pub(super) provisioned: bool,
 }
 
 impl<'a> Cx<'a> {
     pub fn new(file: &'a Path, src: &'a str, credentials: Option<PathBuf>) -> Self {
-        Cx { file, src, credentials, errors: RefCell::default(), warnings: RefCell::default() }
+        Cx { file, src, credentials, errors: RefCell::default(), warnings: RefCell::default(), provisioned: true }
     }
 
     /// Everything found: the errors, in file order, or the warnings.

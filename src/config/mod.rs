@@ -472,6 +472,30 @@ impl Config {
         Self::parse(file, src, uid, None)
     }
 
+    /// Like [`Config::load`], but the files a run reads (role_id, CA,
+    /// client certificate) need not exist yet: for `vaultlet policy` and
+    /// `vaultlet import`, which come before they are provisioned.
+    pub fn load_unprovisioned(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let src = read_text(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Self::from_toml_unprovisioned(path, &src, current_uid())
+    }
+
+    /// [`Config::from_toml`] for a configuration whose files are not
+    /// provisioned yet (see [`Config::load_unprovisioned`]).
+    pub fn from_toml_unprovisioned(file: &Path, src: &str, uid: u32) -> Result<Loaded, ConfigErrors> {
+        let mut cx = Cx::new(file, src, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from));
+        cx.provisioned = false;
+        let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));
+        cx.finish(config)
+    }
+
     fn parse(file: &Path, src: &str, uid: u32, credentials: Option<PathBuf>) -> Result<Loaded, ConfigErrors> {
         let cx = Cx::new(file, src, credentials);
         let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));

@@ -53,6 +53,24 @@ pub(super) struct CapabilitiesSelfRequest {
     pub(super) paths: Vec<String>,
 }
 
+/// A JSON body to any path (`vaultlet import`, with an operator's token).
+#[derive(Endpoint)]
+#[endpoint(path = "{self.path}", method = "POST", response = "serde_json::Value")]
+pub(super) struct OperatorWriteRequest {
+    #[endpoint(skip)]
+    pub(super) path: String,
+    #[endpoint(raw)]
+    pub(super) body: Vec<u8>,
+}
+
+/// A read of any path (`vaultlet import`, with an operator's token).
+#[derive(Endpoint)]
+#[endpoint(path = "{self.path}", response = "serde_json::Value")]
+pub(super) struct OperatorReadRequest {
+    #[endpoint(skip)]
+    pub(super) path: String,
+}
+
 #[derive(Deserialize)]
 pub(super) struct DbRoleData {
     #[serde(default)]

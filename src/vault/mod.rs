@@ -85,6 +85,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use crate::config::PkiRequest;
 use crate::secret::{LeaseId, SecretData};
@@ -115,8 +116,9 @@ pub use transport::{MAX_REDIRECTS, RedirectRefused, redirect_target};
 use client::{auth_from, parse, raw};
 use endpoints::{
     CapabilitiesSelfRequest, DbCredsData, DbCredsRequest, DbRoleData, DbRoleRequest, Envelope, Kv2Data, LoginEndpoint,
-    LookupLeaseRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest, RenewLeaseBodyRequest, RenewLeaseRequest,
-    RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData, unscoped_fallback,
+    LookupLeaseRequest, OperatorReadRequest, OperatorWriteRequest, PkiIssueData, PkiIssueRequest, PkiRevokeRequest,
+    RenewLeaseBodyRequest, RenewLeaseRequest, RevokeLeaseBodyRequest, RevokeLeaseRequest, SecretIdData, WrapLookupData,
+    unscoped_fallback,
 };
 use error::malformed;
 use error::truncate;
@@ -342,6 +344,60 @@ impl Vault {
             v.as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect::<Vec<_>>())
         };
         Ok(paths.iter().map(|p| (p.clone(), data.get(p).and_then(caps).unwrap_or_default())).collect())
+    }
+
+    /// `POST <path>` with the JSON `body`, for `vaultlet import` with an
+    /// operator's token (the daemon never writes). Returns the answer's
+    /// `data`, if any; the body is wiped once sent.
+    pub async fn operator_write(
+        &self,
+        token: &SecretString,
+        path: &str,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<Option<serde_json::Value>, VaultError> {
+        let op = Op::operator_write(path);
+        let answer = self
+            .call(&op, Some(token), |c| {
+                let body = body.to_vec();
+                async move { raw(&c, OperatorWriteRequest { path: path.to_owned(), body }).await }
+            })
+            .await?;
+        if answer.is_empty() {
+            return Ok(None);
+        }
+        let env: Envelope<serde_json::Value> = parse(&op, &answer)?;
+        Ok(env.data)
+    }
+
+    /// `GET <path>` for `vaultlet import`: the answer's `data`.
+    pub async fn operator_read(&self, token: &SecretString, path: &str) -> Result<serde_json::Value, VaultError> {
+        let op = Op::operator_read(path);
+        let answer = self
+            .call(&op, Some(token), |c| async move { raw(&c, OperatorReadRequest { path: path.to_owned() }).await })
+            .await?;
+        let env: Envelope<serde_json::Value> = parse(&op, &answer)?;
+        env.data.ok_or_else(|| malformed(&op, "no data"))
+    }
+
+    /// `POST auth/<mount>/role/<role>/secret-id` for `vaultlet import --apply`:
+    /// a new secret_id, parsed into a wiped buffer.
+    pub async fn operator_secret_id(
+        &self,
+        token: &SecretString,
+        mount: &str,
+        role: &str,
+    ) -> Result<SecretString, VaultError> {
+        let path = format!("auth/{mount}/role/{role}/secret-id");
+        let op = Op::operator_write(&path);
+        let answer = self
+            .call(&op, Some(token), |c| {
+                let path = path.clone();
+                async move { raw(&c, OperatorWriteRequest { path, body: b"{}".to_vec() }).await }
+            })
+            .await?;
+        let env: Envelope<SecretIdData> = parse(&op, &answer)?;
+        let Some(data) = env.data else { return Err(malformed(&op, "no data")) };
+        Ok(SecretString::from(data.secret_id.clone()))
     }
 
     /// `PUT sys/leases/renew/<lease_id>`.

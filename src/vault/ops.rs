@@ -29,6 +29,8 @@ pub(super) enum Kind {
     LeaseRevoke,
     KvRead,
     CapabilitiesSelf,
+    OperatorRead,
+    OperatorWrite,
 }
 
 /// A login needs no policy: a 403 there means bad credentials, which the
@@ -70,7 +72,7 @@ pub(super) struct Spec {
 impl Kind {
     /// Every kind, for the table's own tests.
     #[cfg(test)]
-    pub(super) const ALL: [Kind; 15] = [
+    pub(super) const ALL: [Kind; 17] = [
         Kind::Login,
         Kind::WrapLookup,
         Kind::Unwrap,
@@ -86,6 +88,8 @@ impl Kind {
         Kind::LeaseRevoke,
         Kind::KvRead,
         Kind::CapabilitiesSelf,
+        Kind::OperatorRead,
+        Kind::OperatorWrite,
     ];
 
     pub(super) const fn spec(self) -> Spec {
@@ -116,6 +120,9 @@ impl Kind {
             Kind::LeaseRevoke => s("lease_revoke", "PUT", "lease revocation of", "update", true, false),
             Kind::KvRead => s("kv_read", "GET", "kv secret", "read", true, false),
             Kind::CapabilitiesSelf => s("capabilities_self", "POST", "capability check", "update", true, false),
+            // `vaultlet import`, with an operator's token; never the daemon.
+            Kind::OperatorRead => s("operator_read", "GET", "read of", "read", true, false),
+            Kind::OperatorWrite => s("operator_write", "POST", "write to", "update", false, false),
         }
     }
 }
@@ -212,6 +219,16 @@ impl Op {
     /// `vaultlet policy --check` only.
     pub(super) fn capabilities_self() -> Op {
         Op::new(Kind::CapabilitiesSelf, "sys/capabilities-self".into(), None)
+    }
+
+    /// `vaultlet import`: a read of `path` with an operator's token.
+    pub(super) fn operator_read(path: &str) -> Op {
+        Op::new(Kind::OperatorRead, path.to_owned(), Some(path))
+    }
+
+    /// `vaultlet import`: a write to `path` with an operator's token.
+    pub(super) fn operator_write(path: &str) -> Op {
+        Op::new(Kind::OperatorWrite, path.to_owned(), Some(path))
     }
 
     /// The metric label.

@@ -237,6 +237,8 @@ fn operation_names_are_the_published_metric_labels() {
             "lease_revoke",
             "kv_read",
             "capabilities_self",
+            "operator_read",
+            "operator_write",
         ]
     );
 }

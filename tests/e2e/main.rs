@@ -12,6 +12,7 @@ mod attack_vault;
 mod bed;
 #[path = "../support/fail2ban.rs"]
 mod fail2ban;
+mod import;
 mod pki;
 mod policy;
 mod restart;

@@ -50,6 +50,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::attack_vault::all());
     v.extend(crate::pki::all());
     v.extend(crate::policy::all());
+    v.extend(crate::import::all());
     v.extend(crate::revocation::all());
     v.extend(crate::restart::all());
     v
