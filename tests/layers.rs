@@ -16,7 +16,7 @@
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
 //! 5. `auth`
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
-//! 7. `lease` (`pki` included)
+//! 7. `lease` (`leased`, then `database`, `pki`, `kv`)
 //! 8. `state`
 //! 9. `render`, `api`
 //! 10. `daemon`, then `supervise`, then `exec`; `lib` only declares
