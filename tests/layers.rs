@@ -17,7 +17,7 @@
 //! 5. `auth`
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
 //! 7. `lease` (`leased`, then `database`, `pki`, `kv`)
-//! 8. `state`
+//! 8. `state` (`identity`, then `file`, `resume`, `writer`)
 //! 9. `render`, `api`
 //! 10. `daemon`, then `supervise`, then `exec`; `lib` only declares
 //!
