@@ -80,10 +80,7 @@ fn start_on(
             Ok(id) => (state::load(s, &id, &config.secrets, &metrics), Some(id)),
             Err(e) => {
                 metrics.state_load_failure("unreadable");
-                tracing::warn!(
-                    "state file {} not used (the role_id file cannot be read: {e}); starting fresh",
-                    s.path.display()
-                );
+                tracing::warn!("state file {} not used ({e}); starting fresh", s.path.display());
                 (state::Plan::default(), None)
             }
         },

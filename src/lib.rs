@@ -47,6 +47,8 @@ pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
+pub mod process;
 pub mod rejected;
 pub mod render;
 pub mod secret;

@@ -67,6 +67,20 @@ enum Command {
         #[arg(short, long, env = "VAULTLET_CONFIG")]
         config: PathBuf,
     },
+    /// Print the least-privilege Vault policy (HCL) a configuration needs:
+    /// exactly the paths and capabilities of the requests vaultlet will
+    /// send, one comment per grant naming the secret that needs it. With
+    /// `--check`, ask Vault instead what the token in VAULT_TOKEN (or
+    /// BAO_TOKEN) may do, and name each capability it lacks (exit 1).
+    Policy {
+        /// Configuration file.
+        #[arg(short, long, env = "VAULTLET_CONFIG")]
+        config: PathBuf,
+        /// Check the token in VAULT_TOKEN or BAO_TOKEN against the policy
+        /// (`sys/capabilities-self`) instead of printing it.
+        #[arg(long)]
+        check: bool,
+    },
     /// Exit 0 if a running vaultlet holds every secret, 1 otherwise (with
     /// the reasons on stderr). Prints no value: fit for health checks.
     Ready {
@@ -107,6 +121,15 @@ fn main() -> ExitCode {
             }
             None => ExitCode::from(EX_CONFIG),
         },
+        Command::Policy { config: path, check } => {
+            let Some(config) = load(path) else { return ExitCode::from(EX_CONFIG) };
+            if *check {
+                check_policy(&config)
+            } else {
+                print!("{}", vaultlet::policy::Policy::of(&config).hcl(&path.display().to_string()));
+                ExitCode::SUCCESS
+            }
+        }
         Command::Ready { socket, expect_uid } => match vaultlet::client::ready(socket, *expect_uid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -142,6 +165,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `vaultlet policy --check`: the token comes from the environment, as for
+/// Vault's own CLI, and is never printed.
+fn check_policy(config: &Config) -> ExitCode {
+    let token = ["VAULT_TOKEN", "BAO_TOKEN"].iter().find_map(|k| std::env::var(k).ok().filter(|t| !t.is_empty()));
+    let Some(token) = token.map(secrecy::SecretString::from) else {
+        eprintln!("vaultlet: policy --check needs a token in VAULT_TOKEN or BAO_TOKEN");
+        return ExitCode::from(EX_CONFIG);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaultlet: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(vaultlet::policy::check(config, &token)) {
+        Ok(missing) if missing.is_empty() => {
+            println!("the token has every capability this configuration needs");
+            ExitCode::SUCCESS
+        }
+        Ok(missing) => {
+            for (path, cap) in &missing {
+                println!("missing: {cap:?} on {path:?}");
+            }
+            eprintln!("vaultlet: the token lacks {} capabilities this configuration needs", missing.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vaultlet: cannot check the token's capabilities: {e}");
+            if e.is_forbidden() {
+                eprintln!(
+                    "vaultlet: the token asks about itself: give it vaultlet's policies plus `update` on \
+                     sys/capabilities-self (the `default` policy has it, but also grants more than vaultlet's role should)"
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Loads and validates the config (exit 64 on error, before any network
 /// I/O), sets up logging, and runs `f` on a runtime of two worker threads:
 /// a sidecar mostly waits, but a second thread lets socket reads use a
@@ -153,11 +216,10 @@ where
 {
     let Some(config) = load(path) else { return ExitCode::from(EX_CONFIG) };
     init_logging(cli.log_format, &cli.log);
-    vaultlet::harden::warn_loose_files(&[
-        ("the config file", path),
-        ("auth.approle.role_id_file", &config.auth.role_id_file),
-        ("auth.approle.secret_id_file", &config.auth.secret_id_file),
-    ]);
+    let method = vaultlet::auth::method_for(&config.auth);
+    let mut files = vec![("the config file", path)];
+    files.extend(method.credential_files());
+    vaultlet::harden::warn_loose_files(&files);
     // Before any secret is in memory.
     if let Err(e) = vaultlet::harden::harden(config.require_memory_lock) {
         eprintln!("vaultlet: {e}");

@@ -225,7 +225,7 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
-    /// One AppRole login attempt.
+    /// One login attempt.
     pub fn login<T, E>(&self, r: &Result<T, E>) {
         self.logins.get_or_create(&Outcome { result: outcome(r) }).inc();
     }
@@ -325,7 +325,7 @@ impl Metrics {
     pub fn register(&self, store: Store, with_state: bool) -> Registry {
         let mut r = Registry::default();
         // Counter names are given without `_total`: the encoder adds it.
-        r.register("vaultlet_logins", "AppRole logins, by result", self.logins.clone());
+        r.register("vaultlet_logins", "Logins to Vault, by result", self.logins.clone());
         r.register("vaultlet_token_renewals", "Token renew-self calls, by result", self.token_renewals.clone());
         r.register("vaultlet_lease_renewals", "Lease renewals, by secret and result", self.lease_renewals.clone());
         r.register(
@@ -614,7 +614,7 @@ mod tests {
         assert!(text.contains("vaultlet_secret_lease_ttl_seconds{secret=\"db\"} 120"));
         assert!(text.contains("vaultlet_ready 1"));
         assert!(text.contains("vaultlet_socket_denied_total{reason=\"wait_limit\"} 1"), "{text}");
-        assert!(text.contains("# HELP vaultlet_logins_total AppRole logins"), "{text}");
+        assert!(text.contains("# HELP vaultlet_logins_total Logins to Vault"), "{text}");
         assert!(!text.contains("p4ss"));
     }
 

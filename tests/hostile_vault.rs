@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use vaultlet::config::VaultConfig;
-use vaultlet::vault::Vault;
+use vaultlet::vault::{LoginRequest, Vault};
 
 const ROLE_ID: &str = "role-id-7f3a9c";
 const SECRET_ID: &str = "secret-id-d41d8cd98f00b204e980";
@@ -251,6 +251,11 @@ fn s(v: &str) -> SecretString {
     SecretString::from(v.to_owned())
 }
 
+/// The body of an AppRole login, as the AppRole method builds it.
+fn approle_login() -> LoginRequest {
+    LoginRequest::new(vaultlet::auth::approle::WORDS).field("role_id", s(ROLE_ID)).field("secret_id", s(SECRET_ID))
+}
+
 /// Every request `A` gets is answered `307` to the same path on `to`.
 fn redirect_to(to: String) -> Handler {
     Arc::new(move |r: &Seen| Answer::Json(307, vec![("Location".into(), format!("{to}{}", r.path))], String::new()))
@@ -268,7 +273,7 @@ async fn redirect_to_another_host_never_sees_the_token_nor_the_login_body() -> R
     let a = Fake::start("127.0.0.1", false, redirect_to(other.url("http"))).await?;
     let vault = Vault::new(&vault_config(&[a.url("http")], None))?;
 
-    let login = vault.login_approle("approle", &s(ROLE_ID), &s(SECRET_ID)).await;
+    let login = vault.login("approle", &approle_login()).await;
     let kv = vault.kv(&s(TOKEN), "secret", "api", 2).await;
     let Err(e) = login else { bail!("login through a redirect to an unconfigured host succeeded") };
     let msg = e.to_string();
@@ -294,7 +299,7 @@ async fn https_to_http_downgrade_is_refused_even_to_a_configured_address() -> Re
     let a_url = a.url("https");
     let vault = Vault::new(&vault_config(&[a_url.clone(), b.url("http")], Some(fixtures().join("hostile-ca.pem"))))?;
 
-    let res = vault.login_approle("approle", &s(ROLE_ID), &s(SECRET_ID)).await;
+    let res = vault.login("approle", &approle_login()).await;
     ensure!(!a.seen().is_empty(), "A (https) never got the request");
     let followed: Vec<_> = b.seen().into_iter().filter(|r| r.path.starts_with("/redirected")).collect();
     ensure!(followed.is_empty(), "the https→http redirect was followed: {followed:?}");
@@ -311,7 +316,7 @@ async fn redirect_to_another_configured_address_still_works() -> Result<()> {
     let a = Fake::start("127.0.0.1", false, redirect_to(b.url("http"))).await?;
     let vault = Vault::new(&vault_config(&[a.url("http"), b.url("http")], None))?;
 
-    let auth = vault.login_approle("approle", &s(ROLE_ID), &s(SECRET_ID)).await?;
+    let auth = vault.login("approle", &approle_login()).await?;
     ensure!(auth.ttl == Duration::from_secs(3600));
     vault.kv(&s(TOKEN), "secret", "api", 2).await?;
     // Followed each time: A stays the current address and sees both; had

@@ -10,20 +10,23 @@
 //!
 //! The layers, bottom to top (also in docs/architecture.md):
 //!
-//! 1. `limits`, `secret`, `write`, `harden`, `telemetry`
+//! 1. `limits`, `secret`, `write`, `harden`, `telemetry`, `process`
 //! 2. `config` (`cx`, `types`, `state`, `raw`, `templates`, `check`), `client`
-//! 3. `metrics` counters, `vault`
+//! 3. `metrics` counters, `vault` (`ops`, `transport`, `error`, `guard`, `tls`,
+//!    `endpoints`, `backend`, `client`, then `mod.rs`)
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
-//! 5. `auth`
+//! 5. `auth` (`method`, `approle`, then `mod.rs`)
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
-//! 7. `lease` (`leased`, then `database`, `pki`, `kv`)
-//! 8. `state` (`identity`, then `file`, `resume`, `writer`)
+//! 7. `lease` (`task`, `leased`, then `database`, `pki`, `kv`, then `mod.rs`)
+//! 8. `state` (`identity`, `file`, `resume`, `writer`, then `mod.rs`)
 //! 9. `render`, `api`
-//! 10. `daemon`, then `supervise`, then `exec`; `lib` only declares
+//! 10. `daemon`, then `supervise`, then `exec`; `policy` (above `config`
+//!     and `vault`, for the `policy` command); `lib` only declares
 //!
-//! A path through a re-export counts as a path to the re-exporting file:
-//! `exec` naming `crate::render::keyed_hasher` (defined in `render/file.rs`,
-//! which starts processes through `exec`) is not seen as a loop yet.
+//! A path through a re-export counts as a path to the re-exporting file,
+//! so a loop through a re-export would go unseen: `exec` names
+//! `crate::render::keyed_hasher` (defined in `render/file.rs`), which is why
+//! the programs both start live below them both, in `process`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ use toml::Spanned;
 
 use super::raw::{
     Checked, RawAllow, RawAppRole, RawAuth, RawConfig, RawEnvFile, RawExec, RawMetrics, RawPki, RawSecret, RawSocket,
-    RawTemplate, RawVault,
+    RawTemplate, RawVault, auth_methods,
 };
 use super::templates::{Shape, check_template, is_env_key};
 use super::types::HumanDuration;
@@ -511,8 +511,26 @@ impl Cx<'_> {
         Some(p.get_ref().clone())
     }
 
-    fn auth(&self, a: Spanned<RawAuth>) -> Option<AppRoleConfig> {
-        let a: RawAppRole = a.into_inner().approle.into_inner();
+    /// The one auth method `[auth]` names.
+    fn auth(&self, a: Spanned<RawAuth>) -> Option<AuthConfig> {
+        let span = a.span();
+        // Every method: a line each.
+        let RawAuth { approle } = a.into_inner();
+        let mut methods = Vec::new();
+        if let Some(r) = approle {
+            methods.push(self.approle(r.into_inner()).map(AuthConfig::AppRole));
+        }
+        match methods.len() {
+            0 => {
+                let tables: Vec<String> = auth_methods().iter().map(|m| format!("[auth.{m}]")).collect();
+                self.err(span, "auth", format!("no auth method: add one of {}", tables.join(", ")))
+            }
+            1 => methods.pop().flatten(),
+            _ => self.err(span, "auth", "more than one auth method: vaultlet logs in with one"),
+        }
+    }
+
+    fn approle(&self, a: RawAppRole) -> Option<AppRoleConfig> {
         // The secret_id file may legitimately be missing at start when it is
         // delivered later (and it is removed after use with
         // remove_secret_id_file); the role_id file must be there.

@@ -85,8 +85,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// How to reach Vault.
     pub vault: VaultConfig,
-    /// How to log in.
-    pub auth: AppRoleConfig,
+    /// How to log in: the one `[auth.*]` method.
+    pub auth: AuthConfig,
     /// The secrets to keep, sorted by name.
     pub secrets: Vec<SecretSpec>,
     /// The socket to serve them on, if any.
@@ -131,6 +131,20 @@ pub struct VaultConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Largest response body read from Vault, in bytes.
     pub max_response_size: usize,
+}
+
+/// `[auth.*]`: the auth method vaultlet logs in with, exactly one. Each
+/// variant is one method in [`crate::auth`] (its own file there).
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// `[auth.approle]`
+    AppRole(AppRoleConfig),
+}
+
+impl From<AppRoleConfig> for AuthConfig {
+    fn from(c: AppRoleConfig) -> AuthConfig {
+        AuthConfig::AppRole(c)
+    }
 }
 
 /// `[auth.approle]`
@@ -633,6 +647,20 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         expect_err(&src, "auth.approle.role_id_file", 5);
     }
 
+    #[test]
+    fn an_auth_table_without_a_method_is_named() {
+        let src = GOOD.replace(
+            "[auth.approle]\nrole_id_file = \"/etc/hostname\"\nsecret_id_file = \"/run/vaultlet/secret_id\"\n",
+            "[auth]\n",
+        );
+        assert_ne!(src, GOOD);
+        let e = expect_err(&src, "auth", 4);
+        assert!(e.message.contains("no auth method") && e.message.contains("[auth.approle]"), "{e}");
+        // An unknown method is an unknown key, as before.
+        let e = expect_err(&GOOD.replace("[auth.approle]", "[auth.ldap]"), "auth.ldap", 4);
+        assert!(e.message.contains("`approle`"), "{e}");
+    }
+
     fn with_pki(pki: &str, extra: &str) -> String {
         GOOD.replace("[socket]\n", &format!("[secret.tls]\npki = {{ {pki} }}\n{extra}[socket]\n"))
     }
@@ -783,8 +811,9 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert_eq!(e.key, "auth.approle.role_id_file");
         std::fs::write(dir.path().join("role_id"), "r").unwrap();
         let c = parse_in(&src, Some(dir.path().to_owned())).unwrap();
-        assert_eq!(c.auth.role_id_file, dir.path().join("role_id"));
-        assert_eq!(c.auth.secret_id_file, dir.path().join("secret_id"));
+        let AuthConfig::AppRole(a) = &c.auth;
+        assert_eq!(a.role_id_file, dir.path().join("role_id"));
+        assert_eq!(a.secret_id_file, dir.path().join("secret_id"));
     }
 
     #[test]

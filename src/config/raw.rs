@@ -238,7 +238,12 @@ pub(crate) struct RawVault {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
-    pub approle: Spanned<RawAppRole>,
+    pub approle: Option<Spanned<RawAppRole>>,
+}
+
+/// The auth methods `[auth]` may hold (`approle`…), as its keys.
+pub(crate) fn auth_methods() -> &'static [&'static str] {
+    fields_of::<RawAuth>()
 }
 
 #[derive(Deserialize)]

@@ -149,8 +149,8 @@ async fn run_command(cmd: &[String], inherit_env: &[String], timeout: Duration, 
 
 /// Runs the command once; whether it exited 0 in time.
 async fn command_once(cmd: &[String], inherit_env: &[String], timeout: Duration, path: &Path) -> bool {
-    let mut command = crate::exec::command(cmd, inherit_env, None);
-    let mut child = match crate::exec::spawn_tracked(command.kill_on_drop(true)) {
+    let mut command = crate::process::command(cmd, inherit_env, None);
+    let mut child = match crate::process::spawn_tracked(command.kill_on_drop(true)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(path = %path.display(), command = %cmd[0], error = %e, "cannot run after-change command");
@@ -193,7 +193,7 @@ struct Untrack(Option<u32>);
 
 impl Drop for Untrack {
     fn drop(&mut self) {
-        crate::exec::untrack(self.0);
+        crate::process::untrack(self.0);
     }
 }
 

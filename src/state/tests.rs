@@ -24,8 +24,9 @@ fn identity() -> Identity {
     Identity {
         addresses: vec!["http://127.0.0.1:8200/".into()],
         namespace: None,
+        method: "approle".into(),
         auth_mount: "approle".into(),
-        role_id_sha256: hex(&sha2::Sha256::digest(b"role")),
+        login_sha256: hex(&sha2::Sha256::digest(b"role")),
     }
 }
 
@@ -114,7 +115,7 @@ fn each_bad_file_has_its_reason() {
     l[9..HEADER].copy_from_slice(&shorter.to_be_bytes());
     assert_eq!(reason(&l, &key(7)), Some("wrong_key_or_tampered"));
     let mut other = identity();
-    other.role_id_sha256 = hex(&sha2::Sha256::digest(b"another role"));
+    other.login_sha256 = hex(&sha2::Sha256::digest(b"another role"));
     assert_eq!(decode(&file, &key(7), &other).err().map(|e| e.reason()), Some("other_config"));
     assert_eq!(reason(b"not a state file at all", &key(7)), Some("wrong_key_or_tampered"));
 }

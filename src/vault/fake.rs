@@ -27,14 +27,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::{Auth, Backend, Call, DbCreds, PkiCert, Renewed, VaultError};
+use super::{Auth, Backend, Call, DbCreds, LoginRequest, PkiCert, Renewed, VaultError};
 use crate::config::PkiRequest;
 use crate::secret::{LeaseId, SecretData};
 
 /// One operation of [`Backend`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `login_approle`.
+    /// `login`.
     Login,
     /// `unwrap_secret_id`.
     Unwrap,
@@ -317,6 +317,20 @@ impl Fake {
         self.lock().leases.get(n - 1)?.owner
     }
 
+    /// Logs in as the AppRole method would, for a test that needs a token
+    /// before any task runs.
+    pub async fn login_approle(
+        &self,
+        mount: &str,
+        role_id: &SecretString,
+        secret_id: &SecretString,
+    ) -> Result<Auth, VaultError> {
+        let request = LoginRequest::new(crate::auth::approle::WORDS)
+            .field("role_id", role_id.clone())
+            .field("secret_id", secret_id.clone());
+        self.login(mount, &request).await
+    }
+
     /// Records the call, then fails it with a scripted failure, an outage,
     /// a dead token or a denied capability, in that order; `Ok` lets the
     /// operation answer.
@@ -392,12 +406,7 @@ fn never<'a, T: Send + 'a>() -> Call<'a, T> {
 // === impl Backend for Fake ===
 
 impl Backend for Fake {
-    fn login_approle<'a>(
-        &'a self,
-        _mount: &'a str,
-        _role_id: &'a SecretString,
-        _secret_id: &'a SecretString,
-    ) -> Call<'a, Auth> {
+    fn login<'a>(&'a self, _mount: &'a str, _request: &'a LoginRequest) -> Call<'a, Auth> {
         ready(self.enter(Op::Login, None, None).map(|()| {
             let mut g = self.lock();
             let t = Handed::new(g.token_ttls, None);

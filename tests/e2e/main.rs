@@ -13,6 +13,7 @@ mod bed;
 #[path = "../support/fail2ban.rs"]
 mod fail2ban;
 mod pki;
+mod policy;
 mod restart;
 mod revocation;
 mod rotation;

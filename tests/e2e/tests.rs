@@ -49,6 +49,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::attack_exec::all());
     v.extend(crate::attack_vault::all());
     v.extend(crate::pki::all());
+    v.extend(crate::policy::all());
     v.extend(crate::revocation::all());
     v.extend(crate::restart::all());
     v

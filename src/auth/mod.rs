@@ -1,10 +1,13 @@
-//! AppRole login and token upkeep.
+//! Login and token upkeep, the same for every auth method.
 //!
-//! One task owns the token. It logs in (reading the role_id and secret_id
-//! files on every login, unwrapping a response-wrapped secret_id first when
+//! One task owns the token. It logs in with the configured method (a
+//! [`Method`]: `approle.rs`, reading the role_id and secret_id files on
+//! every login and unwrapping a response-wrapped secret_id first when
 //! configured), renews the token at ⅔ of its TTL and logs in again *before*
 //! the token reaches the end renewals can no longer move (its max TTL, or
-//! the TTL of a non-renewable token).
+//! the TTL of a non-renewable token). What differs between methods (the
+//! login's body, the files read, whom the sealed state belongs to) is the
+//! method's, behind the trait in `method.rs`; the task itself names none.
 //!
 //! Everything it knows that others need is one [`AuthState`] on one `watch`
 //! channel: the current token, why the last login failed, the hard end of
@@ -38,21 +41,24 @@
 //! one attempt (a login, a renewal) and what follows a failure is decided by
 //! [`crate::lease::retry::decide`], as for the secret tasks.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AppRoleConfig;
+use crate::config::AuthConfig;
 use crate::lease::retry::{self, Attempt, Backoffs, Class, Retry};
 use crate::lease::schedule::{self, after};
 use crate::ledger::Leases;
 use crate::secret::Token;
-use crate::vault::{Backend, VaultError};
+use crate::vault::Backend;
+
+pub mod approle;
+mod method;
+
+pub use method::{AuthError, Method, Pending};
 
 /// Shortest time between two logins.
 pub const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -145,40 +151,22 @@ impl AuthState {
     }
 }
 
-/// Why a login could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// A credential file could not be read (its content is never shown).
-    #[error("cannot read {what} file {path}: {reason}")]
-    File {
-        /// role_id or secret_id.
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// The I/O reason.
-        reason: String,
-    },
-    /// Vault refused or could not be reached.
-    #[error(transparent)]
-    Vault(#[from] VaultError),
-}
-
-impl AuthError {
-    fn class(&self) -> Class {
-        match self {
-            AuthError::File { .. } => Class::Permanent,
-            AuthError::Vault(e) => Class::of(e),
-        }
+/// The method `[auth.*]` configures. The one place that knows every method.
+pub fn method_for(cfg: &AuthConfig) -> Box<dyn Method> {
+    match cfg {
+        AuthConfig::AppRole(c) => Box::new(approle::AppRole::new(c.clone())),
     }
 }
 
 /// Starts the auth task; returns the handle other tasks use. A `resumed`
 /// token (from the sealed state) is used at once, without a login, and
 /// checked with `lookup-self` in the background: a dead one takes the
-/// dead-token path (log in again, its leases replaced at once).
+/// dead-token path (log in again, its leases replaced at once). It logs in
+/// with the method `auth` configures (a bare [`crate::config::AppRoleConfig`]
+/// is AppRole's).
 pub fn spawn(
     vault: Arc<dyn Backend>,
-    cfg: AppRoleConfig,
+    auth: impl Into<AuthConfig>,
     (tx, rx): (AuthTx, AuthRx),
     leases: Leases,
     metrics: Arc<crate::metrics::Metrics>,
@@ -189,7 +177,7 @@ pub fn spawn(
     let handle = AuthHandle { state: rx, rejected: rej_tx };
     let task = Task {
         vault,
-        creds: Credentials { cfg, cached: None },
+        method: method_for(&auth.into()),
         leases,
         metrics,
         handle: handle.clone(),
@@ -203,85 +191,6 @@ pub fn spawn(
     };
     let task = tokio::spawn(run(task, resumed));
     (handle, task)
-}
-
-/// Reads role_id / secret_id on every login, remembering an unwrapped or
-/// deleted secret_id so later logins still work.
-struct Credentials {
-    cfg: AppRoleConfig,
-    /// The secret_id last used, and the file content it came from.
-    cached: Option<(SecretString, SecretString)>,
-}
-
-impl Credentials {
-    async fn secret_id(&mut self, vault: &dyn Backend) -> Result<SecretString, AuthError> {
-        let file = match read_secret_file(&self.cfg.secret_id_file, "secret_id").await {
-            Ok(v) => Some(v),
-            // The file was consumed (by us, or delivered once): reuse what we had.
-            Err(e) => match &self.cached {
-                Some(_) => None,
-                None => return Err(e),
-            },
-        };
-        let sid = match (file, &self.cached) {
-            (None, Some((sid, _))) => sid.clone(),
-            (Some(raw), Some((sid, from))) if raw.expose_secret() == from.expose_secret() => sid.clone(),
-            (Some(raw), _) => {
-                let sid = if self.cfg.secret_id_wrapped {
-                    // It travels as a header: only visible ASCII can.
-                    if !raw.expose_secret().bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(AuthError::File {
-                            what: "secret_id",
-                            path: self.cfg.secret_id_file.display().to_string(),
-                            reason: "a wrapping token is visible ASCII; this file holds something else".into(),
-                        });
-                    }
-                    vault.unwrap_secret_id(&raw).await?
-                } else {
-                    raw.clone()
-                };
-                self.cached = Some((sid.clone(), raw));
-                if self.cfg.remove_secret_id_file
-                    && let Err(e) = tokio::fs::remove_file(&self.cfg.secret_id_file).await
-                {
-                    tracing::warn!(path = %self.cfg.secret_id_file.display(), error = %e, "could not remove the secret_id file");
-                }
-                sid
-            }
-            (None, None) => unreachable!("handled above"),
-        };
-        Ok(sid)
-    }
-
-    async fn login(&mut self, vault: &dyn Backend) -> Result<crate::vault::Auth, AuthError> {
-        let role_id = read_secret_file(&self.cfg.role_id_file, "role_id").await?;
-        let secret_id = self.secret_id(vault).await?;
-        let res = vault.login_approle(&self.cfg.mount, &role_id, &secret_id).await;
-        if matches!(&res, Err(e) if !e.is_transient()) {
-            // A refused secret_id is not worth retrying from memory.
-            self.cached = None;
-        }
-        Ok(res?)
-    }
-}
-
-async fn read_secret_file(path: &Path, what: &'static str) -> Result<SecretString, AuthError> {
-    let err = |reason: String| AuthError::File { what, path: path.display().to_string(), reason };
-    let owned = path.to_owned();
-    let bytes =
-        tokio::task::spawn_blocking(move || crate::write::read_input_file(&owned, crate::write::MAX_CREDENTIAL_FILE))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(e.to_string()))?;
-    let s = std::str::from_utf8(&bytes).map(|s| s.trim().to_owned());
-    let s = s.map_err(|_| err("not UTF-8 text".into()))?;
-    if s.is_empty() {
-        return Err(err("file is empty".into()));
-    }
-    if s.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(err("contains spaces or control characters".into()));
-    }
-    Ok(SecretString::from(s))
 }
 
 /// Revokes a replaced token once no live lease was issued under it.
@@ -313,7 +222,7 @@ async fn retire(vault: Arc<dyn Backend>, leases: Leases, tx: AuthTx, old: Arc<To
 /// The auth task between two turns.
 struct Task {
     vault: Arc<dyn Backend>,
-    creds: Credentials,
+    method: Box<dyn Method>,
     leases: Leases,
     metrics: Arc<crate::metrics::Metrics>,
     /// Its own handle: a resumed token is checked like a reported 403.
@@ -416,7 +325,12 @@ impl Task {
 
     /// One login: the new token, one generation on.
     async fn login(&mut self) -> Result<Token, AuthError> {
-        let auth = self.creds.login(&*self.vault).await?;
+        let request = self.method.login_request(&*self.vault).await?;
+        let res = self.vault.login(self.method.mount(), &request).await;
+        if matches!(&res, Err(e) if !e.is_transient()) {
+            self.method.refused();
+        }
+        let auth = res?;
         self.generation += 1;
         let now = Instant::now();
         Ok(Token {
