@@ -16,7 +16,8 @@
 //! * [`auth`] owns the token: login, renew-self, login again before it dies.
 //!   It publishes one [`auth::AuthState`] (token, login problem, token ends,
 //!   dead tokens); the others only read it, and report a 403 back.
-//! * [`lease`] runs one task per secret; [`lease::schedule`] holds the timing
+//! * [`lease`] runs one task per secret: every leased kind (database, PKI)
+//!   runs one loop, KV its own re-read; [`lease::schedule`] holds the timing
 //!   and [`lease::retry`] the one decision of what follows a failure. A
 //!   replaced lease is drained by a task of its own, awaited at shutdown.
 //! * [`store`] holds the current value and version of every secret.

@@ -17,8 +17,8 @@
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
 //! 5. `auth` (`method`, `approle`, then `mod.rs`)
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
-//! 7. `lease` (`pki` included)
-//! 8. `state`
+//! 7. `lease` (`task`, `leased`, then `database`, `pki`, `kv`, then `mod.rs`)
+//! 8. `state` (`identity`, `file`, `resume`, `writer`, then `mod.rs`)
 //! 9. `render`, `api`
 //! 10. `daemon`, then `supervise`, then `exec`; `policy` (above `config`
 //!     and `vault`, for the `policy` command), then `import`; `lib` only declares

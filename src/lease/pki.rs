@@ -1,4 +1,5 @@
-//! A PKI secret's task: issue a certificate, re-issue it before it expires.
+//! A PKI secret: issue a certificate, re-issue it before it expires, driven
+//! by the loop in [`super::leased`].
 //!
 //! `POST <mount>/issue/<role>` carries no lease (unless the role sets
 //! `generate_lease`, and then a non-renewable one), so the certificate's own
@@ -9,27 +10,31 @@
 //! A failed re-issue keeps the current certificate served until it expires,
 //! with the retry decision every secret task uses ([`super::retry`]: fast
 //! for transient failures, slow for refusals such as a role that does not
-//! allow the common name) and the reason in `/v1/ready`. A certificate that arrives already expired, or not
-//! valid yet (`not_before` ahead of this host's clock), is refused: serving
-//! it would only make every handshake fail.
+//! allow the common name) and the reason in `/v1/ready`. A certificate
+//! that arrives already expired, or not valid yet (`not_before` ahead of
+//! this host's clock), is refused: serving it would only make every
+//! handshake fail.
 //!
-//! Replaced certificates are revoked after `drain` only with
-//! `revoke_old = true` (each revocation grows the CRL); `revoke_on_shutdown`
-//! revokes the live ones ([`Certs`]).
+//! A certificate cannot be renewed, nor looked up, and does not die with
+//! the token that issued it. Replaced certificates are revoked after
+//! `drain` only with `revoke_old = true` (each revocation grows the CRL);
+//! `revoke_on_shutdown` revokes the live ones ([`Certs`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use secrecy::SecretString;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
-use super::retry::{self, Attempt, Backoffs, Class};
+use super::leased::{self, LeasedKind, LeasedValue};
+use super::retry::Class;
 use super::schedule::{self, LeaseTimes};
 pub use super::task::Certs;
-use super::task::{Cx, Failure, MIN_ISSUE_INTERVAL, Watches, failed};
-use crate::auth::current_token;
+use super::task::Cx;
 use crate::config::{PkiRequest, RevokeOld, SecretSpec};
+use crate::secret::Token;
 use crate::store::LeaseView;
-use crate::vault::VaultError;
+use crate::vault::{Call, Renewed, VaultError};
 
 pub use crate::limits::PKI_FIELDS as FIELDS;
 
@@ -42,7 +47,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// Why an issue did not give a usable certificate.
 #[derive(Debug, thiserror::Error)]
-enum IssueError {
+pub(super) enum IssueError {
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(
@@ -64,11 +69,16 @@ impl IssueError {
     }
 }
 
-/// The served certificate's times and serial.
-struct Held {
+/// The served certificate: where it came from, its serial and times.
+pub(super) struct Cert {
+    mount: String,
     serial: String,
     issued_at: Instant,
     expires_at: Instant,
+    /// Its lifetime when issued.
+    ttl: Duration,
+    /// The token generation it was issued under (it outlives that token).
+    generation: u64,
 }
 
 fn unix(t: i64) -> SystemTime {
@@ -76,87 +86,104 @@ fn unix(t: i64) -> SystemTime {
 }
 
 /// Runs the task for one PKI secret until shutdown.
-pub async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
-    let name = spec.name.clone();
+pub(super) async fn run(cx: Cx, spec: SecretSpec, req: PkiRequest) {
     let what = format!("{}/issue/{}", req.mount, req.role);
-    let mut w = Watches { auth: cx.auth.watch(), deaths: false };
-    let mut cur: Option<Held> = None;
-    let mut last_issue: Option<Instant> = None;
-    let mut backoffs = Backoffs::default();
-    loop {
-        let Some(token) = current_token(&mut w.auth, &cx.shutdown).await else { return };
-        let now = Instant::now();
-        let mut at = match &cur {
-            None => now,
-            Some(h) => {
-                let times =
-                    LeaseTimes { issued_at: h.issued_at, expires_at: h.expires_at, renewable: false, hard_end: None };
-                schedule::next_step(now, times, spec.rotate_before, schedule::jitter()).at()
-            }
-        };
-        if let Some(last) = last_issue {
-            at = at.max(schedule::after(last, MIN_ISSUE_INTERVAL));
-        }
-        let expiry = cur.as_ref().map(|h| h.expires_at);
-        tokio::select! {
-            _ = cx.shutdown.cancelled() => return,
-            _ = w.auth.changed() => continue,
-            _ = sleep_until(at) => {}
-            _ = sleep_until(expiry.unwrap_or(at)), if expiry.is_some_and(|e| e < at) => {
-                expired(&cx, &name, &mut cur, "certificate expired before it could be re-issued");
-                continue;
-            }
-        }
-        if w.auth.has_changed().unwrap_or(false) {
-            continue;
-        }
-        last_issue = Some(Instant::now());
-        let res = tokio::select! {
-            _ = cx.shutdown.cancelled() => return,
-            r = issue(&cx, &spec, &req, &what, &token.secret) => r,
-        };
-        cx.metrics.certificate_issued(&name, &res);
-        let e = match res {
-            Ok(held) => {
-                backoffs.reset();
-                if let Some(old) = cur.replace(held)
-                    && spec.revoke_old == RevokeOld::Drain
-                {
-                    let drain = drain(cx.clone(), spec.clone(), req.mount.clone(), old);
-                    cx.drains.spawn(tracing::Instrument::instrument(drain, tracing::Span::current()));
+    leased::run(cx, spec, Pki { req, what }, None).await
+}
+
+struct Pki {
+    req: PkiRequest,
+    /// `<mount>/issue/<role>`, for error messages.
+    what: String,
+}
+
+// === impl LeasedKind for Pki ===
+
+impl LeasedKind for Pki {
+    type Value = Cert;
+    type Error = IssueError;
+
+    const WHAT: &'static str = "pki secret";
+    const ENDED: &'static str = "certificate expired before it could be re-issued";
+    const ENDED_FAILING: &'static str = "certificate expired while no new one could be issued";
+
+    fn class(e: &IssueError) -> Class {
+        e.class()
+    }
+
+    async fn issue(&mut self, cx: &Cx, spec: &SecretSpec, token: &Token) -> Result<Cert, IssueError> {
+        let res = issue(cx, spec, &self.req, &self.what, token).await;
+        cx.metrics.certificate_issued(&spec.name, &res);
+        res
+    }
+
+    /// The sealed state keeps no certificates.
+    fn track(&self, _: &Cx, _: &SecretSpec, _: Option<&Cert>) {}
+}
+
+// === impl LeasedValue for Cert ===
+
+impl LeasedValue for Cert {
+    const DIES_WITH_TOKEN: bool = false;
+    const LOOKED_UP: bool = false;
+
+    /// Scheduled like a non-renewable lease ending at the certificate's
+    /// `notAfter`.
+    fn times(&self) -> LeaseTimes {
+        LeaseTimes { issued_at: self.issued_at, expires_at: self.expires_at, renewable: false, hard_end: None }
+    }
+
+    fn view(&self) -> LeaseView {
+        LeaseView { expires_at: self.expires_at, ttl: self.ttl, renewable: false }
+    }
+
+    fn token(&self) -> (u64, Option<Instant>) {
+        (self.generation, None)
+    }
+
+    /// A certificate outlives its token: nothing to follow.
+    fn set_token_end(&mut self, _: Instant) {}
+
+    fn renew<'a>(&'a mut self, _: &'a Cx, _: &'a SecretString) -> Option<Call<'a, Renewed>> {
+        None
+    }
+
+    fn look_up<'a>(&'a self, _: &'a Cx, _: &'a SecretString) -> Option<Call<'a, ()>> {
+        None
+    }
+
+    fn revoke<'a>(&'a self, cx: &'a Cx, secret: &'a str, token: &'a SecretString) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match cx.vault.pki_revoke(token, &self.mount, &self.serial).await {
+                Ok(()) => tracing::info!(secret = %secret, serial = %self.serial, "revoked replaced certificate"),
+                Err(e) => {
+                    tracing::warn!(secret = %secret, serial = %self.serial, error = %e, "could not revoke replaced certificate; it will expire")
                 }
-                continue;
             }
-            Err(e) => e,
-        };
-        let retry = retry::decide(e.class(), Attempt::Secret, &mut backoffs);
-        let failure = Failure { what: "pki secret", generation: token.generation, error: &e, retry };
-        let expiry = cur.as_ref().map(|h| h.expires_at);
-        if !failed(&cx, &name, failure, &mut backoffs, &mut w, expiry).await {
-            return;
-        }
-        if cur.as_ref().is_some_and(|h| h.expires_at <= Instant::now()) {
-            expired(&cx, &name, &mut cur, "certificate expired while no new one could be issued");
-        }
+        })
+    }
+
+    /// Only to be revoked (each revocation grows the CRL): left alone, a
+    /// replaced certificate needs nothing while it drains, and stays on the
+    /// list `revoke_on_shutdown` revokes until it expires.
+    fn drains(revoke_old: RevokeOld) -> bool {
+        revoke_old == RevokeOld::Drain
+    }
+
+    /// The sealed state keeps no certificates.
+    fn draining(&self, _: &Cx, _: &str, _: Option<Instant>) {}
+
+    fn forget(&self, cx: &Cx) {
+        cx.certs.remove(&self.serial);
+    }
+
+    fn withdrawn(&self, secret: &str, why: &str) {
+        tracing::error!(secret = %secret, serial = %self.serial, "{why}; certificate withdrawn");
     }
 }
 
-fn expired(cx: &Cx, name: &str, cur: &mut Option<Held>, why: &str) {
-    if let Some(h) = cur.take() {
-        cx.certs.remove(&h.serial);
-        tracing::error!(secret = %name, serial = %h.serial, "{why}; certificate withdrawn");
-    }
-    cx.store.withdraw(name, why.to_owned());
-}
-
-async fn issue(
-    cx: &Cx,
-    spec: &SecretSpec,
-    req: &PkiRequest,
-    what: &str,
-    token: &SecretString,
-) -> Result<Held, IssueError> {
-    let mut cert = cx.vault.pki_issue(token, req).await?;
+async fn issue(cx: &Cx, spec: &SecretSpec, req: &PkiRequest, what: &str, token: &Token) -> Result<Cert, IssueError> {
+    let mut cert = cx.vault.pki_issue(&token.secret, req).await?;
     let (now_sys, now) = (SystemTime::now(), Instant::now());
     let (left, not_before) = check_times(&cert.serial, what, now_sys, cert.not_before, cert.expiration)?;
     let end = unix(cert.expiration);
@@ -169,7 +196,14 @@ async fn issue(
     cx.metrics.cert_expiry(&spec.name, end);
     let version = cx.store.publish(&spec.name, cert.data, Some(view));
     tracing::info!(secret = %spec.name, version, serial = %cert.serial, ttl = ?left, lease = ?cert.lease, "issued certificate");
-    Ok(Held { serial: cert.serial, issued_at: now, expires_at })
+    Ok(Cert {
+        mount: req.mount.clone(),
+        serial: cert.serial,
+        issued_at: now,
+        expires_at,
+        ttl: left,
+        generation: token.generation,
+    })
 }
 
 /// How long a certificate issued at `now` has left, and its `not_before`;
@@ -199,32 +233,6 @@ fn check_times(
         });
     }
     Ok((left, not_before))
-}
-
-/// Lets a replaced certificate serve `drain` longer, then revokes it.
-async fn drain(cx: Cx, spec: SecretSpec, mount: String, old: Held) {
-    let until = schedule::after(Instant::now(), spec.drain);
-    if old.expires_at <= until {
-        // It expires before the drain ends: revoking it would only grow the CRL.
-        tokio::select! {
-            _ = cx.shutdown.cancelled() => {}
-            _ = sleep_until(old.expires_at) => cx.certs.remove(&old.serial),
-        }
-        return;
-    }
-    tokio::select! {
-        _ = cx.shutdown.cancelled() => return,
-        _ = sleep_until(until) => {}
-    }
-    let mut token_rx = cx.auth.watch();
-    let Some(token) = current_token(&mut token_rx, &cx.shutdown).await else { return };
-    match cx.vault.pki_revoke(&token.secret, &mount, &old.serial).await {
-        Ok(()) => tracing::info!(secret = %spec.name, serial = %old.serial, "revoked replaced certificate"),
-        Err(e) => {
-            tracing::warn!(secret = %spec.name, serial = %old.serial, error = %e, "could not revoke replaced certificate; it will expire")
-        }
-    }
-    cx.certs.remove(&old.serial);
 }
 
 #[cfg(test)]

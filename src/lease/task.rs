@@ -1,8 +1,8 @@
 //! What every secret task shares, whatever its kind: the context it runs
 //! in ([`Cx`]), the one error-handling point of a turn ([`failed`]) and
-//! what wakes a retry early ([`Watches`]). Kept apart from the database and
-//! KV tasks in `lease/mod.rs` so the PKI task (`lease/pki.rs`) uses it
-//! without reaching up into its parent.
+//! what wakes a retry early ([`Watches`]). Kept apart from `lease/mod.rs`
+//! so the leased loop (`lease/leased.rs`), its kinds and the KV task use it
+//! without reaching up into their parent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
