@@ -453,14 +453,7 @@ impl Config {
     /// Reads and validates a config file, reporting every problem in it. No
     /// network I/O.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let src = read_text(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                line: None,
-                key: String::new(),
-                message: format!("cannot read config file: {e}"),
-            }])
-        })?;
+        let src = read_config(path)?;
         // systemd's LoadCredential= puts role_id/secret_id in a directory
         // named by this variable; the config may refer to it.
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
@@ -476,14 +469,7 @@ impl Config {
     /// client certificate) need not exist yet: for `vaultlet policy` and
     /// `vaultlet import`, which come before they are provisioned.
     pub fn load_unprovisioned(path: &Path) -> Result<Loaded, ConfigErrors> {
-        let src = read_text(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                line: None,
-                key: String::new(),
-                message: format!("cannot read config file: {e}"),
-            }])
-        })?;
+        let src = read_config(path)?;
         Self::from_toml_unprovisioned(path, &src, current_uid())
     }
 
@@ -501,6 +487,18 @@ impl Config {
         let config = raw::RawConfig::read(&cx, src).and_then(|raw| cx.validate(raw, uid));
         cx.finish(config)
     }
+}
+
+/// The config file's text, or the one error saying why it cannot be read.
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    read_text(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })
 }
 
 /// A config file or template source as text: a regular file of at most
