@@ -237,6 +237,42 @@ pub enum SecretSource {
     },
 }
 
+/// How the sealed state ([`crate::state`]) carries a secret of a source
+/// across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Its lease and value: a live lease is taken over, no new one issued.
+    Lease,
+    /// Its value, served again at once (re-read on the usual schedule).
+    Value,
+    /// Nothing: issued anew at start (a certificate's key is not saved).
+    Fresh,
+}
+
+impl SecretSource {
+    /// How a restart with `[state]` treats it; the state's code asks this,
+    /// never the variant, so a new kind says it here, next to its variant.
+    pub fn resume(&self) -> Resume {
+        match self {
+            SecretSource::Database { .. } => Resume::Lease,
+            SecretSource::Kv { .. } => Resume::Value,
+            SecretSource::Pki(_) => Resume::Fresh,
+        }
+    }
+
+    /// What identifies the source (never a value), for the sealed state's
+    /// fingerprint: a saved lease is resumed only for the very source it
+    /// was issued from. Changing a kind's text makes old state files of
+    /// that kind start fresh.
+    pub fn canonical(&self) -> String {
+        match self {
+            SecretSource::Database { mount, role } => format!("database\0{mount}\0{role}"),
+            SecretSource::Kv { mount, path, version } => format!("kv\0{mount}\0{path}\0{version}"),
+            SecretSource::Pki(r) => format!("pki\0{}\0{}\0{}", r.mount, r.role, r.common_name),
+        }
+    }
+}
+
 /// What a PKI secret asks Vault for (names only; the key is made by Vault).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiRequest {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::file::{Sealed, SealedLease};
 use super::identity::hex;
-use crate::config::{RevokeOld, SecretSource, SecretSpec};
+use crate::config::{Resume, RevokeOld, SecretSource, SecretSpec};
 use crate::ledger::Held;
 use crate::secret::{Lease, LeaseId, SecretData, Token};
 
@@ -166,12 +166,7 @@ pub(super) fn saved_from(mut s: Sealed, c: Clock) -> Saved {
 /// A digest of where a secret comes from (never of a value): a saved lease
 /// is resumed only for the very source it was issued from.
 pub fn fingerprint(source: &SecretSource) -> String {
-    let canonical = match source {
-        SecretSource::Database { mount, role } => format!("database\0{mount}\0{role}"),
-        SecretSource::Kv { mount, path, version } => format!("kv\0{mount}\0{path}\0{version}"),
-        SecretSource::Pki(r) => format!("pki\0{}\0{}\0{}", r.mount, r.role, r.common_name),
-    };
-    hex(&sha2::Sha256::digest(canonical.as_bytes()))
+    hex(&sha2::Sha256::digest(source.canonical().as_bytes()))
 }
 
 // === resume decisions ===
@@ -224,8 +219,8 @@ pub fn decide(saved: Saved, specs: &[SecretSpec], now: Instant) -> Plan {
     let spec_of = |name: &str, fp: &str| specs.iter().find(|s| s.name == name && fingerprint(&s.source) == fp);
     for s in saved.secrets {
         let spec = spec_of(&s.name, &s.spec);
-        match (s.lease, spec.map(|x| &x.source)) {
-            (Some(mut l), Some(SecretSource::Database { .. })) if lease_alive(&l) => {
+        match (s.lease, spec.map(|x| x.source.resume())) {
+            (Some(mut l), Some(Resume::Lease)) if lease_alive(&l) => {
                 if Some(l.held.token_generation) != saved_gen {
                     // An older token: nobody renews it, so its current end is
                     // the end of this lease too.
@@ -241,7 +236,7 @@ pub fn decide(saved: Saved, specs: &[SecretSpec], now: Instant) -> Plan {
             }
             (Some(l), _) if lease_alive(&l) => plan.revoke.push(l.held.lease.id),
             (Some(_), _) => plan.ended += 1,
-            (None, Some(SecretSource::Kv { .. })) => {
+            (None, Some(Resume::Value)) => {
                 plan.secrets.insert(s.name.clone(), Resumed { version: s.version, data: s.data, lease: None });
             }
             (None, _) => {}

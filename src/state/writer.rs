@@ -13,7 +13,7 @@ use super::identity::Identity;
 use super::resume::{Clock, fingerprint};
 use crate::auth::AuthHandle;
 use crate::config::state::StateConfig;
-use crate::config::{SecretSource, SecretSpec};
+use crate::config::{Resume, SecretSpec};
 use crate::ledger::{Held, Tracker};
 use crate::store::Store;
 
@@ -77,14 +77,14 @@ impl Writer {
         for spec in &self.specs {
             let Some(entry) = snap.get(spec.name.as_str()) else { continue };
             let Some(value) = entry.live(clock.now) else { continue };
-            let sealed_lease = match &spec.source {
-                SecretSource::Database { .. } if live => match tracked.held.get(&spec.name) {
+            let sealed_lease = match spec.source.resume() {
+                Resume::Lease if live => match tracked.held.get(&spec.name) {
                     // Only the value published with this very lease.
                     Some((h, v, l)) if *v == entry.version && h.lease.expires_at > clock.now => Some(lease(h, *l)),
                     _ => continue,
                 },
-                SecretSource::Kv { .. } => None,
-                _ => continue,
+                Resume::Value => None,
+                Resume::Lease | Resume::Fresh => continue,
             };
             secrets.push(SealedSecret {
                 name: spec.name.clone(),
