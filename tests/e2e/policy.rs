@@ -208,8 +208,24 @@ async fn run_under(bed: &Bed, label: &str, hcl: &str) -> Result<Vec<String>> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if failed.is_empty() {
-        let (user, pass, _) = d.creds("db").await?;
-        bed.pg_login(&user, &pass).await.context("the credential logs in")?;
+        // The served credential logs in. It is replaced every ~6 s and the
+        // old one revoked a second later: a login that fails while the
+        // version moved on is tried again with the new one.
+        let mut attempts = 0;
+        loop {
+            let (user, pass, version) = d.creds("db").await?;
+            match bed.pg_login(&user, &pass).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    let (_, _, now) = d.creds("db").await?;
+                    ensure!(
+                        now != version && attempts < 5,
+                        "the credential of version {version} does not log in: {e:#}"
+                    );
+                }
+            }
+        }
         // The KV v1 grant is taken away: the 403 that follows is checked
         // with lookup-self, which finds the token alive (no new login).
         let without_kv: String = stanzas(hcl).into_iter().filter(|s| !s.starts_with("path \"kv/api\"")).collect();
