@@ -75,8 +75,8 @@ pub fn harden(require_lock: bool) -> Result<Locked, String> {
 
 /// Warns about each file (credential files, the config) that another user
 /// could rewrite: writable by others, or in a directory writable by others
-/// without the sticky bit. Whoever can rewrite a role_id or secret_id file
-/// decides which AppRole vaultlet logs in as. Missing files are not
+/// without the sticky bit. Whoever can rewrite a role_id, secret_id or
+/// token file decides whom vaultlet logs in as. Missing files are not
 /// reported here (the login reports them).
 pub fn warn_loose_files(files: &[(&str, &std::path::Path)]) {
     use std::os::unix::fs::PermissionsExt;

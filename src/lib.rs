@@ -1,8 +1,8 @@
 //! vaultlet: a secrets sidecar for HashiCorp Vault and OpenBao.
 //!
-//! It logs in with AppRole, leases dynamic database credentials and reads KV
-//! secrets, keeps them fresh, and hands them to the app next to it over a
-//! Unix socket and as env files.
+//! It logs in (AppRole, JWT or Kubernetes), leases dynamic database
+//! credentials and reads KV secrets, keeps them fresh, and hands them to the
+//! app next to it over a Unix socket and as env files.
 //!
 //! # Architecture
 //!

@@ -15,7 +15,7 @@
 //! 3. `metrics` counters, `vault` (`ops`, `transport`, `error`, `guard`, `tls`,
 //!    `endpoints`, `backend`, `client`, then `mod.rs`)
 //! 4. `lease::schedule`, `lease::retry`, `ledger`, `token`
-//! 5. `auth` (`method`, `approle`, then `mod.rs`)
+//! 5. `auth` (`method`, `approle`, `jwt`, then `mod.rs`)
 //! 6. `rejected`, `store` (then `metrics` reads the store for its gauges)
 //! 7. `lease` (`task`, `leased`, then `database`, `pki`, `kv`, then `mod.rs`)
 //! 8. `state` (`identity`, `file`, `resume`, `writer`, then `mod.rs`)

@@ -50,7 +50,8 @@ pub trait Method: Send + Sync {
     /// that names it (for the start-up warning about loose permissions).
     fn credential_files(&self) -> Vec<(&'static str, &Path)>;
 
-    /// SHA-256 of whom it logs in as (AppRole: the role_id), for the sealed
+    /// SHA-256 of whom it logs in as (AppRole: the role_id; JWT and
+    /// Kubernetes: the role and the token's issuer and subject), for the sealed
     /// state's identity: a state written for another role is not resumed.
     /// Reads the files; the digest is never logged.
     fn identity(&self) -> Result<[u8; 32], AuthError>;
@@ -62,11 +63,22 @@ pub enum AuthError {
     /// A credential file could not be read (its content is never shown).
     #[error("cannot read {what} file {path}: {reason}")]
     File {
-        /// role_id or secret_id.
+        /// role_id, secret_id or token.
         what: &'static str,
         /// The file.
         path: String,
         /// The I/O reason.
+        reason: String,
+    },
+    /// A credential file was read but holds nothing to log in with (an
+    /// expired or malformed token); its content is never shown.
+    #[error("{what} file {path} is not usable: {reason}")]
+    Unusable {
+        /// token.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// Vault refused or could not be reached.
@@ -78,7 +90,7 @@ impl AuthError {
     /// What kind of failure it is, for [`crate::lease::retry::decide`].
     pub(super) fn class(&self) -> Class {
         match self {
-            AuthError::File { .. } => Class::Permanent,
+            AuthError::File { .. } | AuthError::Unusable { .. } => Class::Permanent,
             AuthError::Vault(e) => Class::of(e),
         }
     }

@@ -3,11 +3,13 @@
 //! One task owns the token. It logs in with the configured method (a
 //! [`Method`]: `approle.rs`, reading the role_id and secret_id files on
 //! every login and unwrapping a response-wrapped secret_id first when
-//! configured), renews the token at ⅔ of its TTL and logs in again *before*
-//! the token reaches the end renewals can no longer move (its max TTL, or
-//! the TTL of a non-renewable token). What differs between methods (the
-//! login's body, the files read, whom the sealed state belongs to) is the
-//! method's, behind the trait in `method.rs`; the task itself names none.
+//! configured; `jwt.rs`, reading a signed token from its file on every
+//! login, for the `jwt` and `kubernetes` methods), renews the token at ⅔ of
+//! its TTL and logs in again *before* the token reaches the end renewals
+//! can no longer move (its max TTL, or the TTL of a non-renewable token).
+//! What differs between methods (the login's body, the files read, whom the
+//! sealed state belongs to) is the method's, behind the trait in
+//! `method.rs`; the task itself names none.
 //!
 //! Everything it knows that others need is one [`AuthState`] on one `watch`
 //! channel: the current token, why the last login failed, the hard end of
@@ -56,6 +58,7 @@ use crate::secret::Token;
 use crate::vault::Backend;
 
 pub mod approle;
+pub mod jwt;
 mod method;
 
 pub use method::{AuthError, Method, Pending};
@@ -155,6 +158,8 @@ impl AuthState {
 pub fn method_for(cfg: &AuthConfig) -> Box<dyn Method> {
     match cfg {
         AuthConfig::AppRole(c) => Box::new(approle::AppRole::new(c.clone())),
+        AuthConfig::Jwt(c) => Box::new(jwt::JwtLogin::jwt(c.clone())),
+        AuthConfig::Kubernetes(c) => Box::new(jwt::JwtLogin::kubernetes(c.clone())),
     }
 }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    Checked, RawAllow, RawAppRole, RawAuth, RawConfig, RawEnvFile, RawExec, RawMetrics, RawPki, RawSecret, RawSocket,
-    RawTemplate, RawVault, auth_methods,
+    Checked, RawAllow, RawAppRole, RawAuth, RawConfig, RawEnvFile, RawExec, RawJwt, RawMetrics, RawPki, RawSecret,
+    RawSocket, RawTemplate, RawVault, auth_methods,
 };
 use super::templates::{Shape, check_template, is_env_key};
 use super::types::HumanDuration;
@@ -517,10 +517,16 @@ impl Cx<'_> {
     fn auth(&self, a: Spanned<RawAuth>) -> Option<AuthConfig> {
         let span = a.span();
         // Every method: a line each.
-        let RawAuth { approle } = a.into_inner();
+        let RawAuth { approle, jwt, kubernetes } = a.into_inner();
         let mut methods = Vec::new();
         if let Some(r) = approle {
             methods.push(self.approle(r.into_inner()).map(AuthConfig::AppRole));
+        }
+        if let Some(r) = jwt {
+            methods.push(self.jwt(r, "jwt", None).map(AuthConfig::Jwt));
+        }
+        if let Some(r) = kubernetes {
+            methods.push(self.jwt(r, "kubernetes", Some(KUBERNETES_TOKEN_FILE)).map(AuthConfig::Kubernetes));
         }
         match methods.len() {
             0 => {
@@ -551,6 +557,35 @@ impl Cx<'_> {
             secret_id_wrapped: a.secret_id_wrapped,
             remove_secret_id_file: a.remove_secret_id_file,
         })
+    }
+
+    /// `[auth.jwt]` or `[auth.kubernetes]` (`method`), whose `token_file`
+    /// has `default_file` or must be given. The file need not exist yet: a
+    /// missing token is a login error, retried, not a config error (the
+    /// kubelet or an identity provider may write it after vaultlet starts).
+    fn jwt(&self, a: Spanned<RawJwt>, method: &str, default_file: Option<&str>) -> Option<JwtConfig> {
+        let span = a.span();
+        let a = a.into_inner();
+        let key = |k: &str| format!("auth.{method}.{k}");
+        let mount = match &a.mount {
+            None => Some(method.to_owned()),
+            Some(m) if !m.get_ref().is_empty() && m.get_ref().split('/').all(valid_path_segment) => {
+                Some(m.get_ref().clone())
+            }
+            Some(m) => self.err(m.span(), &key("mount"), "not a mount path (letters, digits, `-_.`, `/`)"),
+        };
+        // The role travels in the login's body, not its path; Vault's role
+        // names are path segments all the same.
+        let role = match valid_path_segment(a.role.get_ref()) {
+            true => Some(a.role.get_ref().clone()),
+            false => self.err(a.role.span(), &key("role"), "not a role name (letters, digits, `-_.`)"),
+        };
+        let token_file = match (&a.token_file, default_file) {
+            (Some(p), _) => self.credential_path(p, &key("token_file")),
+            (None, Some(d)) => Some(PathBuf::from(d)),
+            (None, None) => self.err(span, &key("token_file"), "missing: the file that holds the token"),
+        };
+        Some(JwtConfig { mount: mount?, role: role?, token_file: token_file? })
     }
 
     fn secret(&self, name: String, s: Spanned<RawSecret>) -> Option<SecretSpec> {

@@ -139,6 +139,10 @@ pub struct VaultConfig {
 pub enum AuthConfig {
     /// `[auth.approle]`
     AppRole(AppRoleConfig),
+    /// `[auth.jwt]`
+    Jwt(JwtConfig),
+    /// `[auth.kubernetes]`: the JWT login with the pod's service-account token.
+    Kubernetes(JwtConfig),
 }
 
 impl From<AppRoleConfig> for AuthConfig {
@@ -161,6 +165,21 @@ pub struct AppRoleConfig {
     /// Delete the secret_id file after reading it.
     pub remove_secret_id_file: bool,
 }
+
+/// `[auth.jwt]` and `[auth.kubernetes]`: a role and the file holding the
+/// signed token (the two differ only in their defaults).
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Auth mount, default `jwt` (or `kubernetes`).
+    pub mount: String,
+    /// The Vault role to log in as.
+    pub role: String,
+    /// File holding the token, re-read on every login and never deleted.
+    pub token_file: PathBuf,
+}
+
+/// Where the kubelet puts a pod's service-account token.
+pub const KUBERNETES_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// What to do with the lease a replacement took over from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -719,6 +738,67 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert!(e.message.contains("`approle`"), "{e}");
     }
 
+    const APPROLE: &str =
+        "[auth.approle]\nrole_id_file = \"/etc/hostname\"\nsecret_id_file = \"/run/vaultlet/secret_id\"\n";
+
+    /// GOOD with `auth` in place of its `[auth.approle]` table (which starts on line 4).
+    fn with_auth(auth: &str) -> String {
+        let src = GOOD.replace(APPROLE, auth);
+        assert_ne!(src, GOOD);
+        src
+    }
+
+    #[test]
+    fn jwt_and_kubernetes_load_with_their_defaults() {
+        let c = load(&with_auth("[auth.jwt]\nrole = \"app\"\ntoken_file = \"/run/vaultlet/jwt\"\n")).unwrap();
+        let AuthConfig::Jwt(j) = &c.auth else { panic!("not JWT: {:?}", c.auth) };
+        assert_eq!((j.mount.as_str(), j.role.as_str()), ("jwt", "app"));
+        assert_eq!(j.token_file, Path::new("/run/vaultlet/jwt"));
+        let c = load(&with_auth("[auth.kubernetes]\nrole = \"app\"\nmount = \"k8s/prod\"\n")).unwrap();
+        let AuthConfig::Kubernetes(k) = &c.auth else { panic!("not Kubernetes: {:?}", c.auth) };
+        assert_eq!((k.mount.as_str(), k.role.as_str()), ("k8s/prod", "app"));
+        assert_eq!(k.token_file, Path::new(KUBERNETES_TOKEN_FILE));
+        // The token file need not exist yet: a missing token is a login error.
+        let c = load(&with_auth("[auth.jwt]\nrole = \"app\"\ntoken_file = \"/nonexistent/jwt\"\n")).unwrap();
+        assert!(matches!(c.auth, AuthConfig::Jwt(_)));
+    }
+
+    #[test]
+    fn bad_jwt_and_kubernetes_values_are_named_with_line() {
+        for method in ["jwt", "kubernetes"] {
+            let t = |body: &str| with_auth(&format!("[auth.{method}]\n{body}"));
+            let key = |k: &str| format!("auth.{method}.{k}");
+            let file = "token_file = \"/run/vaultlet/jwt\"\n";
+            expect_err(&t(&format!("role = \"\"\n{file}")), &key("role"), 5);
+            expect_err(&t(&format!("role = \"a/../b\"\n{file}")), &key("role"), 5);
+            expect_err(&t(&format!("role = 3\n{file}")), &key("role"), 5);
+            expect_err(&t(&format!("role = \"app\"\nmount = \"../sys\"\n{file}")), &key("mount"), 6);
+            expect_err(&t(&format!("role = \"app\"\nmount = \"\"\n{file}")), &key("mount"), 6);
+            expect_err(&t("role = \"app\"\ntoken_file = \"relative/jwt\"\n"), &key("token_file"), 6);
+            expect_err(&t("role = \"app\"\ntoken_file = [\"/a\"]\n"), &key("token_file"), 6);
+            expect_err(
+                &t(&format!("role = \"app\"\n{file}remove_jwt_after_reading = true\n")),
+                &key("remove_jwt_after_reading"),
+                7,
+            );
+            let e = load(&t(file)).unwrap_err();
+            assert!(e.message.contains("role") && e.key.starts_with(&format!("auth.{method}")), "{e}");
+        }
+        // Only the Kubernetes method knows where the token is by default.
+        let e = expect_err(&with_auth("[auth.jwt]\nrole = \"app\"\n"), "auth.jwt.token_file", 4);
+        assert!(e.message.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn two_auth_methods_at_once_are_an_error_naming_auth() {
+        let both = format!("{APPROLE}[auth.kubernetes]\nrole = \"app\"\n");
+        let e = load(&GOOD.replace(APPROLE, &both)).unwrap_err();
+        assert_eq!(e.key, "auth", "{e}");
+        assert!(e.message.contains("more than one auth method"), "{e}");
+        let both = "[auth.jwt]\nrole = \"a\"\ntoken_file = \"/run/t\"\n[auth.kubernetes]\nrole = \"a\"\n";
+        assert_eq!(load(&with_auth(both)).unwrap_err().key, "auth");
+    }
+
     fn with_pki(pki: &str, extra: &str) -> String {
         GOOD.replace("[socket]\n", &format!("[secret.tls]\npki = {{ {pki} }}\n{extra}[socket]\n"))
     }
@@ -869,7 +949,7 @@ template = "DATABASE_URL=postgresql://{{ db.username }}:{{ db.password }}@db/saa
         assert_eq!(e.key, "auth.approle.role_id_file");
         std::fs::write(dir.path().join("role_id"), "r").unwrap();
         let c = parse_in(&src, Some(dir.path().to_owned())).unwrap();
-        let AuthConfig::AppRole(a) = &c.auth;
+        let AuthConfig::AppRole(a) = &c.auth else { panic!("not AppRole") };
         assert_eq!(a.role_id_file, dir.path().join("role_id"));
         assert_eq!(a.secret_id_file, dir.path().join("secret_id"));
     }

@@ -239,6 +239,8 @@ pub(crate) struct RawVault {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub approle: Option<Spanned<RawAppRole>>,
+    pub jwt: Option<Spanned<RawJwt>>,
+    pub kubernetes: Option<Spanned<RawJwt>>,
 }
 
 /// The auth methods `[auth]` may hold (`approle`…), as its keys.
@@ -256,6 +258,15 @@ pub(crate) struct RawAppRole {
     pub secret_id_wrapped: bool,
     #[serde(default)]
     pub remove_secret_id_file: bool,
+}
+
+/// `[auth.jwt]` and `[auth.kubernetes]` (whose `token_file` has a default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwt {
+    pub mount: Option<Spanned<String>>,
+    pub role: Spanned<String>,
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +438,7 @@ fn nested(path: &str) -> Option<&'static [&'static str]> {
         "vault" => fields_of::<RawVault>(),
         "auth" => fields_of::<RawAuth>(),
         "auth.approle" => fields_of::<RawAppRole>(),
+        "auth.jwt" | "auth.kubernetes" => fields_of::<RawJwt>(),
         "secret" | "exec.env" => &["NAME"],
         "secret.NAME" => fields_of::<RawSecret>(),
         "secret.NAME.database" => fields_of::<RawDatabase>(),

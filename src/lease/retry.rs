@@ -60,7 +60,7 @@ impl Class {
 /// What was attempted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attempt {
-    /// A login, by whatever auth method is configured.
+    /// A login, with any auth method.
     Login,
     /// A token renew-self; `alive` while the token has not expired.
     TokenRenewal {

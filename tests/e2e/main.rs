@@ -9,6 +9,7 @@ mod apps;
 mod attack_exec;
 mod attack_local;
 mod attack_vault;
+mod auth_methods;
 mod bed;
 #[path = "../support/fail2ban.rs"]
 mod fail2ban;

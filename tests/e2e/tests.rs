@@ -53,6 +53,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     v.extend(crate::import::all());
     v.extend(crate::revocation::all());
     v.extend(crate::restart::all());
+    v.extend(crate::auth_methods::all());
     v
 }
 
