@@ -14,9 +14,10 @@ const EX_CONFIG: u8 = 64;
 
 /// A secrets sidecar for HashiCorp Vault and OpenBao.
 ///
-/// vaultlet logs in with AppRole, leases database credentials and reads KV
-/// secrets, keeps them renewed and replaced in time, and hands them to your
-/// app over a Unix socket and as env files written with mode 0600.
+/// vaultlet logs in (AppRole, JWT or Kubernetes), leases database
+/// credentials and certificates and reads KV secrets, keeps them renewed and
+/// replaced in time, and hands them to your app over a Unix socket and as
+/// env files written with mode 0600.
 #[derive(Parser)]
 #[command(version, propagate_version = true, max_term_width = 100)]
 struct Cli {
