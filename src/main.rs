@@ -307,17 +307,10 @@ fn import(what: &Import) -> ExitCode {
         println!("dry run: nothing was written");
         return ExitCode::SUCCESS;
     }
-    let token = ["VAULT_TOKEN", "BAO_TOKEN"].iter().find_map(|k| std::env::var(k).ok().filter(|t| !t.is_empty()));
-    let Some(token) = token.map(secrecy::SecretString::from) else {
+    let Some(token) = operator_token() else {
         return usage("import env writes to Vault with the token in VAULT_TOKEN or BAO_TOKEN; none is set".into());
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vaultlet: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = one_shot_runtime() else { return ExitCode::FAILURE };
     match rt.block_on(vaultlet::import::apply_env(&config, &job, &plan, &parsed.vars, &token, *apply)) {
         Ok(done) => {
             for line in done {
@@ -335,21 +328,32 @@ fn import(what: &Import) -> ExitCode {
     }
 }
 
+/// An operator's token for `policy --check` and `import env`, from the
+/// environment as for Vault's own CLI; never printed.
+fn operator_token() -> Option<secrecy::SecretString> {
+    ["VAULT_TOKEN", "BAO_TOKEN"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|t| !t.is_empty()))
+        .map(secrecy::SecretString::from)
+}
+
+/// A single-threaded runtime for the one-shot commands that ask Vault.
+fn one_shot_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("vaultlet: cannot start runtime: {e}"))
+        .ok()
+}
+
 /// `vaultlet policy --check`: the token comes from the environment, as for
 /// Vault's own CLI, and is never printed.
 fn check_policy(config: &Config) -> ExitCode {
-    let token = ["VAULT_TOKEN", "BAO_TOKEN"].iter().find_map(|k| std::env::var(k).ok().filter(|t| !t.is_empty()));
-    let Some(token) = token.map(secrecy::SecretString::from) else {
+    let Some(token) = operator_token() else {
         eprintln!("vaultlet: policy --check needs a token in VAULT_TOKEN or BAO_TOKEN");
         return ExitCode::from(EX_CONFIG);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vaultlet: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = one_shot_runtime() else { return ExitCode::FAILURE };
     match rt.block_on(vaultlet::policy::check(config, &token)) {
         Ok(missing) if missing.is_empty() => {
             println!("the token has every capability this configuration needs");
